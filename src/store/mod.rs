@@ -1,0 +1,150 @@
+//! The key store: one trait, two backends (SQLite for one instance, PostgreSQL for several).
+//!
+//! Every change (issue, roll, revoke) is one transaction that also appends to `key_events`.
+//! The store knows records and SQL; it never sees wire types and never sees a secret.
+
+mod sql;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
+
+pub use sql::{PgStore, SqliteStore};
+
+/// Who asked for a change, kept with its event.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    pub request_id: Option<String>,
+}
+
+/// Outcome of a roll attempt.
+#[derive(Debug)]
+pub enum Rolled {
+    /// The old key now expires at the grace limit and names its replacement.
+    Done {
+        previous: KeyRecord,
+    },
+    NotFound,
+    /// The old key was revoked, expired or already rolled; nothing was written.
+    Refused(KeyRecord),
+}
+
+/// Where ListKeys resumes: strictly older than this (create_time, id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub create_time: Timestamp,
+    pub id: KeyId,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// A cheap round trip, for health.
+    async fn ping(&self) -> Result<(), Error>;
+
+    async fn insert_key(&self, key: &KeyRecord, who: &Provenance) -> Result<(), Error>;
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error>;
+
+    /// In one transaction: if `old` is active and not yet rolled at `now`, set its expiry to
+    /// `min(expire_time, old_expire)` and its replacement, and insert `new`.
+    async fn roll_key(
+        &self,
+        old: &KeyId,
+        new: &KeyRecord,
+        old_expire: Timestamp,
+        now: Timestamp,
+        who: &Provenance,
+    ) -> Result<Rolled, Error>;
+
+    /// Sets the revocation if none is set yet; returns the key as it now stands.
+    async fn revoke_key(
+        &self,
+        id: &KeyId,
+        now: Timestamp,
+        reason: Option<&str>,
+        who: &Provenance,
+    ) -> Result<Option<KeyRecord>, Error>;
+
+    /// Keys of an application, newest first, after `cursor`.
+    async fn list_keys(
+        &self,
+        application: &ApplicationId,
+        environment: Option<Environment>,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, Error>;
+
+    /// Records last-use times in one batch; a time never moves backwards.
+    async fn record_last_used(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), Error>;
+
+    /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
+    async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
+
+    async fn close(&self);
+}
+
+/// Store connection settings.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a call waits for a connection before the store counts as unreachable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Opens the store named by `url` (`sqlite://…` or `postgres://…`) and runs its migrations.
+pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, Error> {
+    if url.starts_with("sqlite:") {
+        let connect = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::internal(format!("migrating the SQLite store: {e}")))?;
+        Ok(Arc::new(SqliteStore::new(pool)))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::internal(format!("migrating the PostgreSQL store: {e}")))?;
+        Ok(Arc::new(PgStore::new(pool)))
+    } else {
+        Err(Error::invalid(
+            "database",
+            "must start with sqlite:// or postgres://",
+        ))
+    }
+}
