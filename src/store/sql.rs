@@ -40,7 +40,8 @@ const LIST_KEYS_IN_ENV: &str = select_keys!(
 );
 
 /// Claims the old key for a roll: only an active, never rolled key matches, so of two
-/// concurrent rolls exactly one updates a row.
+/// concurrent rolls exactly one updates a row (the other's transaction is rolled back, taking
+/// its new key with it).
 const CLAIM_FOR_ROLL: &str = "UPDATE api_keys SET \
      expire_time = CASE WHEN expire_time IS NOT NULL AND expire_time < $2 THEN expire_time ELSE $2 END, \
      replaced_by_key_id = $3 \
@@ -207,6 +208,8 @@ macro_rules! sql_store {
                 who: &Provenance,
             ) -> Result<Rolled, Error> {
                 let mut tx = self.begin_write().await?;
+                // The new row first: the old one's replaced_by_key_id references it.
+                Self::insert_in(&mut tx, new).await?;
                 let claimed = sqlx::query(CLAIM_FOR_ROLL)
                     .bind(old.as_str())
                     .bind(old_expire.as_micros())
@@ -220,7 +223,6 @@ macro_rules! sql_store {
                     tx.rollback().await?;
                     return Ok(current.map_or(Rolled::NotFound, Rolled::Refused));
                 }
-                Self::insert_in(&mut tx, new).await?;
                 let previous = Self::get_in(&mut tx, old)
                     .await?
                     .ok_or_else(|| Error::internal("rolled key vanished in its transaction"))?;

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on port 0, spoken to over gRPC with the generated client,
+//! each scenario against SQLite and (when KEYAUTH_TEST_DATABASE_URL is set) PostgreSQL.
+
+mod helpers;
+
+mod cache;
+mod issue;
+mod list;
+mod roll_revoke;
+mod serving;
+mod verify;
