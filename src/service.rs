@@ -110,6 +110,7 @@ where
     let span = tracing::info_span!("rpc", method, request_id = %request_id);
     let header = MetadataValue::try_from(request_id.as_str()).ok();
     let result = async {
+        tracing::debug!("started");
         if let Some(auth) = operator {
             auth.check(request.metadata())?;
         }

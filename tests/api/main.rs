@@ -6,6 +6,7 @@ mod helpers;
 mod cache;
 mod issue;
 mod list;
+mod process;
 mod roll_revoke;
 mod serving;
 mod verify;

@@ -1,0 +1,151 @@
+//! The `keyauth` binary itself: configuration errors, and SIGTERM draining in-flight calls.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use keyauth::pb;
+use keyauth::pb::key_authority_service_client::KeyAuthorityServiceClient;
+
+use crate::helpers::{ADMIN_TOKEN, op, register_secret, standard};
+
+fn keyauth() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_keyauth"));
+    command
+        .env_remove("KEYAUTH_ADMIN_TOKEN")
+        .env_remove("KEYAUTH_DATABASE_URL");
+    command
+}
+
+#[test]
+fn bad_settings_exit_2_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let bad_catalog = dir.path().join("catalog.toml");
+    std::fs::write(&bad_catalog, "[resources]\npatients = []\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--cache-ttl".into(), "soon".into()], "--cache-ttl"),
+        (vec!["--listen".into(), "not-an-address".into()], "--listen"),
+        (
+            vec!["--catalog".into(), "/nonexistent/catalog.toml".into()],
+            "--catalog",
+        ),
+        (
+            vec!["--catalog".into(), bad_catalog.display().to_string()],
+            "--catalog",
+        ),
+        (
+            vec!["--argon2-m-cost".into(), "1".into()],
+            "--argon2-m-cost",
+        ),
+        (vec!["--log-format".into(), "xml".into()], "--log-format"),
+        (
+            vec!["--database-max-connections".into(), "0".into()],
+            "--database-max-connections",
+        ),
+    ];
+    for (args, setting) in cases {
+        let out = keyauth()
+            .arg("serve")
+            .args(["--database", &db, "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+}
+
+/// The server's stderr, a line at a time, read on a thread of its own (so the server never
+/// blocks on a full pipe).
+fn log_lines(child: &mut Child) -> mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits for a log line containing `needle` and returns it.
+fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    loop {
+        match lines.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no log line with {needle:?}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_calls_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    // Slow hashes and no cache: a cold Verify is in flight long enough to be interrupted.
+    let mut child = keyauth()
+        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
+        .args([
+            "--argon2-m-cost",
+            "65536",
+            "--argon2-t-cost",
+            "8",
+            "--cache-capacity",
+            "0",
+        ])
+        .env("KEYAUTH_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "keyauth=debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = log_lines(&mut child);
+    let serving = wait_for_line(&lines, "keyauth serving");
+    let addr = serving
+        .split("addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let mut client = KeyAuthorityServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let issued = client
+        .issue_key(op(standard("app_1", pb::Environment::Test)))
+        .await
+        .unwrap()
+        .into_inner();
+    register_secret(&issued.secret);
+
+    let mut verifier = client.clone();
+    let in_flight = tokio::spawn(async move {
+        verifier
+            .verify(pb::VerifyRequest {
+                key: issued.secret,
+                required_permissions: vec![],
+            })
+            .await
+    });
+    // Once the call is in the server, ask it to stop.
+    wait_for_line(&lines, "method=\"Verify\"");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert!(answer.into_inner().valid);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+}
