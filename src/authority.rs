@@ -51,6 +51,33 @@ pub struct Authority {
     cache: VerifyCache,
     usage: UsageRecorder,
     page_tokens: PageTokens,
+    contact: StoreContact,
+}
+
+/// When the change follower last heard from the store (monotonic). Untracked until the
+/// follower first reports, so an authority used without one never counts as cut off.
+struct StoreContact {
+    origin: Instant,
+    /// Milliseconds since `origin`, plus one; 0 = untracked.
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl StoreContact {
+    fn note(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Option<Duration> {
+        match self.last_ms.load(Ordering::Relaxed) {
+            0 => None,
+            last => Some(
+                self.origin
+                    .elapsed()
+                    .saturating_sub(Duration::from_millis(last - 1)),
+            ),
+        }
+    }
 }
 
 impl Authority {
@@ -71,6 +98,10 @@ impl Authority {
             cache: VerifyCache::new(cache),
             usage: UsageRecorder::default(),
             page_tokens: PageTokens::new(page_key.into_bytes()),
+            contact: StoreContact {
+                origin: Instant::now(),
+                last_ms: std::sync::atomic::AtomicU64::new(0),
+            },
         })
     }
 
@@ -92,6 +123,18 @@ impl Authority {
 
     pub fn now(&self) -> Timestamp {
         self.clock.now()
+    }
+
+    /// The store answered just now (called by the change follower).
+    pub fn note_store_contact(&self) {
+        self.contact.note();
+    }
+
+    /// Whether the store has been unheard from for longer than the staleness limit.
+    fn cut_off(&self) -> bool {
+        self.contact
+            .silent_for()
+            .is_some_and(|d| d > self.cache.staleness_limit())
     }
 
     /// Generates a key and the record that stores it (hash only).
@@ -254,6 +297,10 @@ impl Authority {
         let digest = key.digest();
         let now = self.now();
         let proven = match self.cache.lookup(&id, &digest) {
+            // Past the staleness limit nothing is answered from memory.
+            Lookup::Proven(_) | Lookup::WrongSecret if self.cut_off() => {
+                return Err(Error::StoreUnreachable);
+            }
             Lookup::WrongSecret => return Ok(Verdict::unauthenticated()),
             Lookup::Proven(p) if self.cache.is_fresh(&p, now) => p,
             Lookup::Proven(stale) => match within(deadline, self.refresh(&stale, now)).await? {

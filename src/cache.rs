@@ -36,6 +36,9 @@ pub struct CacheSettings {
     /// Failed secrets per key id within `failure_window` before argon2 is skipped.
     pub failure_limit: u32,
     pub failure_window: Duration,
+    /// How long the store may go unheard from (see `propagation`) before cached answers stop
+    /// and Verify answers UNAVAILABLE.
+    pub staleness_limit: Duration,
 }
 
 impl Default for CacheSettings {
@@ -46,6 +49,7 @@ impl Default for CacheSettings {
             negative_ttl: Duration::from_secs(10),
             failure_limit: 10,
             failure_window: Duration::from_secs(60),
+            staleness_limit: Duration::from_secs(10),
         }
     }
 }
@@ -56,6 +60,7 @@ pub struct Proven {
     digest: KeyDigest,
     pub record: Arc<KeyRecord>,
     pub fetched_at: Timestamp,
+    epoch: u64,
     /// Last use already handed to the usage recorder, to skip redundant hand-offs.
     pub last_use_noted: AtomicI64,
 }
@@ -67,6 +72,7 @@ impl Proven {
             digest: [0; 32],
             record,
             fetched_at,
+            epoch: u64::MAX,
             last_use_noted: AtomicI64::new(i64::MIN),
         }
     }
@@ -91,6 +97,9 @@ pub struct VerifyCache {
     unknown: Cache<KeyId, ()>,
     failures: Cache<KeyId, Arc<AtomicU32>>,
     generation: AtomicU64,
+    /// Bumped when an invalidation may have been missed: records cached in an earlier epoch
+    /// are stale whatever their age.
+    epoch: AtomicU64,
     settings: CacheSettings,
 }
 
@@ -110,6 +119,7 @@ impl VerifyCache {
                 .time_to_live(settings.failure_window.max(Duration::from_millis(1)))
                 .build(),
             generation: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
             settings,
         }
     }
@@ -122,8 +132,14 @@ impl VerifyCache {
         }
     }
 
+    pub fn staleness_limit(&self) -> Duration {
+        self.settings.staleness_limit
+    }
+
     pub fn is_fresh(&self, proven: &Proven, now: Timestamp) -> bool {
-        now.since(proven.fetched_at) < self.settings.ttl && now >= proven.fetched_at
+        now.since(proven.fetched_at) < self.settings.ttl
+            && now >= proven.fetched_at
+            && proven.epoch == self.epoch.load(Ordering::SeqCst)
     }
 
     /// The generation to pass to [`VerifyCache::remember`] for a read that starts now.
@@ -146,6 +162,7 @@ impl VerifyCache {
             digest,
             record: record.clone(),
             fetched_at,
+            epoch: self.epoch.load(Ordering::SeqCst),
             last_use_noted: AtomicI64::new(i64::MIN),
         });
         self.proven.insert(record.id.clone(), proven.clone());
@@ -164,10 +181,12 @@ impl VerifyCache {
         self.unknown.invalidate(id);
     }
 
-    /// Drops every proven key (a missed invalidation is possible, e.g. a lost listener).
-    pub fn clear(&self) {
+    /// Marks every cached record stale: each is re-read from the store (no argon2) before it
+    /// answers again. For when an invalidation may have been missed (a lost listener).
+    pub fn expire_all(&self) {
+        // The generation first: a read under way now must not be cached in the new epoch.
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.proven.invalidate_all();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.unknown.invalidate_all();
     }
 
@@ -268,6 +287,29 @@ mod tests {
             .unwrap();
         assert!(c.is_fresh(&p, Timestamp::from_micros(29_999_999)));
         assert!(!c.is_fresh(&p, Timestamp::from_micros(30_000_000)));
+    }
+
+    #[test]
+    fn expire_all_makes_every_record_stale() {
+        let c = VerifyCache::new(CacheSettings::default());
+        let p = c
+            .remember([1; 32], record("key_a"), Timestamp::EPOCH, 0)
+            .unwrap();
+        assert!(c.is_fresh(&p, Timestamp::EPOCH));
+        c.expire_all();
+        assert!(!c.is_fresh(&p, Timestamp::EPOCH));
+        assert!(
+            matches!(c.lookup(&p.record.id, &[1; 32]), Lookup::Proven(_)),
+            "still proven"
+        );
+        let g = c.generation();
+        let q = c
+            .remember([1; 32], record("key_a"), Timestamp::EPOCH, g)
+            .unwrap();
+        assert!(
+            c.is_fresh(&q, Timestamp::EPOCH),
+            "a record read afterwards is fresh"
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
+    /// Operator commands against a running server: issue, roll, revoke, get, list.
+    Keys(crate::cli::KeysArgs),
+    /// Verify a key against a running server (exit 0 valid, 1 not valid).
+    Verify(crate::cli::VerifyArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -93,6 +97,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_NEGATIVE_CACHE_TTL", default_value = "10s", value_parser = parse_duration)]
     pub negative_cache_ttl: Duration,
 
+    /// How long the store may be unreachable before cached answers stop too (Verify then
+    /// answers UNAVAILABLE until it is back).
+    #[arg(long, env = "KEYAUTH_STORE_STALENESS_LIMIT", default_value = "10s", value_parser = parse_duration)]
+    pub store_staleness_limit: Duration,
+
+    /// How often key_events is polled for changes made by other instances (the catch-up
+    /// behind PostgreSQL notifications).
+    #[arg(long, env = "KEYAUTH_EVENT_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub event_poll_interval: Duration,
+
     /// Failed secrets per key id per minute before further attempts skip argon2.
     #[arg(long, env = "KEYAUTH_FAILURE_LIMIT", default_value_t = 10)]
     pub failure_limit: u32,
@@ -136,6 +150,7 @@ impl ServeArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.negative_cache_ttl,
             failure_limit: self.failure_limit,
+            staleness_limit: self.store_staleness_limit,
             ..CacheSettings::default()
         }
     }
@@ -182,7 +197,9 @@ mod tests {
     #[test]
     fn defaults_match_the_contract() {
         let cli = Cli::try_parse_from(["keyauth", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else {
+            panic!("not the serve command");
+        };
         assert_eq!(args.listen.to_string(), "127.0.0.1:50051");
         assert_eq!(args.database, "sqlite://keyauth.db");
         assert_eq!(args.cache_ttl, Duration::from_secs(30));

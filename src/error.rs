@@ -59,6 +59,11 @@ pub enum Error {
     #[error("deadline exceeded before the key could be checked")]
     DeadlineExceeded,
 
+    /// The store has been unreachable for longer than the staleness limit: no answer from
+    /// memory either.
+    #[error("the key store has been unreachable for longer than the staleness limit")]
+    StoreUnreachable,
+
     /// The store failed: unreachable (UNAVAILABLE) or otherwise (INTERNAL).
     #[error("store error")]
     Store(#[from] sqlx::Error),
@@ -175,24 +180,27 @@ impl From<Error> for Status {
             e @ Error::DeadlineExceeded => {
                 info(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", e.to_string())
             }
+            Error::StoreUnreachable => store_unavailable(),
             Error::Store(source) if Error::is_unavailable_store(&source) => {
                 tracing::warn!(error = %source, "store unavailable");
-                let mut details = ErrorDetails::with_error_info(
-                    "STORE_UNAVAILABLE",
-                    ERROR_DOMAIN,
-                    HashMap::new(),
-                );
-                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
-                Status::with_error_details(
-                    Code::Unavailable,
-                    "the key store is unreachable; the answer is unknown, retry shortly",
-                    details,
-                )
+                store_unavailable()
             }
             Error::Store(source) => internal(&source),
             Error::Internal(what) => internal(&what),
         }
     }
+}
+
+/// The answer is unknown because the store cannot be reached: retry.
+fn store_unavailable() -> Status {
+    let mut details =
+        ErrorDetails::with_error_info("STORE_UNAVAILABLE", ERROR_DOMAIN, HashMap::new());
+    details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+    Status::with_error_details(
+        Code::Unavailable,
+        "the key store is unreachable; the answer is unknown, retry shortly",
+        details,
+    )
 }
 
 /// Logs the whole failure under a fresh incident id and returns an opaque status naming it.

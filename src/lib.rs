@@ -3,6 +3,7 @@
 pub mod authority;
 pub mod cache;
 pub mod catalog;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod hashing;
 pub mod key;
 pub mod model;
 pub mod paging;
+pub mod propagation;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -12,6 +12,7 @@ use keyauth::catalog::Catalog;
 use keyauth::clock::Clock;
 use keyauth::config::{Cli, Command, LogFormat, ServeArgs};
 use keyauth::hashing::Hasher;
+use keyauth::propagation::FollowOptions;
 use keyauth::server::{self, ServeOptions};
 use keyauth::service::OperatorAuth;
 use keyauth::store;
@@ -30,6 +31,8 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Keys(args) => runtime.block_on(keyauth::cli::keys(args)),
+        Command::Verify(args) => runtime.block_on(keyauth::cli::verify(args)),
     }
 }
 
@@ -86,6 +89,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         health_interval: args.health_interval,
         usage_flush_interval: args.usage_flush_interval,
         shutdown_grace: args.shutdown_grace,
+        follow: FollowOptions {
+            poll_interval: args.event_poll_interval,
+            ..FollowOptions::default()
+        },
     };
     match server::run(listener, authority, operators, options, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

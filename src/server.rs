@@ -14,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::authority::Authority;
 use crate::error::Error;
 use crate::pb;
+use crate::propagation::{self, FollowOptions};
 use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
 
 pub const SERVICE_NAME: &str = "keyauth.v1.KeyAuthorityService";
@@ -23,6 +24,7 @@ pub struct ServeOptions {
     pub health_interval: Duration,
     pub usage_flush_interval: Duration,
     pub shutdown_grace: Duration,
+    pub follow: FollowOptions,
 }
 
 impl Default for ServeOptions {
@@ -31,6 +33,7 @@ impl Default for ServeOptions {
             health_interval: Duration::from_secs(2),
             usage_flush_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            follow: FollowOptions::default(),
         }
     }
 }
@@ -75,6 +78,11 @@ pub async fn run(
     let flusher = tokio::spawn(flush_usage(
         authority.clone(),
         options.usage_flush_interval,
+        stop_rx.clone(),
+    ));
+    let follower = tokio::spawn(propagation::follow_changes(
+        authority.clone(),
+        options.follow.clone(),
         stop_rx,
     ));
 
@@ -119,6 +127,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     let _ = probe.await;
     let _ = flusher.await;
+    let _ = follower.await;
     authority.store().close().await;
     served.map_err(Error::internal)
 }

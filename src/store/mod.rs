@@ -91,7 +91,56 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
 
+    /// The highest `key_events` sequence so far (0 when there is none).
+    async fn latest_event(&self) -> Result<i64, Error>;
+
+    /// Key events with a sequence above `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<KeyEvent>, Error>;
+
+    /// A live feed of key changes made by any instance, where the backend has one
+    /// (PostgreSQL's LISTEN/NOTIFY); `None` for SQLite.
+    async fn subscribe(&self) -> Result<Option<ChangeFeed>, Error>;
+
     async fn close(&self);
+}
+
+/// One row of `key_events`, as far as cache invalidation needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub seq: i64,
+    pub key_id: KeyId,
+}
+
+/// PostgreSQL notifications of key changes (see migrations/postgres/0002).
+pub struct ChangeFeed {
+    listener: sqlx::postgres::PgListener,
+}
+
+pub const CHANGE_CHANNEL: &str = "keyauth_key_events";
+
+impl ChangeFeed {
+    /// The next change; `Ok(None)` when the connection was lost (notifications sent meanwhile
+    /// are gone: catch up from `key_events`). The next call reconnects.
+    pub async fn next(&mut self) -> Result<Option<KeyEvent>, Error> {
+        let Some(notification) = self.listener.try_recv().await? else {
+            return Ok(None);
+        };
+        let parsed = notification
+            .payload()
+            .split_once(' ')
+            .and_then(|(seq, id)| {
+                Some(KeyEvent {
+                    seq: seq.parse().ok()?,
+                    key_id: KeyId::parse(id, "payload").ok()?,
+                })
+            });
+        parsed.map(Some).ok_or_else(|| {
+            Error::internal(format!(
+                "malformed key event notification {:?}",
+                notification.payload()
+            ))
+        })
+    }
 }
 
 /// Store connection settings.

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use sqlx::{PgPool, Row, SqlitePool};
 
-use super::{Cursor, Provenance, Rolled, Store};
+use super::{CHANGE_CHANNEL, ChangeFeed, Cursor, KeyEvent, Provenance, Rolled, Store};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
@@ -57,6 +57,10 @@ const INSERT_EVENT: &str = "INSERT INTO key_events \
 
 const TOUCH: &str = "UPDATE api_keys SET last_used_time = $2 \
      WHERE id = $1 AND (last_used_time IS NULL OR last_used_time < $2)";
+
+const LATEST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS seq FROM key_events";
+const EVENTS_AFTER: &str =
+    "SELECT seq, key_id FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2";
 
 const SETTING_INSERT: &str =
     "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
@@ -311,6 +315,31 @@ macro_rules! sql_store {
                 Ok(row.try_get("value")?)
             }
 
+            async fn latest_event(&self) -> Result<i64, Error> {
+                let row = sqlx::query(LATEST_EVENT).fetch_one(&self.pool).await?;
+                Ok(row.try_get("seq")?)
+            }
+
+            async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<KeyEvent>, Error> {
+                let rows = sqlx::query(EVENTS_AFTER)
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(KeyEvent {
+                            seq: row.try_get("seq")?,
+                            key_id: KeyId::from_store(row.try_get("key_id")?),
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn subscribe(&self) -> Result<Option<ChangeFeed>, Error> {
+                self.change_feed().await
+            }
+
             async fn close(&self) {
                 self.pool.close().await;
             }
@@ -338,9 +367,20 @@ impl SqliteStore {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, Error> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
+
+    /// One SQLite file serves one instance: there is no one else to hear from.
+    async fn change_feed(&self) -> Result<Option<ChangeFeed>, Error> {
+        Ok(None)
+    }
 }
 
 impl PgStore {
+    async fn change_feed(&self) -> Result<Option<ChangeFeed>, Error> {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANGE_CHANNEL).await?;
+        Ok(Some(ChangeFeed { listener }))
+    }
+
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, Error> {
         Ok(self.pool.begin().await?)
     }

@@ -18,7 +18,7 @@ use keyauth::pb;
 use keyauth::pb::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth::server::{self, ServeOptions};
 use keyauth::service::OperatorAuth;
-use keyauth::store::{self, Cursor, Provenance, Rolled, Store, StoreOptions};
+use keyauth::store::{self, ChangeFeed, Cursor, KeyEvent, Provenance, Rolled, Store, StoreOptions};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -185,6 +185,15 @@ impl Store for CountingStore {
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error> {
         self.inner.setting_or_insert(name, fresh).await
     }
+    async fn latest_event(&self) -> Result<i64, Error> {
+        self.inner.latest_event().await
+    }
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<KeyEvent>, Error> {
+        self.inner.events_after(after, limit).await
+    }
+    async fn subscribe(&self) -> Result<Option<ChangeFeed>, Error> {
+        self.inner.subscribe().await
+    }
     async fn close(&self) {
         self.inner.close().await
     }
@@ -335,6 +344,8 @@ impl Default for Options {
 }
 
 pub struct TestApp {
+    /// Where the server under test listens.
+    pub addr: std::net::SocketAddr,
     pub client: KeyAuthorityServiceClient<Channel>,
     pub channel: Channel,
     pub clock: Clock,
@@ -385,6 +396,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         health_interval: Duration::from_millis(200),
         usage_flush_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(10),
+        ..ServeOptions::default()
     };
     let server = tokio::spawn(server::run(
         listener,
@@ -401,6 +413,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         .await
         .expect("connect to the server under test");
     TestApp {
+        addr,
         client: KeyAuthorityServiceClient::new(channel.clone()),
         channel,
         clock,

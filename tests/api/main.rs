@@ -2,8 +2,10 @@
 //! each scenario against SQLite and (when KEYAUTH_TEST_DATABASE_URL is set) PostgreSQL.
 
 mod helpers;
+mod instances;
 
 mod cache;
+mod cli;
 mod issue;
 mod list;
 mod process;

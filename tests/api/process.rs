@@ -10,7 +10,7 @@ use keyauth::pb::key_authority_service_client::KeyAuthorityServiceClient;
 
 use crate::helpers::{ADMIN_TOKEN, op, register_secret, standard};
 
-fn keyauth() -> Command {
+pub(crate) fn keyauth() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keyauth"));
     command
         .env_remove("KEYAUTH_ADMIN_TOKEN")
@@ -60,7 +60,7 @@ fn bad_settings_exit_2_naming_the_setting() {
 
 /// The server's stderr, a line at a time, read on a thread of its own (so the server never
 /// blocks on a full pipe).
-fn log_lines(child: &mut Child) -> mpsc::Receiver<String> {
+pub(crate) fn log_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -72,7 +72,7 @@ fn log_lines(child: &mut Child) -> mpsc::Receiver<String> {
 }
 
 /// Waits for a log line containing `needle` and returns it.
-fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+pub(crate) fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     loop {
         match lines.recv_timeout(Duration::from_secs(30)) {
             Ok(line) if line.contains(needle) => return line,
@@ -87,33 +87,18 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("k.db").display());
     // Slow hashes and no cache: a cold Verify is in flight long enough to be interrupted.
-    let mut child = keyauth()
-        .args(["serve", "--listen", "127.0.0.1:0", "--database", &db])
-        .args([
+    let server = ServerProcess::start(
+        &db,
+        &[
             "--argon2-m-cost",
             "65536",
             "--argon2-t-cost",
             "8",
             "--cache-capacity",
             "0",
-        ])
-        .env("KEYAUTH_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "keyauth=debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = log_lines(&mut child);
-    let serving = wait_for_line(&lines, "keyauth serving");
-    let addr = serving
-        .split("addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
-    let mut client = KeyAuthorityServiceClient::connect(format!("http://{addr}"))
-        .await
-        .unwrap();
+        ],
+    );
+    let mut client = server.client().await;
     let issued = client
         .issue_key(op(standard("app_1", pb::Environment::Test)))
         .await
@@ -131,9 +116,9 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
             .await
     });
     // Once the call is in the server, ask it to stop.
-    wait_for_line(&lines, "method=\"Verify\"");
+    wait_for_line(&server.lines, "method=\"Verify\"");
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
@@ -143,9 +128,64 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
         .unwrap()
         .expect("the in-flight call completes");
     assert!(answer.into_inner().valid);
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || server.child.wait())
         .await
         .unwrap()
         .unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+}
+
+/// A `keyauth serve` child process on a free port.
+pub(crate) struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts `keyauth serve` on `database` with extra flags, and waits until it serves.
+    pub(crate) fn start(database: &str, extra: &[&str]) -> Self {
+        let mut child = keyauth()
+            .args(["serve", "--listen", "127.0.0.1:0", "--database", database])
+            .args(extra)
+            .env("KEYAUTH_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "keyauth=debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = log_lines(&mut child);
+        let serving = wait_for_line(&lines, "keyauth serving");
+        let addr = serving
+            .split("addr=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        ServerProcess {
+            addr: addr.to_owned(),
+            child,
+            lines,
+        }
+    }
+
+    pub(crate) async fn client(&self) -> KeyAuthorityServiceClient<tonic::transport::Channel> {
+        KeyAuthorityServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no drain, no flush, no goodbye.
+    pub(crate) fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
