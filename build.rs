@@ -20,6 +20,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
 
     tonic_prost_build::configure()
+        // Maps as BTreeMap: a message then always encodes to the same bytes, which the
+        // idempotency fingerprint relies on.
+        .btree_map(".")
         // These messages carry a full key: their `Debug` is written by hand and redacts it.
         .skip_debug([
             "keyauth.v1.IssueKeyResponse",

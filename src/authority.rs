@@ -11,17 +11,21 @@ use crate::catalog::Catalog;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
+use crate::idempotency::{IdempotencyKey, Sealer};
 use crate::key::PresentedKey;
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions, Verdict,
 };
 use crate::paging::PageTokens;
-use crate::store::{Cursor, Provenance, Rolled, Store};
+use crate::store::{
+    AuditEvent, Changed, Cursor, EventFilter, IdempotentWrite, Provenance, Rolled, Store,
+};
 use crate::usage::UsageRecorder;
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_TOKEN_SETTING: &str = "page_token_key";
 
@@ -35,6 +39,36 @@ pub struct NewKey {
     pub permissions: Permissions,
     pub expire_time: Option<Timestamp>,
     pub metadata: Metadata,
+}
+
+/// An operator call made with an idempotency key.
+pub struct Idempotency<'a> {
+    /// Non-secret id of the operator token: records are scoped per operator.
+    pub operator: &'a str,
+    pub key: &'a IdempotencyKey,
+    /// Fingerprint of the method and request.
+    pub fingerprint: String,
+    /// Encodes the response (without its secret) from what the change produced.
+    pub respond: &'a (dyn Fn(&Changed<'_>) -> Vec<u8> + Send + Sync),
+}
+
+impl Idempotency<'_> {
+    /// What a sealed secret is bound to: it opens for this record only.
+    fn context(&self) -> Vec<u8> {
+        format!(
+            "{}\0{}\0{}",
+            self.operator,
+            self.key.as_str(),
+            self.fingerprint
+        )
+        .into_bytes()
+    }
+}
+
+/// A stored response replayed for a retry: the encoded message, and its secret if it had one.
+pub struct Replay {
+    pub response: Vec<u8>,
+    pub secret: Option<zeroize::Zeroizing<String>>,
 }
 
 /// A key just made, with its full key (shown once).
@@ -52,6 +86,8 @@ pub struct Authority {
     usage: UsageRecorder,
     page_tokens: PageTokens,
     contact: StoreContact,
+    sealer: Sealer,
+    idempotency_ttl: Duration,
 }
 
 /// When the change follower last heard from the store (monotonic). Untracked until the
@@ -102,7 +138,17 @@ impl Authority {
                 origin: Instant::now(),
                 last_ms: std::sync::atomic::AtomicU64::new(0),
             },
+            sealer: Sealer::new(None),
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
         })
+    }
+
+    /// Enables idempotent replay of secret-bearing responses (with a seal key) and sets how
+    /// long responses are kept.
+    pub fn with_idempotency(mut self, sealer: Sealer, ttl: Duration) -> Self {
+        self.sealer = sealer;
+        self.idempotency_ttl = ttl;
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -161,13 +207,73 @@ impl Authority {
         Ok(Issued { record, key })
     }
 
-    pub async fn issue(&self, new: NewKey, who: &Provenance) -> Result<Issued, Error> {
+    /// The idempotency record to write with a change, the secret (if any) sealed.
+    fn idempotent_write<'a>(
+        &self,
+        idem: Option<&'a Idempotency<'a>>,
+        secret: Option<&PresentedKey>,
+        now: Timestamp,
+    ) -> Result<Option<IdempotentWrite<'a>>, Error> {
+        let Some(idem) = idem else { return Ok(None) };
+        let sealed_secret = match secret {
+            Some(key) => Some(self.sealer.seal(key.expose(), &idem.context())?),
+            None => None,
+        };
+        Ok(Some(IdempotentWrite {
+            operator: idem.operator,
+            key: idem.key.as_str(),
+            fingerprint: &idem.fingerprint,
+            sealed_secret,
+            create_time: now,
+            expire_time: now.saturating_add(self.idempotency_ttl),
+            respond: idem.respond,
+        }))
+    }
+
+    /// The stored response of an earlier call with this idempotency key, if any. A different
+    /// request under the same key is refused.
+    pub async fn replay(&self, idem: &Idempotency<'_>) -> Result<Option<Replay>, Error> {
+        let Some(record) = self
+            .store
+            .idempotency_record(idem.operator, idem.key.as_str(), self.now())
+            .await?
+        else {
+            return Ok(None);
+        };
+        if record.fingerprint != idem.fingerprint {
+            return Err(Error::IdempotencyKeyReused);
+        }
+        let secret = match &record.sealed_secret {
+            Some(sealed) => Some(zeroize::Zeroizing::new(
+                self.sealer.open(sealed, &idem.context())?,
+            )),
+            None => None,
+        };
+        tracing::info!(
+            idempotency_key = idem.key.as_str(),
+            "replaying a stored response"
+        );
+        Ok(Some(Replay {
+            response: record.response,
+            secret,
+        }))
+    }
+
+    pub async fn issue(
+        &self,
+        new: NewKey,
+        who: &Provenance,
+        idem: Option<&Idempotency<'_>>,
+    ) -> Result<Issued, Error> {
         let now = self.now();
         if new.expire_time.is_some_and(|e| e <= now) {
             return Err(Error::invalid("expire_time", "must be in the future"));
         }
         let issued = self.mint(new, now).await?;
-        self.store.insert_key(&issued.record, who).await?;
+        let write = self.idempotent_write(idem, Some(&issued.key), now)?;
+        self.store
+            .insert_key(&issued.record, who, write.as_ref())
+            .await?;
         self.cache.forget(&issued.record.id);
         tracing::info!(key_id = %issued.record.id, application_id = issued.record.application_id.as_str(), "key issued");
         Ok(issued)
@@ -179,6 +285,7 @@ impl Authority {
         id: &KeyId,
         grace: Option<Duration>,
         who: &Provenance,
+        idem: Option<&Idempotency<'_>>,
     ) -> Result<(Issued, KeyRecord), Error> {
         let grace = grace.unwrap_or(DEFAULT_GRACE);
         if grace > MAX_GRACE {
@@ -204,9 +311,17 @@ impl Authority {
         };
         let mut issued = self.mint(new, now).await?;
         issued.record.restricted = old.restricted;
+        let write = self.idempotent_write(idem, Some(&issued.key), now)?;
         let outcome = self
             .store
-            .roll_key(id, &issued.record, now.saturating_add(grace), now, who)
+            .roll_key(
+                id,
+                &issued.record,
+                now.saturating_add(grace),
+                now,
+                who,
+                write.as_ref(),
+            )
             .await;
         self.cache.forget(id);
         match outcome? {
@@ -227,13 +342,19 @@ impl Authority {
         id: &KeyId,
         reason: Option<&str>,
         who: &Provenance,
+        idem: Option<&Idempotency<'_>>,
     ) -> Result<KeyRecord, Error> {
         let now = self.now();
-        let outcome = self.store.revoke_key(id, now, reason, who).await;
+        let write = self.idempotent_write(idem, None, now)?;
+        let outcome = self
+            .store
+            .revoke_key(id, now, reason, who, write.as_ref())
+            .await;
         self.cache.forget(id);
         let record = outcome?.ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
         tracing::info!(key_id = %id, "key revoked");
-        Ok(self.with_pending_use(record))
+        // As stored: an idempotent retry replays exactly this.
+        Ok(record)
     }
 
     pub async fn get(&self, id: &KeyId) -> Result<KeyRecord, Error> {
@@ -390,6 +511,48 @@ impl Authority {
             record.last_used_time = record.last_used_time.max(Some(at));
         }
         record
+    }
+
+    /// Audit events of a key or an application, newest first, a page at a time.
+    pub async fn list_events(
+        &self,
+        filter: &EventFilter,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEvent>, String), Error> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let scope = match filter {
+            EventFilter::Key(id) => format!("key:{id}"),
+            EventFilter::Application(app) => format!("app:{}", app.as_str()),
+        };
+        let before = match page_token {
+            "" => i64::MAX,
+            token => self.page_tokens.open_events(&scope, token)?,
+        };
+        let mut events = self.store.list_events(filter, before, size + 1).await?;
+        let next = if events.len() > size as usize {
+            events.truncate(size as usize);
+            let last = events.last().expect("a full page has a last event");
+            self.page_tokens.issue_events(&scope, last.seq)
+        } else {
+            String::new()
+        };
+        Ok((events, next))
+    }
+
+    /// Records a refused operator call in the audit trail (best effort: logged if it fails).
+    pub async fn record_auth_failure(&self, who: &Provenance) {
+        if let Err(e) = self.store.record_auth_failure(who, self.now()).await {
+            tracing::warn!(error = %e, "recording a failed operator authentication failed");
+        }
+    }
+
+    /// Deletes idempotency records past their time.
+    pub async fn purge_idempotency(&self) -> Result<u64, Error> {
+        self.store.purge_idempotency(self.now()).await
     }
 
     /// Writes pending last-use times to the store in one batch.

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use moka::notification::RemovalCause;
 use moka::sync::Cache;
 
 use crate::clock::Timestamp;
@@ -109,6 +110,15 @@ impl VerifyCache {
             proven: Cache::builder()
                 .max_capacity(settings.capacity)
                 .time_to_idle(Duration::from_secs(600).max(settings.ttl))
+                .eviction_listener(|_, _, cause| {
+                    let cause = match cause {
+                        RemovalCause::Size => "size",
+                        RemovalCause::Expired => "expired",
+                        RemovalCause::Explicit | RemovalCause::Replaced => return,
+                    };
+                    metrics::counter!(crate::metrics::CACHE_EVICTIONS, "cause" => cause)
+                        .increment(1);
+                })
                 .build(),
             unknown: Cache::builder()
                 .max_capacity(100_000)
@@ -125,11 +135,13 @@ impl VerifyCache {
     }
 
     pub fn lookup(&self, id: &KeyId, digest: &KeyDigest) -> Lookup {
-        match self.proven.get(id) {
-            Some(p) if digests_match(&p.digest, digest) => Lookup::Proven(p),
-            Some(_) => Lookup::WrongSecret,
-            None => Lookup::Miss,
-        }
+        let (lookup, result) = match self.proven.get(id) {
+            Some(p) if digests_match(&p.digest, digest) => (Lookup::Proven(p), "hit"),
+            Some(_) => (Lookup::WrongSecret, "wrong_secret"),
+            None => (Lookup::Miss, "miss"),
+        };
+        metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => result).increment(1);
+        lookup
     }
 
     pub fn staleness_limit(&self) -> Duration {

@@ -11,7 +11,7 @@
 //! Unlike the server side, this module names `pb` types directly: it is a client of the wire
 //! contract, not part of the domain.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
@@ -623,7 +623,7 @@ enum Prepared {
 fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
     Ok(match command {
         KeysCommand::Issue(a) => {
-            let mut metadata = HashMap::new();
+            let mut metadata = BTreeMap::new();
             for entry in &a.metadata {
                 if metadata
                     .insert(entry.key.clone(), entry.value.clone())

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::cache::CacheSettings;
 use crate::hashing::HashParams;
+use crate::limits::Limits;
 use crate::store::StoreOptions;
 
 #[derive(Debug, Parser)]
@@ -22,6 +23,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gRPC server.
@@ -30,6 +33,8 @@ pub enum Command {
     Keys(crate::cli::KeysArgs),
     /// Verify a key against a running server (exit 0 valid, 1 not valid).
     Verify(crate::cli::VerifyArgs),
+    /// Print a fresh seal key (64 hex digits) for KEYAUTH_SEAL_KEY.
+    GenSealKey,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -126,6 +131,64 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "KEYAUTH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Seal key (32 bytes, hex or base64) that encrypts the secrets kept for idempotent
+    /// replay of IssueKey and RollKey. Unset: such replays are refused (FAILED_PRECONDITION).
+    /// `keyauth gen-seal-key` prints one.
+    #[arg(
+        long,
+        env = "KEYAUTH_SEAL_KEY",
+        hide_env_values = true,
+        conflicts_with = "seal_key_file"
+    )]
+    pub seal_key: Option<String>,
+
+    /// File holding the seal key, instead of KEYAUTH_SEAL_KEY.
+    #[arg(long, env = "KEYAUTH_SEAL_KEY_FILE")]
+    pub seal_key_file: Option<PathBuf>,
+
+    /// How long responses of calls made with an idempotency key are kept for replay.
+    #[arg(long, env = "KEYAUTH_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+
+    /// TLS certificate chain (PEM). With --tls-key, the server speaks TLS only; without both,
+    /// plaintext.
+    #[arg(long, env = "KEYAUTH_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) of --tls-cert.
+    #[arg(long, env = "KEYAUTH_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM): when set, every client must present a certificate they signed
+    /// (mTLS).
+    #[arg(long, env = "KEYAUTH_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Token Verify and CheckPermission callers must send as `authorization: Bearer <token>`.
+    /// Unset: anyone who can connect may verify.
+    #[arg(long, env = "KEYAUTH_VERIFIER_TOKEN", hide_env_values = true)]
+    pub verifier_token: Option<String>,
+
+    /// Address of the Prometheus metrics listener (HTTP, /metrics). Unset: no metrics.
+    #[arg(long, env = "KEYAUTH_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// Largest request message accepted, bytes; larger ones get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KEYAUTH_MAX_REQUEST_BYTES", default_value_t = Limits::DEFAULT_MAX_REQUEST_BYTES as u32, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_request_bytes: u32,
+
+    /// Largest header list (a call's metadata) accepted, bytes.
+    #[arg(long, env = "KEYAUTH_MAX_HEADER_BYTES", default_value_t = Limits::DEFAULT_MAX_HEADER_LIST_BYTES, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_header_bytes: u32,
+
+    /// Calls in flight on one connection at most (HTTP/2 max concurrent streams).
+    #[arg(long, env = "KEYAUTH_MAX_CONCURRENT_STREAMS", default_value_t = Limits::DEFAULT_MAX_CONCURRENT_STREAMS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Longest a call may run; longer ones get DEADLINE_EXCEEDED.
+    #[arg(long, env = "KEYAUTH_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
 }
 
 impl ServeArgs {
@@ -155,11 +218,28 @@ impl ServeArgs {
         }
     }
 
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_request_bytes: self.max_request_bytes as usize,
+            max_header_list_bytes: self.max_header_bytes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            request_timeout: self.request_timeout,
+        }
+    }
+
     pub fn store(&self) -> StoreOptions {
         StoreOptions {
             max_connections: self.database_max_connections,
             ..StoreOptions::default()
         }
+    }
+}
+
+/// A duration (see [`parse_duration`]) that is not zero.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} must be more than zero")),
+        d => Ok(d),
     }
 }
 
@@ -204,5 +284,8 @@ mod tests {
         assert_eq!(args.database, "sqlite://keyauth.db");
         assert_eq!(args.cache_ttl, Duration::from_secs(30));
         assert_eq!(args.hash_params(), HashParams::DEFAULT);
+        assert_eq!(args.limits(), Limits::default());
+        assert!(args.tls_cert.is_none() && args.metrics_listen.is_none());
+        assert!(args.verifier_token.is_none());
     }
 }

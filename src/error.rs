@@ -51,6 +51,10 @@ pub enum Error {
     #[error("{0}")]
     Unauthenticated(&'static str),
 
+    /// A Verify or CheckPermission caller without the verifier token (when one is set).
+    #[error("{0}")]
+    VerifierUnauthenticated(&'static str),
+
     /// The argon2 pool is saturated: retry later.
     #[error("the server is overloaded: too many key verifications are waiting; retry shortly")]
     Overloaded,
@@ -63,6 +67,24 @@ pub enum Error {
     /// memory either.
     #[error("the key store has been unreachable for longer than the staleness limit")]
     StoreUnreachable,
+
+    /// The audit record of a change could not be written, so the change was not made.
+    #[error("audit write failed")]
+    AuditUnavailable(#[source] sqlx::Error),
+
+    /// Same idempotency key, different request.
+    #[error(
+        "this idempotency key was already used with a different request; use a new key for a new request"
+    )]
+    IdempotencyKeyReused,
+
+    /// A call with the same idempotency key is still running (or committed concurrently).
+    #[error("a call with this idempotency key is in progress; retry shortly")]
+    IdempotencyInProgress,
+
+    /// Internal signal: a concurrent call with the same idempotency key committed first.
+    #[error("a concurrent call with this idempotency key committed first")]
+    IdempotencyRace,
 
     /// The store failed: unreachable (UNAVAILABLE) or otherwise (INTERNAL).
     #[error("store error")]
@@ -171,6 +193,11 @@ impl From<Error> for Status {
                 "OPERATOR_UNAUTHENTICATED",
                 message.to_owned(),
             ),
+            Error::VerifierUnauthenticated(message) => info(
+                Code::Unauthenticated,
+                "VERIFIER_UNAUTHENTICATED",
+                message.to_owned(),
+            ),
             e @ Error::Overloaded => {
                 let mut details =
                     ErrorDetails::with_error_info("OVERLOADED", ERROR_DOMAIN, HashMap::new());
@@ -181,11 +208,48 @@ impl From<Error> for Status {
                 info(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", e.to_string())
             }
             Error::StoreUnreachable => store_unavailable(),
+            Error::AuditUnavailable(source) => {
+                tracing::error!(error = %source, "audit record refused; the change was not made");
+                let mut details = ErrorDetails::with_error_info(
+                    "AUDIT_UNAVAILABLE",
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                details.set_retry_info(Some(std::time::Duration::from_secs(1)));
+                Status::with_error_details(
+                    Code::Unavailable,
+                    "the audit trail could not be written, so the change was not made; retry shortly",
+                    details,
+                )
+            }
+            e @ Error::IdempotencyKeyReused => {
+                let mut details = ErrorDetails::with_error_info(
+                    "idempotency_key_reused",
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                details.add_bad_request_violation("idempotency-key", e.to_string());
+                Status::with_error_details(Code::InvalidArgument, e.to_string(), details)
+            }
+            e @ (Error::IdempotencyInProgress | Error::IdempotencyRace) => {
+                let mut details = ErrorDetails::with_error_info(
+                    "IDEMPOTENCY_IN_PROGRESS",
+                    ERROR_DOMAIN,
+                    HashMap::new(),
+                );
+                details.set_retry_info(Some(std::time::Duration::from_millis(200)));
+                Status::with_error_details(Code::Aborted, e.to_string(), details)
+            }
             Error::Store(source) if Error::is_unavailable_store(&source) => {
                 tracing::warn!(error = %source, "store unavailable");
+                metrics::counter!(crate::metrics::STORE_ERRORS, "kind" => "unavailable")
+                    .increment(1);
                 store_unavailable()
             }
-            Error::Store(source) => internal(&source),
+            Error::Store(source) => {
+                metrics::counter!(crate::metrics::STORE_ERRORS, "kind" => "failed").increment(1);
+                internal(&source)
+            }
             Error::Internal(what) => internal(&what),
         }
     }

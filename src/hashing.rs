@@ -43,6 +43,7 @@ impl HashParams {
 
 pub struct Hasher {
     params: Params,
+    workers: usize,
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
@@ -52,6 +53,7 @@ impl Hasher {
     pub fn new(params: HashParams, workers: usize, max_waiting: usize) -> Result<Self, String> {
         Ok(Hasher {
             params: params.validate()?,
+            workers: workers.max(1),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting,
@@ -121,6 +123,12 @@ impl Hasher {
     /// Hashes waiting for a worker right now (for metrics and tests).
     pub fn waiting(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Workers hashing right now (for metrics).
+    pub fn busy(&self) -> usize {
+        self.workers
+            .saturating_sub(self.permits.available_permits())
     }
 }
 

@@ -8,13 +8,17 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod hashing;
+pub mod idempotency;
 pub mod key;
+pub mod limits;
+pub mod metrics;
 pub mod model;
 pub mod paging;
 pub mod propagation;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 pub mod usage;
 mod wire;
 

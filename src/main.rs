@@ -12,6 +12,7 @@ use keyauth::catalog::Catalog;
 use keyauth::clock::Clock;
 use keyauth::config::{Cli, Command, LogFormat, ServeArgs};
 use keyauth::hashing::Hasher;
+use keyauth::idempotency::{SealKey, Sealer};
 use keyauth::propagation::FollowOptions;
 use keyauth::server::{self, ServeOptions};
 use keyauth::service::OperatorAuth;
@@ -33,6 +34,16 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Keys(args) => runtime.block_on(keyauth::cli::keys(args)),
         Command::Verify(args) => runtime.block_on(keyauth::cli::verify(args)),
+        Command::GenSealKey => match SealKey::generate_hex() {
+            Ok(key) => {
+                println!("{key}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("keyauth: cannot read the OS random source: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -55,6 +66,34 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(h) => h,
         Err(e) => return usage_error("--argon2-m-cost/--argon2-t-cost/--argon2-p-cost", e),
     };
+    let tls = match keyauth::tls::server_config(
+        args.tls_cert.as_deref(),
+        args.tls_key.as_deref(),
+        args.tls_client_ca.as_deref(),
+    ) {
+        Ok(tls) => tls,
+        Err(e) => return usage_error(e.setting, e.why),
+    };
+    if let Some(addr) = args.metrics_listen {
+        if let Err(e) = keyauth::metrics::install(addr) {
+            return usage_error(
+                "--metrics-listen (KEYAUTH_METRICS_LISTEN)",
+                format!("{addr}: {e}"),
+            );
+        }
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    let seal_key = match (&args.seal_key, &args.seal_key_file) {
+        (Some(text), _) => match SealKey::parse(text) {
+            Ok(k) => Some(k),
+            Err(e) => return usage_error("--seal-key (KEYAUTH_SEAL_KEY)", e),
+        },
+        (None, Some(path)) => match SealKey::load(path) {
+            Ok(k) => Some(k),
+            Err(e) => return usage_error("--seal-key-file (KEYAUTH_SEAL_KEY_FILE)", e),
+        },
+        (None, None) => None,
+    };
     let store = match store::connect(&args.database, &args.store()).await {
         Ok(s) => s,
         Err(e) => {
@@ -68,7 +107,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let authority = match Authority::new(store, hasher, catalog, Clock::System, args.cache()).await
     {
-        Ok(a) => Arc::new(a),
+        Ok(a) => Arc::new(a.with_idempotency(Sealer::new(seal_key.as_ref()), args.idempotency_ttl)),
         Err(e) => {
             eprintln!("keyauth: cannot initialise the key authority: {e}");
             return ExitCode::FAILURE;
@@ -93,6 +132,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             poll_interval: args.event_poll_interval,
             ..FollowOptions::default()
         },
+        tls,
+        verifiers: OperatorAuth::verifier(args.verifier_token.as_deref()),
+        limits: args.limits(),
     };
     match server::run(listener, authority, operators, options, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

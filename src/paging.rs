@@ -31,16 +31,9 @@ impl PageTokens {
         mac
     }
 
-    fn scope(app: &ApplicationId, env: Option<Environment>) -> String {
-        format!("{}\0{}", app.as_str(), env.map_or("", Environment::as_str))
-    }
-
-    pub fn issue(&self, app: &ApplicationId, env: Option<Environment>, cursor: &Cursor) -> String {
-        let payload = format!("{}.{}", cursor.create_time.as_micros(), cursor.id.as_str());
-        let tag = self
-            .mac(&Self::scope(app, env), &payload)
-            .finalize()
-            .into_bytes();
+    /// A token carrying `payload`, valid only for the same `scope` (the listing's filters).
+    fn seal(&self, scope: &str, payload: &str) -> String {
+        let tag = self.mac(scope, payload).finalize().into_bytes();
         format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(payload),
@@ -48,12 +41,8 @@ impl PageTokens {
         )
     }
 
-    pub fn open(
-        &self,
-        app: &ApplicationId,
-        env: Option<Environment>,
-        token: &str,
-    ) -> Result<Cursor, Error> {
+    /// The payload of a token issued by [`PageTokens::seal`] for `scope`.
+    fn unseal(&self, scope: &str, token: &str) -> Result<String, Error> {
         let (payload, tag) = token.split_once('.').ok_or(Error::InvalidPageToken)?;
         let payload = URL_SAFE_NO_PAD
             .decode(payload)
@@ -66,9 +55,33 @@ impl PageTokens {
         if tag.len() != TAG_LEN {
             return Err(Error::InvalidPageToken);
         }
-        self.mac(&Self::scope(app, env), &payload)
+        self.mac(scope, &payload)
             .verify_truncated_left(&tag)
             .map_err(|_| Error::InvalidPageToken)?;
+        Ok(payload)
+    }
+
+    fn key_scope(app: &ApplicationId, env: Option<Environment>) -> String {
+        format!(
+            "keys\0{}\0{}",
+            app.as_str(),
+            env.map_or("", Environment::as_str)
+        )
+    }
+
+    /// ListKeys: resumes after `cursor`, for these filters only.
+    pub fn issue(&self, app: &ApplicationId, env: Option<Environment>, cursor: &Cursor) -> String {
+        let payload = format!("{}.{}", cursor.create_time.as_micros(), cursor.id.as_str());
+        self.seal(&Self::key_scope(app, env), &payload)
+    }
+
+    pub fn open(
+        &self,
+        app: &ApplicationId,
+        env: Option<Environment>,
+        token: &str,
+    ) -> Result<Cursor, Error> {
+        let payload = self.unseal(&Self::key_scope(app, env), token)?;
         let (time, id) = payload.split_once('.').ok_or(Error::InvalidPageToken)?;
         let create_time = time.parse::<i64>().map_err(|_| Error::InvalidPageToken)?;
         let id = KeyId::parse(id, "page_token").map_err(|_| Error::InvalidPageToken)?;
@@ -76,6 +89,17 @@ impl PageTokens {
             create_time: Timestamp::from_micros(create_time),
             id,
         })
+    }
+
+    /// ListKeyEvents: resumes below sequence `before`, for this filter only.
+    pub fn issue_events(&self, filter: &str, before: i64) -> String {
+        self.seal(&format!("events\0{filter}"), &before.to_string())
+    }
+
+    pub fn open_events(&self, filter: &str, token: &str) -> Result<i64, Error> {
+        self.unseal(&format!("events\0{filter}"), token)?
+            .parse()
+            .map_err(|_| Error::InvalidPageToken)
     }
 }
 
@@ -106,5 +130,12 @@ mod tests {
         }
         let other_key = PageTokens::new(b"j".repeat(32));
         assert!(other_key.open(&app, None, &token).is_err());
+        let events = tokens.issue_events("key_ABCDEFGHIJKL", 42);
+        assert_eq!(tokens.open_events("key_ABCDEFGHIJKL", &events).unwrap(), 42);
+        assert!(tokens.open_events("app", &events).is_err());
+        assert!(
+            tokens.open(&app, None, &events).is_err(),
+            "an events token is no keys token"
+        );
     }
 }

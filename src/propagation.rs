@@ -132,9 +132,7 @@ pub async fn follow_changes(
             _ = poll.tick() => catch_up(&authority, &mut cursor, &options).await,
             event = next_event(&mut feed) => match event {
                 Ok(Some(event)) => {
-                    if cursor.apply(event.seq) {
-                        authority.cache().forget(&event.key_id);
-                    }
+                    apply(&authority, &mut cursor, &event);
                     cursor.advance(Instant::now(), options.gap_horizon);
                 }
                 lost => {
@@ -148,6 +146,15 @@ pub async fn follow_changes(
                 }
             },
         }
+    }
+}
+
+/// Drops the cache entry of an event's key, once per event.
+fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent) {
+    if cursor.apply(event.seq)
+        && let Some(id) = &event.key_id
+    {
+        authority.cache().forget(id);
     }
 }
 
@@ -170,10 +177,8 @@ async fn catch_up(authority: &Authority, cursor: &mut EventCursor, options: &Fol
             Ok(events) => {
                 authority.note_store_contact();
                 let full = events.len() == BATCH as usize;
-                for event in events {
-                    if cursor.apply(event.seq) {
-                        authority.cache().forget(&event.key_id);
-                    }
+                for event in &events {
+                    apply(authority, cursor, event);
                 }
                 let before = cursor.watermark;
                 cursor.advance(Instant::now(), options.gap_horizon);

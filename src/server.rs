@@ -7,17 +7,21 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::authority::Authority;
 use crate::error::Error;
+use crate::limits::{Limits, LimitsLayer};
 use crate::pb;
 use crate::propagation::{self, FollowOptions};
 use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
 
 pub const SERVICE_NAME: &str = "keyauth.v1.KeyAuthorityService";
+
+/// How often the gauges (hash pool, store pool, cache size) are sampled for the metrics.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -25,6 +29,11 @@ pub struct ServeOptions {
     pub usage_flush_interval: Duration,
     pub shutdown_grace: Duration,
     pub follow: FollowOptions,
+    /// TLS (and mTLS when it has a client CA); `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// The verifier token Verify and CheckPermission require, if configured.
+    pub verifiers: OperatorAuth,
+    pub limits: Limits,
 }
 
 impl Default for ServeOptions {
@@ -34,6 +43,9 @@ impl Default for ServeOptions {
             usage_flush_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             follow: FollowOptions::default(),
+            tls: None,
+            verifiers: OperatorAuth::verifier(None),
+            limits: Limits::default(),
         }
     }
 }
@@ -66,7 +78,15 @@ pub async fn run(
         .build_v1alpha()
         .map_err(Error::internal)?;
 
-    let api = KeyAuthorityServiceServer::new(KeyAuthorityApi::new(authority.clone(), operators));
+    let api = KeyAuthorityServiceServer::new(
+        KeyAuthorityApi::new(authority.clone(), operators)
+            .with_verifiers(options.verifiers.clone()),
+    )
+    .max_decoding_message_size(options.limits.max_request_bytes);
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls.clone() {
+        builder = builder.tls_config(tls).map_err(Error::internal)?;
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn(probe_store(
@@ -83,8 +103,9 @@ pub async fn run(
     let follower = tokio::spawn(propagation::follow_changes(
         authority.clone(),
         options.follow.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
+    let gauges = tokio::spawn(sample_gauges(authority.clone(), stop_rx));
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
@@ -100,8 +121,24 @@ pub async fn run(
     };
 
     let addr = listener.local_addr().map_err(Error::internal)?;
-    tracing::info!(%addr, store = authority.store().backend(), "keyauth serving");
-    let serve = Server::builder()
+    if options.tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving plaintext on a non-loopback address: keys and tokens cross the network \
+             unencrypted. Set --tls-cert and --tls-key (KEYAUTH_TLS_CERT, KEYAUTH_TLS_KEY)."
+        );
+    }
+    tracing::info!(
+        %addr,
+        store = authority.store().backend(),
+        tls = options.tls.is_some(),
+        "keyauth serving"
+    );
+    let limits = options.limits;
+    let serve = builder
+        .http2_max_header_list_size(limits.transport_header_list_bytes())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .layer(LimitsLayer::new(limits))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -128,8 +165,29 @@ pub async fn run(
     let _ = probe.await;
     let _ = flusher.await;
     let _ = follower.await;
+    let _ = gauges.await;
     authority.store().close().await;
     served.map_err(Error::internal)
+}
+
+/// Samples the gauges of the metrics until stopped (without a recorder installed, this
+/// records nothing).
+async fn sample_gauges(authority: Arc<Authority>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use crate::metrics::{CACHE_ENTRIES, HASH_BUSY, HASH_WAITING, STORE_CONNECTIONS, STORE_IDLE};
+    loop {
+        let hasher = authority.hasher();
+        metrics::gauge!(HASH_WAITING).set(hasher.waiting() as f64);
+        metrics::gauge!(HASH_BUSY).set(hasher.busy() as f64);
+        if let Some((open, idle)) = authority.store().pool_stats() {
+            metrics::gauge!(STORE_CONNECTIONS).set(f64::from(open));
+            metrics::gauge!(STORE_IDLE).set(idle as f64);
+        }
+        metrics::gauge!(CACHE_ENTRIES).set(authority.cache().len() as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(GAUGE_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 /// Health is SERVING only while the store answers a cheap probe.
@@ -171,7 +229,8 @@ async fn probe_store(
     }
 }
 
-/// Writes last-use times every `every`, and once more at shutdown.
+/// Housekeeping every `every`, and once more at shutdown: writes last-use times and purges
+/// expired idempotency records.
 async fn flush_usage(
     authority: Arc<Authority>,
     every: Duration,
@@ -186,6 +245,11 @@ async fn flush_usage(
             Ok(0) => {}
             Ok(n) => tracing::debug!(keys = n, "last-use times written"),
             Err(e) => tracing::warn!(error = %e, "writing last-use times failed; will retry"),
+        }
+        match authority.purge_idempotency().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(records = n, "expired idempotency records purged"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency records failed; will retry"),
         }
         if stopping || *stop.borrow() {
             return;

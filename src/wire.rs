@@ -8,6 +8,7 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{Denial, Environment, KeyRecord, KeyState, Verdict};
 use crate::pb;
+use crate::store::{AuditEvent, EventKind};
 
 pub fn environment_in(value: i32, field: &str) -> Result<Option<Environment>, Error> {
     match pb::Environment::try_from(value) {
@@ -118,6 +119,35 @@ pub fn key_out(record: &KeyRecord, now: Timestamp) -> pb::ApiKey {
             .unwrap_or_default(),
         state: state.into(),
         revoke_reason: record.revoke_reason.clone().unwrap_or_default(),
+    }
+}
+
+pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
+    let kind = match event.kind {
+        EventKind::Issued => pb::KeyEventType::Issued,
+        EventKind::Rolled => pb::KeyEventType::Rolled,
+        EventKind::Revoked => pb::KeyEventType::Revoked,
+        EventKind::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
+    };
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    pb::KeyEvent {
+        sequence: event.seq,
+        r#type: kind.into(),
+        key_id: event
+            .key_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        related_key_id: event
+            .related_key_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        application_id: text(&event.application_id),
+        operator_id: text(&event.operator),
+        peer: text(&event.peer),
+        request_id: text(&event.request_id),
+        event_time: Some(timestamp_out(event.event_time)),
     }
 }
 

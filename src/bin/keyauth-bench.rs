@@ -73,6 +73,11 @@ struct Args {
     #[arg(long, default_value_t = 3.0, value_parser = parse_seconds)]
     seconds: f64,
 
+    /// Seconds each workload runs once, uncounted, before the first round (fresh connections,
+    /// threads and allocator arenas would otherwise penalise whichever workload runs first).
+    #[arg(long, default_value_t = 1.0, value_parser = parse_warmup)]
+    warmup: f64,
+
     /// Rounds; each round runs every workload once, in the same order.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
@@ -110,6 +115,13 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 => Ok(n),
         _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}
+
+fn parse_warmup(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if n.is_finite() && n >= 0.0 => Ok(n),
+        _ => Err(format!("{s:?} is not a number of seconds (0 for none)")),
     }
 }
 
@@ -152,13 +164,16 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let settings = Settings {
+    let mut settings = Settings {
         seconds: args.seconds,
+        warmup: args.warmup,
         rounds: args.rounds,
         concurrency: args.concurrency,
         channels: args.channels,
         keys: args.keys,
         cores,
+        load_average_start: load_average(),
+        load_average_end: None,
     };
 
     // First, while the process is fresh: its peak and resident memory are then the cache's.
@@ -180,8 +195,8 @@ async fn run(args: Args) -> Result<()> {
 
     let argon2 = measure_argon2(cores).await?;
     eprintln!(
-        "argon2id verify: {:.2} ms (mean of {ARGON2_SAMPLES}, single-threaded)",
-        argon2.mean_us / 1000.0
+        "argon2id verify: {:.2} ms (median of {ARGON2_SAMPLES}, single-threaded)",
+        argon2.median_us / 1000.0
     );
 
     let dir = tempfile::Builder::new()
@@ -216,22 +231,34 @@ async fn run(args: Args) -> Result<()> {
     warm_cache(&warm_channels[0], &warm_keys).await?;
 
     let inputs = Arc::new(Inputs::new(warm_keys, cold_keys)?);
+    let channels_for = |workload| match workload {
+        Workload::ColdVerify => &cold_channels,
+        _ => &warm_channels,
+    };
+    let concurrency = args.concurrency as usize;
+    if args.warmup > 0.0 {
+        eprintln!("warm-up: {} s of each workload, not counted…", args.warmup);
+        for workload in Workload::ALL {
+            let warmup = Duration::from_secs_f64(args.warmup);
+            let tally = drive(
+                workload,
+                channels_for(workload),
+                &inputs,
+                concurrency,
+                warmup,
+            )
+            .await;
+            if let Some(first) = &tally.first_problem {
+                eprintln!("warm-up: {}: {first}", workload.label());
+            }
+        }
+    }
     let duration = Duration::from_secs_f64(args.seconds);
     let mut totals: Vec<Tally> = Workload::ALL.iter().map(|_| Tally::default()).collect();
     for round in 1..=args.rounds {
         for (w, workload) in Workload::ALL.into_iter().enumerate() {
-            let channels = match workload {
-                Workload::ColdVerify => &cold_channels,
-                _ => &warm_channels,
-            };
-            let tally = drive(
-                workload,
-                channels,
-                &inputs,
-                args.concurrency as usize,
-                duration,
-            )
-            .await;
+            let channels = channels_for(workload);
+            let tally = drive(workload, channels, &inputs, concurrency, duration).await;
             eprintln!(
                 "round {round}/{}: {:<34} {:>9.0} RPS{}",
                 args.rounds,
@@ -248,6 +275,7 @@ async fn run(args: Args) -> Result<()> {
     warm.stop().await?;
     cold.stop().await?;
 
+    settings.load_average_end = load_average();
     let workloads = rows(&totals);
     let report = Report {
         settings,
@@ -822,11 +850,15 @@ struct Argon2Cost {
     m_cost_kib: u32,
     t_cost: u32,
     p_cost: u32,
-    /// Mean wall time of one `Hasher::verify`, thread hand-off included.
+    /// Wall time of one `Hasher::verify`, thread hand-off included: the median (the cost the
+    /// target uses: robust to other load on the machine), the mean and the fastest.
+    median_us: f64,
     mean_us: f64,
+    min_us: f64,
     samples: u32,
     cores: usize,
-    /// 0.8 × cores ÷ cost: what the cold path should reach with argon2id as its bottleneck.
+    /// 0.8 × cores ÷ median cost: what the cold path should reach with argon2id as its
+    /// bottleneck.
     cold_target_rps: f64,
     cold_measured_rps: Option<f64>,
     cold_vs_target: Option<f64>,
@@ -848,21 +880,27 @@ async fn measure_argon2(cores: usize) -> Result<Argon2Cost> {
     let phc = hasher.hash(secret.as_bytes(), None).await?;
     // One untimed call: first touches of the blocking pool and the allocator.
     hasher.verify(secret.as_bytes(), &phc, None).await?;
-    let started = Instant::now();
+    let mut times = Vec::with_capacity(ARGON2_SAMPLES as usize);
     for _ in 0..ARGON2_SAMPLES {
+        let started = Instant::now();
         if !hasher.verify(secret.as_bytes(), &phc, None).await? {
             return Err("argon2id: a secret did not verify against its own hash".into());
         }
+        times.push(started.elapsed());
     }
-    let mean = started.elapsed() / ARGON2_SAMPLES;
+    times.sort();
+    let median = times[times.len() / 2];
+    let mean = times.iter().sum::<Duration>() / ARGON2_SAMPLES;
     Ok(Argon2Cost {
         m_cost_kib: HashParams::DEFAULT.m_cost,
         t_cost: HashParams::DEFAULT.t_cost,
         p_cost: HashParams::DEFAULT.p_cost,
+        median_us: median.as_secs_f64() * 1e6,
         mean_us: mean.as_secs_f64() * 1e6,
+        min_us: times[0].as_secs_f64() * 1e6,
         samples: ARGON2_SAMPLES,
         cores,
-        cold_target_rps: 0.8 * cores as f64 / mean.as_secs_f64(),
+        cold_target_rps: 0.8 * cores as f64 / median.as_secs_f64(),
         cold_measured_rps: None,
         cold_vs_target: None,
     })
@@ -967,7 +1005,10 @@ async fn memory_phase(keys: usize, cores: usize) -> Result<MemoryReport> {
                     expire_time: None,
                     metadata: Metadata::new(),
                 };
-                let key = authority.issue(new, &Provenance::default()).await?.key;
+                let key = authority
+                    .issue(new, &Provenance::default(), None)
+                    .await?
+                    .key;
                 issued.push(key.expose().to_owned());
             }
             Ok::<_, keyauth::error::Error>(issued)
@@ -1034,11 +1075,27 @@ async fn memory_phase(keys: usize, cores: usize) -> Result<MemoryReport> {
 #[derive(Debug, Serialize)]
 struct Settings {
     seconds: f64,
+    warmup: f64,
     rounds: u32,
     concurrency: u32,
     channels: u32,
     keys: u32,
     cores: usize,
+    /// 1, 5 and 15 minute load averages at the start and the end: other work on the machine
+    /// shows here, and in the figures.
+    load_average_start: Option<String>,
+    load_average_end: Option<String>,
+}
+
+/// The system's 1, 5 and 15 minute load averages (Linux), e.g. `0.52 0.60 0.41`.
+fn load_average() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    Some(
+        text.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
 }
 
 #[derive(Debug, Serialize)]
@@ -1053,11 +1110,17 @@ fn print_report(report: &Report, totals: &[Tally]) {
     let s = &report.settings;
     println!();
     println!(
-        "keyauth-bench: {} cores; {} tasks over {} HTTP/2 channels; {} rounds × {} s per workload; \
-         {} keys per server (half restricted)",
-        s.cores, s.concurrency, s.channels, s.rounds, s.seconds, s.keys
+        "keyauth-bench: {} cores; {} tasks over {} HTTP/2 channels; {} s warm-up, then {} rounds \
+         × {} s per workload; {} keys per server (half restricted)",
+        s.cores, s.concurrency, s.channels, s.warmup, s.rounds, s.seconds, s.keys
     );
-    println!("client and server share this process and its cores.");
+    println!(
+        "client and server share this process and its cores; load average (1 5 15 min) {} at \
+         the start, {} at the end.",
+        s.load_average_start.as_deref().unwrap_or("unknown"),
+        s.load_average_end.as_deref().unwrap_or("unknown")
+    );
+    println!("latencies are of answered calls, in µs; problems: failed calls and wrong answers.");
     println!();
     println!(
         "{:<34} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -1094,13 +1157,14 @@ fn print_report(report: &Report, totals: &[Tally]) {
     if let Some(a) = &report.argon2 {
         println!();
         println!(
-            "argon2id (m={} KiB, t={}, p={}): {:.0} µs per Hasher::verify (mean of {}, single-threaded)",
-            a.m_cost_kib, a.t_cost, a.p_cost, a.mean_us, a.samples
+            "argon2id (m={} KiB, t={}, p={}): {:.0} µs per Hasher::verify (median of {} \
+             single-threaded calls; mean {:.0} µs, fastest {:.0} µs)",
+            a.m_cost_kib, a.t_cost, a.p_cost, a.median_us, a.samples, a.mean_us, a.min_us
         );
         println!(
             "cold-path target 0.8 × {} cores ÷ {:.0} µs = {:.0} RPS; measured cold Verify {} RPS ({} of target)",
             a.cores,
-            a.mean_us,
+            a.median_us,
             a.cold_target_rps,
             a.cold_measured_rps
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.0}")),

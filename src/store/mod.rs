@@ -19,10 +19,98 @@ use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
 
 pub use sql::{PgStore, SqliteStore};
 
-/// Who asked for a change, kept with its event.
+/// Who asked for a change, kept with its event (the audit trail).
 #[derive(Clone, Debug, Default)]
 pub struct Provenance {
     pub request_id: Option<String>,
+    /// Non-secret id of the operator token (a short hash).
+    pub operator: Option<String>,
+    /// The caller's address.
+    pub peer: Option<String>,
+}
+
+/// What a change produced, for encoding the response an idempotent retry will replay.
+pub enum Changed<'a> {
+    Issued(&'a KeyRecord),
+    Rolled {
+        new: &'a KeyRecord,
+        previous: &'a KeyRecord,
+    },
+    Revoked(&'a KeyRecord),
+}
+
+/// The idempotency record written in the same transaction as a change.
+pub struct IdempotentWrite<'a> {
+    pub operator: &'a str,
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+    /// The response's secret, sealed; the response itself is encoded without it.
+    pub sealed_secret: Option<String>,
+    pub create_time: Timestamp,
+    pub expire_time: Timestamp,
+    /// Encodes the response from the records the change produced.
+    pub respond: &'a (dyn Fn(&Changed<'_>) -> Vec<u8> + Send + Sync),
+}
+
+/// A stored idempotency record.
+#[derive(Clone, Debug)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub response: Vec<u8>,
+    pub sealed_secret: Option<String>,
+    pub expire_time: Timestamp,
+}
+
+/// The kinds of audit events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Issued,
+    Rolled,
+    Revoked,
+    OperatorAuthFailed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Issued => "issued",
+            EventKind::Rolled => "rolled",
+            EventKind::Revoked => "revoked",
+            EventKind::OperatorAuthFailed => "operator_auth_failed",
+        }
+    }
+
+    fn from_store(s: &str) -> Option<Self> {
+        [
+            EventKind::Issued,
+            EventKind::Rolled,
+            EventKind::Revoked,
+            EventKind::OperatorAuthFailed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub kind: EventKind,
+    pub key_id: Option<KeyId>,
+    pub related_key_id: Option<KeyId>,
+    pub application_id: Option<String>,
+    pub operator: Option<String>,
+    pub peer: Option<String>,
+    pub request_id: Option<String>,
+    pub event_time: Timestamp,
+}
+
+/// Which events ListKeyEvents asks for.
+#[derive(Clone, Debug)]
+pub enum EventFilter {
+    Key(KeyId),
+    Application(ApplicationId),
 }
 
 /// Outcome of a roll attempt.
@@ -49,10 +137,20 @@ pub trait Store: Send + Sync + 'static {
     /// `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;
 
+    /// Connections of the pool: (open, of which idle), for metrics; `None` if unknown.
+    fn pool_stats(&self) -> Option<(u32, usize)> {
+        None
+    }
+
     /// A cheap round trip, for health.
     async fn ping(&self) -> Result<(), Error>;
 
-    async fn insert_key(&self, key: &KeyRecord, who: &Provenance) -> Result<(), Error>;
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<(), Error>;
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error>;
 
@@ -65,6 +163,7 @@ pub trait Store: Send + Sync + 'static {
         old_expire: Timestamp,
         now: Timestamp,
         who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Rolled, Error>;
 
     /// Sets the revocation if none is set yet; returns the key as it now stands.
@@ -74,6 +173,7 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         reason: Option<&str>,
         who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Option<KeyRecord>, Error>;
 
     /// Keys of an application, newest first, after `cursor`.
@@ -90,6 +190,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
+
+    /// Records a failed operator authentication in the audit trail.
+    async fn record_auth_failure(&self, who: &Provenance, at: Timestamp) -> Result<(), Error>;
+
+    /// Audit events matching `filter`, newest first, below sequence `before`.
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, Error>;
+
+    /// The idempotency record of (`operator`, `key`), if one has not expired at `now`.
+    async fn idempotency_record(
+        &self,
+        operator: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyRecord>, Error>;
+
+    /// Deletes idempotency records expired at `now`; returns how many.
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64, Error>;
 
     /// The highest `key_events` sequence so far (0 when there is none).
     async fn latest_event(&self) -> Result<i64, Error>;
@@ -108,7 +230,8 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyEvent {
     pub seq: i64,
-    pub key_id: KeyId,
+    /// `None` for events that concern no key (failed operator authentication).
+    pub key_id: Option<KeyId>,
 }
 
 /// PostgreSQL notifications of key changes (see migrations/postgres/0002).
@@ -131,7 +254,7 @@ impl ChangeFeed {
             .and_then(|(seq, id)| {
                 Some(KeyEvent {
                     seq: seq.parse().ok()?,
-                    key_id: KeyId::parse(id, "payload").ok()?,
+                    key_id: Some(KeyId::parse(id, "payload").ok()?),
                 })
             });
         parsed.map(Some).ok_or_else(|| {

@@ -6,7 +6,10 @@
 use async_trait::async_trait;
 use sqlx::{PgPool, Row, SqlitePool};
 
-use super::{CHANGE_CHANNEL, ChangeFeed, Cursor, KeyEvent, Provenance, Rolled, Store};
+use super::{
+    AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter, EventKind,
+    IdempotencyRecord, IdempotentWrite, KeyEvent, Provenance, Rolled, Store,
+};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
@@ -52,8 +55,28 @@ const REVOKE: &str = "UPDATE api_keys SET revoke_time = $2, revoke_reason = $3 \
      WHERE id = $1 AND revoke_time IS NULL";
 
 const INSERT_EVENT: &str = "INSERT INTO key_events \
-     (event, key_id, related_key_id, application_id, request_id, event_time) \
-     VALUES ($1, $2, $3, $4, $5, $6)";
+     (event, key_id, related_key_id, application_id, operator, peer, request_id, event_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+const EVENT_COLUMNS_BY_KEY: &str = "SELECT seq, event, key_id, related_key_id, application_id, \
+     operator, peer, request_id, event_time FROM key_events \
+     WHERE (key_id = $1 OR related_key_id = $1) AND seq < $2 ORDER BY seq DESC LIMIT $3";
+const EVENT_COLUMNS_BY_APPLICATION: &str = "SELECT seq, event, key_id, related_key_id, \
+     application_id, operator, peer, request_id, event_time FROM key_events \
+     WHERE application_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
+
+/// Takes the (operator, key) slot unless a live record holds it: an expired record not yet
+/// purged is replaced. No row written means a concurrent call with the key got there first.
+const INSERT_IDEMPOTENCY: &str = "INSERT INTO idempotency_records \
+     (operator, key, fingerprint, response, sealed_secret, create_time, expire_time) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (operator, key) DO UPDATE SET fingerprint = excluded.fingerprint, \
+     response = excluded.response, sealed_secret = excluded.sealed_secret, \
+     create_time = excluded.create_time, expire_time = excluded.expire_time \
+     WHERE idempotency_records.expire_time <= excluded.create_time";
+const GET_IDEMPOTENCY: &str = "SELECT fingerprint, response, sealed_secret, expire_time \
+     FROM idempotency_records WHERE operator = $1 AND key = $2 AND expire_time > $3";
+const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency_records WHERE expire_time <= $1";
 
 const TOUCH: &str = "UPDATE api_keys SET last_used_time = $2 \
      WHERE id = $1 AND (last_used_time IS NULL OR last_used_time < $2)";
@@ -68,6 +91,19 @@ const SETTING_GET: &str = "SELECT value FROM settings WHERE name = $1";
 
 fn micros(t: Option<Timestamp>) -> Option<i64> {
     t.map(Timestamp::as_micros)
+}
+
+/// A failed audit write stops the change: the store refused the record (UNAVAILABLE).
+fn audit_failed(e: sqlx::Error) -> Error {
+    Error::AuditUnavailable(e)
+}
+
+/// A concurrent call with the same idempotency key committed first.
+fn idempotency_failed(e: sqlx::Error) -> Error {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => Error::IdempotencyRace,
+        _ => Error::Store(e),
+    }
 }
 
 fn corrupt(what: &str) -> sqlx::Error {
@@ -146,22 +182,67 @@ macro_rules! sql_store {
 
             async fn event_in<'c>(
                 tx: &mut sqlx::Transaction<'c, <$pool as PoolDb>::Db>,
-                event: &str,
+                event: EventKind,
                 key: &KeyRecord,
                 related: Option<&KeyId>,
                 when: Timestamp,
                 who: &Provenance,
             ) -> Result<(), Error> {
                 sqlx::query(INSERT_EVENT)
-                    .bind(event)
+                    .bind(event.as_str())
                     .bind(key.id.as_str())
                     .bind(related.map(KeyId::as_str))
                     .bind(key.application_id.as_str())
+                    .bind(who.operator.as_deref())
+                    .bind(who.peer.as_deref())
                     .bind(who.request_id.as_deref())
                     .bind(when.as_micros())
                     .execute(&mut **tx)
-                    .await?;
+                    .await
+                    .map_err(audit_failed)?;
                 Ok(())
+            }
+
+            async fn idempotency_in<'c>(
+                tx: &mut sqlx::Transaction<'c, <$pool as PoolDb>::Db>,
+                write: Option<&IdempotentWrite<'_>>,
+                changed: Changed<'_>,
+            ) -> Result<(), Error> {
+                let Some(w) = write else { return Ok(()) };
+                let written = sqlx::query(INSERT_IDEMPOTENCY)
+                    .bind(w.operator)
+                    .bind(w.key)
+                    .bind(w.fingerprint)
+                    .bind((w.respond)(&changed))
+                    .bind(w.sealed_secret.as_deref())
+                    .bind(w.create_time.as_micros())
+                    .bind(w.expire_time.as_micros())
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(idempotency_failed)?;
+                if written.rows_affected() == 0 {
+                    return Err(Error::IdempotencyRace);
+                }
+                Ok(())
+            }
+
+            fn decode_event(row: &$row) -> Result<AuditEvent, sqlx::Error> {
+                let kind: String = row.try_get("event")?;
+                Ok(AuditEvent {
+                    seq: row.try_get("seq")?,
+                    kind: EventKind::from_store(&kind).ok_or_else(|| corrupt("event"))?,
+                    key_id: row
+                        .try_get::<Option<String>, _>("key_id")?
+                        .map(KeyId::from_store),
+                    related_key_id: row
+                        .try_get::<Option<String>, _>("related_key_id")?
+                        .map(KeyId::from_store),
+                    application_id: row.try_get("application_id")?,
+                    operator: row.try_get("operator")?,
+                    peer: row.try_get("peer")?,
+                    request_id: row.try_get("request_id")?,
+                    event_time: Timestamp::from_micros(row.try_get("event_time")?),
+                })
             }
 
             async fn get_in<'c>(
@@ -182,15 +263,25 @@ macro_rules! sql_store {
                 $name
             }
 
+            fn pool_stats(&self) -> Option<(u32, usize)> {
+                Some((self.pool.size(), self.pool.num_idle()))
+            }
+
             async fn ping(&self) -> Result<(), Error> {
                 sqlx::query("SELECT 1").execute(&self.pool).await?;
                 Ok(())
             }
 
-            async fn insert_key(&self, key: &KeyRecord, who: &Provenance) -> Result<(), Error> {
+            async fn insert_key(
+                &self,
+                key: &KeyRecord,
+                who: &Provenance,
+                idem: Option<&IdempotentWrite<'_>>,
+            ) -> Result<(), Error> {
                 let mut tx = self.begin_write().await?;
                 Self::insert_in(&mut tx, key).await?;
-                Self::event_in(&mut tx, "issued", key, None, key.create_time, who).await?;
+                Self::event_in(&mut tx, EventKind::Issued, key, None, key.create_time, who).await?;
+                Self::idempotency_in(&mut tx, idem, Changed::Issued(key)).await?;
                 tx.commit().await?;
                 Ok(())
             }
@@ -210,6 +301,7 @@ macro_rules! sql_store {
                 old_expire: Timestamp,
                 now: Timestamp,
                 who: &Provenance,
+                idem: Option<&IdempotentWrite<'_>>,
             ) -> Result<Rolled, Error> {
                 let mut tx = self.begin_write().await?;
                 // The new row first: the old one's replaced_by_key_id references it.
@@ -230,7 +322,24 @@ macro_rules! sql_store {
                 let previous = Self::get_in(&mut tx, old)
                     .await?
                     .ok_or_else(|| Error::internal("rolled key vanished in its transaction"))?;
-                Self::event_in(&mut tx, "rolled", &previous, Some(&new.id), now, who).await?;
+                Self::event_in(
+                    &mut tx,
+                    EventKind::Rolled,
+                    &previous,
+                    Some(&new.id),
+                    now,
+                    who,
+                )
+                .await?;
+                Self::idempotency_in(
+                    &mut tx,
+                    idem,
+                    Changed::Rolled {
+                        new,
+                        previous: &previous,
+                    },
+                )
+                .await?;
                 tx.commit().await?;
                 Ok(Rolled::Done { previous })
             }
@@ -241,6 +350,7 @@ macro_rules! sql_store {
                 now: Timestamp,
                 reason: Option<&str>,
                 who: &Provenance,
+                idem: Option<&IdempotentWrite<'_>>,
             ) -> Result<Option<KeyRecord>, Error> {
                 let mut tx = self.begin_write().await?;
                 let changed = sqlx::query(REVOKE)
@@ -252,7 +362,10 @@ macro_rules! sql_store {
                     .rows_affected();
                 let current = Self::get_in(&mut tx, id).await?;
                 if let (1, Some(key)) = (changed, &current) {
-                    Self::event_in(&mut tx, "revoked", key, None, now, who).await?;
+                    Self::event_in(&mut tx, EventKind::Revoked, key, None, now, who).await?;
+                }
+                if let Some(key) = &current {
+                    Self::idempotency_in(&mut tx, idem, Changed::Revoked(key)).await?;
                 }
                 tx.commit().await?;
                 Ok(current)
@@ -330,10 +443,83 @@ macro_rules! sql_store {
                     .map(|row| {
                         Ok(KeyEvent {
                             seq: row.try_get("seq")?,
-                            key_id: KeyId::from_store(row.try_get("key_id")?),
+                            key_id: row
+                                .try_get::<Option<String>, _>("key_id")?
+                                .map(KeyId::from_store),
                         })
                     })
                     .collect()
+            }
+
+            async fn record_auth_failure(
+                &self,
+                who: &Provenance,
+                at: Timestamp,
+            ) -> Result<(), Error> {
+                sqlx::query(INSERT_EVENT)
+                    .bind(EventKind::OperatorAuthFailed.as_str())
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(None::<&str>)
+                    .bind(who.peer.as_deref())
+                    .bind(who.request_id.as_deref())
+                    .bind(at.as_micros())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(audit_failed)?;
+                Ok(())
+            }
+
+            async fn list_events(
+                &self,
+                filter: &EventFilter,
+                before: i64,
+                limit: u32,
+            ) -> Result<Vec<AuditEvent>, Error> {
+                let (query, value) = match filter {
+                    EventFilter::Key(id) => (EVENT_COLUMNS_BY_KEY, id.as_str()),
+                    EventFilter::Application(app) => (EVENT_COLUMNS_BY_APPLICATION, app.as_str()),
+                };
+                let rows = sqlx::query(query)
+                    .bind(value)
+                    .bind(before)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(Self::decode_event)
+                    .collect::<Result<_, _>>()?)
+            }
+
+            async fn idempotency_record(
+                &self,
+                operator: &str,
+                key: &str,
+                now: Timestamp,
+            ) -> Result<Option<IdempotencyRecord>, Error> {
+                let row = sqlx::query(GET_IDEMPOTENCY)
+                    .bind(operator)
+                    .bind(key)
+                    .bind(now.as_micros())
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                Ok(Some(IdempotencyRecord {
+                    fingerprint: row.try_get("fingerprint")?,
+                    response: row.try_get("response")?,
+                    sealed_secret: row.try_get("sealed_secret")?,
+                    expire_time: Timestamp::from_micros(row.try_get("expire_time")?),
+                }))
+            }
+
+            async fn purge_idempotency(&self, now: Timestamp) -> Result<u64, Error> {
+                let done = sqlx::query(PURGE_IDEMPOTENCY)
+                    .bind(now.as_micros())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected())
             }
 
             async fn subscribe(&self) -> Result<Option<ChangeFeed>, Error> {

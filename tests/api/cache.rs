@@ -5,9 +5,8 @@ use std::time::Duration;
 use keyauth::cache::CacheSettings;
 use keyauth::hashing::HashParams;
 use keyauth::key::PresentedKey;
-use keyauth::model::{Environment, KeyId};
+use keyauth::model::Environment;
 use keyauth::pb;
-use keyauth::store::Provenance;
 use tonic::Code;
 
 use crate::both_stores;
@@ -106,13 +105,9 @@ async fn staleness_is_bounded_by_the_ttl(backend: Backend) {
     };
     let (key, secret) = app.issue_test_key().await;
     assert!(app.verify(&secret).await.valid);
-    // Revoked behind this instance's back (as another instance would): the cache may answer
-    // from its copy until the TTL, never after.
-    let id = KeyId::parse(&key.id, "id").unwrap();
-    app.store
-        .as_ref()
-        .revoke_key_directly(&id, app.authority.now())
-        .await;
+    // Revoked behind every instance's back (a manual SQL edit: no key event, so no
+    // notification): the cache may answer from its copy until the TTL, never after.
+    revoke_with_raw_sql(&app.db, &key.id).await;
     app.clock.advance(Duration::from_secs(29));
     assert!(
         app.verify(&secret).await.valid,
@@ -126,13 +121,26 @@ async fn staleness_is_bounded_by_the_ttl(backend: Backend) {
     app.stop().await;
 }
 
-impl CountingStore {
-    async fn revoke_key_directly(&self, id: &KeyId, now: keyauth::clock::Timestamp) {
-        use keyauth::store::Store;
-        self.revoke_key(id, now, Some("elsewhere"), &Provenance::default())
-            .await
-            .unwrap()
-            .unwrap();
+async fn revoke_with_raw_sql(db: &TestDb, key_id: &str) {
+    use sqlx::Connection;
+    const SQL: &str = "UPDATE api_keys SET revoke_time = 1 WHERE id = $1";
+    match db {
+        TestDb::Sqlite { .. } => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+            sqlx::query(SQL)
+                .bind(key_id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        TestDb::Postgres { .. } => {
+            let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+            sqlx::query(SQL)
+                .bind(key_id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
     }
 }
 

@@ -13,12 +13,16 @@ use keyauth::catalog::Catalog;
 use keyauth::clock::{Clock, Timestamp};
 use keyauth::error::Error;
 use keyauth::hashing::{HashParams, Hasher};
+use keyauth::idempotency::{SealKey, Sealer};
 use keyauth::model::{ApplicationId, Environment, KeyId, KeyRecord};
 use keyauth::pb;
 use keyauth::pb::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth::server::{self, ServeOptions};
 use keyauth::service::OperatorAuth;
-use keyauth::store::{self, ChangeFeed, Cursor, KeyEvent, Provenance, Rolled, Store, StoreOptions};
+use keyauth::store::{
+    self, AuditEvent, ChangeFeed, Cursor, EventFilter, IdempotencyRecord, IdempotentWrite,
+    KeyEvent, Provenance, Rolled, Store, StoreOptions,
+};
 use sqlx::Connection;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -139,11 +143,19 @@ impl Store for CountingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+    fn pool_stats(&self) -> Option<(u32, usize)> {
+        self.inner.pool_stats()
+    }
     async fn ping(&self) -> Result<(), Error> {
         self.inner.ping().await
     }
-    async fn insert_key(&self, key: &KeyRecord, who: &Provenance) -> Result<(), Error> {
-        self.inner.insert_key(key, who).await
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<(), Error> {
+        self.inner.insert_key(key, who, idem).await
     }
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error> {
         self.key_reads.fetch_add(1, Ordering::SeqCst);
@@ -156,8 +168,11 @@ impl Store for CountingStore {
         old_expire: Timestamp,
         now: Timestamp,
         who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Rolled, Error> {
-        self.inner.roll_key(old, new, old_expire, now, who).await
+        self.inner
+            .roll_key(old, new, old_expire, now, who, idem)
+            .await
     }
     async fn revoke_key(
         &self,
@@ -165,8 +180,9 @@ impl Store for CountingStore {
         now: Timestamp,
         reason: Option<&str>,
         who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Option<KeyRecord>, Error> {
-        self.inner.revoke_key(id, now, reason, who).await
+        self.inner.revoke_key(id, now, reason, who, idem).await
     }
     async fn list_keys(
         &self,
@@ -184,6 +200,28 @@ impl Store for CountingStore {
     }
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error> {
         self.inner.setting_or_insert(name, fresh).await
+    }
+    async fn record_auth_failure(&self, who: &Provenance, at: Timestamp) -> Result<(), Error> {
+        self.inner.record_auth_failure(who, at).await
+    }
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, Error> {
+        self.inner.list_events(filter, before, limit).await
+    }
+    async fn idempotency_record(
+        &self,
+        operator: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyRecord>, Error> {
+        self.inner.idempotency_record(operator, key, now).await
+    }
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64, Error> {
+        self.inner.purge_idempotency(now).await
     }
     async fn latest_event(&self) -> Result<i64, Error> {
         self.inner.latest_event().await
@@ -328,6 +366,9 @@ pub struct Options {
     pub hash_queue: usize,
     pub admin_token: Option<String>,
     pub catalog: Catalog,
+    /// Seal key (hex) enabling idempotent replay of secrets.
+    pub seal_key: Option<String>,
+    pub idempotency_ttl: Duration,
 }
 
 impl Default for Options {
@@ -339,6 +380,8 @@ impl Default for Options {
             hash_queue: 64,
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             catalog: Catalog::built_in(),
+            seal_key: None,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -387,7 +430,17 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
             options.cache.clone(),
         )
         .await
-        .expect("authority"),
+        .expect("authority")
+        .with_idempotency(
+            Sealer::new(
+                options
+                    .seal_key
+                    .as_deref()
+                    .map(|k| SealKey::parse(k).unwrap())
+                    .as_ref(),
+            ),
+            options.idempotency_ttl,
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -88,7 +88,7 @@ async fn refuses_bad_issue_requests_and_writes_nothing(backend: Backend) {
         seconds: app.authority.now().as_micros() / 1_000_000 - 60,
         nanos: 0,
     };
-    let many: std::collections::HashMap<String, String> = (0..51)
+    let many: std::collections::BTreeMap<String, String> = (0..51)
         .map(|i| (format!("k{i}"), "v".to_string()))
         .collect();
     let cases: Vec<(pb::IssueKeyRequest, &[&str])> = vec![

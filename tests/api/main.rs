@@ -4,10 +4,12 @@
 mod helpers;
 mod instances;
 
+mod audit;
 mod cache;
 mod cli;
 mod issue;
 mod list;
+mod operable;
 mod process;
 mod roll_revoke;
 mod serving;

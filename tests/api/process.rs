@@ -44,7 +44,77 @@ fn bad_settings_exit_2_naming_the_setting() {
             vec!["--database-max-connections".into(), "0".into()],
             "--database-max-connections",
         ),
+        (
+            vec!["--metrics-listen".into(), "nowhere".into()],
+            "--metrics-listen",
+        ),
+        (
+            vec!["--max-request-bytes".into(), "0".into()],
+            "--max-request-bytes",
+        ),
+        (
+            vec!["--max-concurrent-streams".into(), "0".into()],
+            "--max-concurrent-streams",
+        ),
+        (
+            vec!["--request-timeout".into(), "0s".into()],
+            "--request-timeout",
+        ),
     ];
+    // TLS: half a pair, unreadable files, garbage PEM, a key of another certificate.
+    let pki = crate::operable::Pki::new();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n").unwrap();
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, &pki.client.1).unwrap();
+    let [cert, key, ca, garbage, other_key] = [
+        &pki.server_cert,
+        &pki.server_key,
+        &pki.ca,
+        &garbage,
+        &other_key,
+    ]
+    .map(|p| p.display().to_string());
+    let tls = |pairs: &[(&str, &str)]| -> Vec<String> {
+        pairs
+            .iter()
+            .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+            .collect()
+    };
+    let mut cases = cases;
+    cases.extend([
+        (tls(&[("--tls-cert", &cert)]), "--tls-key"),
+        (tls(&[("--tls-key", &key)]), "--tls-cert"),
+        (tls(&[("--tls-client-ca", &ca)]), "--tls-client-ca"),
+        (
+            tls(&[("--tls-cert", "/nonexistent/cert.pem"), ("--tls-key", &key)]),
+            "--tls-cert",
+        ),
+        (
+            tls(&[("--tls-cert", &cert), ("--tls-key", "/nonexistent/key.pem")]),
+            "--tls-key",
+        ),
+        (
+            tls(&[("--tls-cert", &garbage), ("--tls-key", &key)]),
+            "--tls-cert",
+        ),
+        (
+            tls(&[("--tls-cert", &cert), ("--tls-key", &garbage)]),
+            "--tls-key",
+        ),
+        (
+            tls(&[("--tls-cert", &cert), ("--tls-key", &other_key)]),
+            "--tls-cert",
+        ),
+        (
+            tls(&[
+                ("--tls-cert", &cert),
+                ("--tls-key", &key),
+                ("--tls-client-ca", &garbage),
+            ]),
+            "--tls-client-ca",
+        ),
+    ]);
     for (args, setting) in cases {
         let out = keyauth()
             .arg("serve")
@@ -52,8 +122,8 @@ fn bad_settings_exit_2_naming_the_setting() {
             .args(&args)
             .output()
             .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
     }
 }
