@@ -202,6 +202,11 @@ impl VerifyCache {
         self.unknown.invalidate_all();
     }
 
+    /// Drops only the "unknown id" memory of `id` (a key with that id now exists).
+    pub fn forget_unknown(&self, id: &KeyId) {
+        self.unknown.invalidate(id);
+    }
+
     pub fn is_unknown(&self, id: &KeyId) -> bool {
         self.unknown.contains_key(id)
     }

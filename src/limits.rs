@@ -148,7 +148,7 @@ where
                 }
             };
             if let Some(rpc) = rpc {
-                let outcome = crate::metrics::code_name(refused.code());
+                let outcome = crate::error::code_name(refused.code());
                 crate::metrics::call(rpc, outcome, started.elapsed());
             }
             Ok(refused.into_http())

@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
-use tonic::Code;
 
 /// Calls answered, by `rpc` (the method name) and `outcome`: `ok` for operator RPCs, `valid`
 /// or the denial code (`authentication_error`, `api_key_expired`, `api_key_revoked`,
@@ -88,29 +87,6 @@ pub fn verdict_outcome(error_code: Option<&str>) -> &'static str {
     }
 }
 
-/// The canonical name of a status code (`NOT_FOUND`), the `outcome` of an RPC error.
-pub fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
 /// The `rpc` label of a `keyauth.v1.KeyAuthorityService` path (`None` for other services).
 /// Callers choose paths, so only known method names become labels; the rest are `other`.
 pub fn rpc_of_path(path: &str) -> Option<&'static str> {
@@ -143,7 +119,7 @@ mod tests {
         assert_eq!(verdict_outcome(None), "valid");
         assert_eq!(verdict_outcome(Some("api_key_revoked")), "api_key_revoked");
         assert_eq!(verdict_outcome(Some("something new")), "denied");
-        assert_eq!(code_name(Code::NotFound), "NOT_FOUND");
+        assert_eq!(crate::error::code_name(tonic::Code::NotFound), "NOT_FOUND");
         assert_eq!(
             rpc_of_path("/keyauth.v1.KeyAuthorityService/Verify"),
             Some("Verify")

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::authority::Authority;
 use crate::error::Error;
-use crate::store::{ChangeFeed, KeyEvent};
+use crate::store::{ChangeFeed, EventKind, KeyEvent};
 
 #[derive(Clone, Debug)]
 pub struct FollowOptions {
@@ -154,7 +154,11 @@ fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent) {
     if cursor.apply(event.seq)
         && let Some(id) = &event.key_id
     {
-        authority.cache().forget(id);
+        match event.kind {
+            // A new key was proven nowhere yet: only a stale "unknown id" can concern it.
+            Some(EventKind::Issued) => authority.cache().forget_unknown(id),
+            _ => authority.cache().forget(id),
+        }
     }
 }
 

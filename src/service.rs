@@ -243,7 +243,7 @@ impl KeyAuthorityApi {
             Err(err) => {
                 tracing::info!(error = %err, "failed");
                 let mut status = Status::from(err);
-                let outcome = crate::metrics::code_name(status.code());
+                let outcome = crate::error::code_name(status.code());
                 crate::metrics::call(method, outcome, started.elapsed());
                 if let Some(h) = header {
                     status.metadata_mut().insert(REQUEST_ID, h);

@@ -10,7 +10,7 @@ CREATE INDEX key_events_by_application ON key_events (application_id, seq);
 CREATE OR REPLACE FUNCTION keyauth_notify_key_event() RETURNS trigger AS $$
 BEGIN
     IF NEW.key_id IS NOT NULL THEN
-        PERFORM pg_notify('keyauth_key_events', NEW.seq::text || ' ' || NEW.key_id);
+        PERFORM pg_notify('keyauth_key_events', NEW.seq::text || ' ' || NEW.event || ' ' || NEW.key_id);
     END IF;
     RETURN NEW;
 END

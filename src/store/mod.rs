@@ -80,7 +80,7 @@ impl EventKind {
         }
     }
 
-    fn from_store(s: &str) -> Option<Self> {
+    pub(crate) fn from_store(s: &str) -> Option<Self> {
         [
             EventKind::Issued,
             EventKind::Rolled,
@@ -230,6 +230,7 @@ pub trait Store: Send + Sync + 'static {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyEvent {
     pub seq: i64,
+    pub kind: Option<EventKind>,
     /// `None` for events that concern no key (failed operator authentication).
     pub key_id: Option<KeyId>,
 }
@@ -248,15 +249,18 @@ impl ChangeFeed {
         let Some(notification) = self.listener.try_recv().await? else {
             return Ok(None);
         };
-        let parsed = notification
-            .payload()
-            .split_once(' ')
-            .and_then(|(seq, id)| {
+        // "<seq> <event> <key_id>" (migrations/postgres/0003).
+        let mut parts = notification.payload().split(' ');
+        let parsed = match (parts.next(), parts.next(), parts.next()) {
+            (Some(seq), Some(kind), Some(id)) => (|| {
                 Some(KeyEvent {
                     seq: seq.parse().ok()?,
+                    kind: Some(EventKind::from_store(kind)?),
                     key_id: Some(KeyId::parse(id, "payload").ok()?),
                 })
-            });
+            })(),
+            _ => None,
+        };
         parsed.map(Some).ok_or_else(|| {
             Error::internal(format!(
                 "malformed key event notification {:?}",

@@ -83,7 +83,7 @@ const TOUCH: &str = "UPDATE api_keys SET last_used_time = $2 \
 
 const LATEST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS seq FROM key_events";
 const EVENTS_AFTER: &str =
-    "SELECT seq, key_id FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2";
+    "SELECT seq, event, key_id FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2";
 
 const SETTING_INSERT: &str =
     "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
@@ -441,8 +441,10 @@ macro_rules! sql_store {
                     .await?;
                 rows.iter()
                     .map(|row| {
+                        let kind: String = row.try_get("event")?;
                         Ok(KeyEvent {
                             seq: row.try_get("seq")?,
+                            kind: EventKind::from_store(&kind),
                             key_id: row
                                 .try_get::<Option<String>, _>("key_id")?
                                 .map(KeyId::from_store),
