@@ -179,6 +179,16 @@ pub fn random_base62(n: usize) -> Result<String, rand::rngs::SysError> {
     Ok(s)
 }
 
+/// A random base62 id that needs to be unique, not secret (request ids): from the thread-local
+/// generator, so the hot path makes no system call.
+pub fn unique_base62(n: usize) -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..n)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
 /// CRC32 of `body` as exactly six base62 characters (62^6 > 2^32).
 fn checksum(body: &[u8]) -> String {
     let mut n = crc32fast::hash(body);

@@ -190,7 +190,7 @@ impl KeyAuthorityApi {
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(str::to_owned)
-            .unwrap_or_else(|| crate::key::random_base62(20).unwrap_or_default());
+            .unwrap_or_else(|| crate::key::unique_base62(20));
         let span = tracing::info_span!("rpc", method, request_id = %request_id);
         let header = MetadataValue::try_from(request_id.as_str()).ok();
         let result = async {
