@@ -1,5 +1,7 @@
-//! The operator CLI: `keyauth keys issue|roll|revoke|get|list` and `keyauth verify`, a gRPC
-//! client of a running server (the generated `KeyAuthorityServiceClient`).
+//! The operator CLI: `keyauth keys issue|roll|revoke|get|list|events` and `keyauth verify`, a
+//! gRPC client of a running server (the generated `KeyAuthorityServiceClient`), over plaintext
+//! (`http://`) or TLS (`https://`, trusting `--ca-cert`, optionally presenting a client
+//! certificate for mTLS).
 //!
 //! Output is an aligned table by default and one JSON object with `--json`. The exit code is
 //! what a script relies on: 0 success (or a valid key), 1 a refusal (the key is not valid, or
@@ -14,12 +16,13 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
 use crate::error::code_name;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
 use serde_json::{Map, Value, json};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
@@ -28,6 +31,7 @@ use tonic::{Code, Request, Status};
 use crate::config::parse_duration;
 use crate::pb;
 use crate::pb::key_authority_service_client::KeyAuthorityServiceClient;
+use crate::tls;
 
 /// Success, or a valid key.
 pub const EXIT_OK: u8 = 0;
@@ -44,7 +48,8 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// Where and how to call the server; shared by every client subcommand.
 #[derive(Clone, Debug, Args)]
 pub struct Connection {
-    /// Server to call, `http://HOST:PORT` (plaintext gRPC).
+    /// Server to call: `http://HOST:PORT` (plaintext gRPC) or `https://HOST:PORT` (TLS, which
+    /// needs --ca-cert).
     #[arg(
         long,
         env = "KEYAUTH_SERVER",
@@ -53,6 +58,20 @@ pub struct Connection {
     )]
     pub server: String,
 
+    /// PEM file of the CA certificate(s) that signed the server's certificate (https only;
+    /// required for https: this build trusts no system or public roots).
+    #[arg(long, env = "KEYAUTH_CA_CERT", value_name = "PEM", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM file of this client's certificate (chain), for a server that requires client
+    /// certificates (mTLS); goes with --client-key.
+    #[arg(long, env = "KEYAUTH_CLIENT_CERT", value_name = "PEM", global = true)]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM file of the private key of --client-cert.
+    #[arg(long, env = "KEYAUTH_CLIENT_KEY", value_name = "PEM", global = true)]
+    pub client_key: Option<PathBuf>,
+
     /// Longest wait for the connection and for each call (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
     pub timeout: Duration,
@@ -60,6 +79,16 @@ pub struct Connection {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl Connection {
+    /// Whether --server names a TLS server (`https://`).
+    fn is_https(&self) -> bool {
+        self.server
+            .trim()
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    }
 }
 
 /// `keyauth keys …`: the operator RPCs.
@@ -106,6 +135,8 @@ pub enum KeysCommand {
     Get(GetArgs),
     /// List an application's keys, newest first.
     List(ListArgs),
+    /// Show the audit trail of a key or of an application, newest first.
+    Events(EventsArgs),
 }
 
 /// Environment of a key.
@@ -283,6 +314,30 @@ pub struct ListArgs {
     pub all: bool,
 }
 
+#[derive(Clone, Debug, Args)]
+#[command(group(ArgGroup::new("filter").required(true).args(["key_id", "application"])))]
+pub struct EventsArgs {
+    /// Events of this key (`key_…`), including a roll that replaced it or that it came from.
+    #[arg(long = "key", value_name = "KEY_ID")]
+    pub key_id: Option<String>,
+
+    /// Events of this application's keys.
+    #[arg(long = "app", value_name = "APP")]
+    pub application: Option<String>,
+
+    /// Events per page (server default 50).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
+
+    /// Continue from the `next_page_token` of a previous page.
+    #[arg(long)]
+    pub page_token: Option<String>,
+
+    /// Follow every page to the end.
+    #[arg(long)]
+    pub all: bool,
+}
+
 /// `keyauth verify KEY`: is this key valid (and does it hold these permissions)?
 #[derive(Clone, Args)]
 pub struct VerifyArgs {
@@ -296,6 +351,11 @@ pub struct VerifyArgs {
     /// A permission the key must hold, RESOURCE:ACTION[,ACTION…] (repeatable).
     #[arg(long = "permission", value_name = "RESOURCE:ACTIONS")]
     pub permissions: Vec<PermissionArg>,
+
+    /// Verifier token (the server's KEYAUTH_VERIFIER_TOKEN), sent as `authorization: Bearer …`;
+    /// needed when the server is started with one.
+    #[arg(long, env = "KEYAUTH_VERIFIER_TOKEN", hide_env_values = true)]
+    pub verifier_token: Option<String>,
 }
 
 impl fmt::Debug for VerifyArgs {
@@ -304,6 +364,10 @@ impl fmt::Debug for VerifyArgs {
             .field("connection", &self.connection)
             .field("key", &format_args!("<{} bytes>", self.key.len()))
             .field("permissions", &self.permissions)
+            .field(
+                "verifier_token",
+                &self.verifier_token.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -322,7 +386,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn report(&self) -> ExitCode {
+    fn report(&self, connection: &Connection) -> ExitCode {
         match self {
             Failure::Usage(message) => {
                 eprintln!("keyauth: {message}");
@@ -338,12 +402,11 @@ impl Failure {
                     code_name(status.code()),
                     status.message()
                 );
-                {
-                    use tonic_types::StatusExt;
-                    if let Some(info) = status.get_error_details().error_info() {
-                        line.push_str(&format!(" (reason {})", info.reason));
-                    }
+                if let Some(reason) = reason_of(status) {
+                    line.push_str(&format!(" (reason {reason})"));
                 }
+                // A failure of this side's transport (e.g. a TLS alert) keeps its causes.
+                line = with_causes(line, std::error::Error::source(status));
                 if let Some(id) = status
                     .metadata()
                     .get("x-request-id")
@@ -352,10 +415,47 @@ impl Failure {
                     line.push_str(&format!(" [request id {id}]"));
                 }
                 eprintln!("{line}");
+                // A server requiring client certificates refuses one without after the
+                // handshake (TLS 1.3): the call fails with a transport error of this side.
+                let local = std::error::Error::source(status).is_some();
+                if local && connection.is_https() && connection.client_cert.is_none() {
+                    eprintln!(
+                        "keyauth: if the server requires client certificates (mTLS), pass --client-cert and --client-key"
+                    );
+                }
+                if reason_of(status).as_deref() == Some("VERIFIER_UNAUTHENTICATED") {
+                    eprintln!(
+                        "keyauth: this server requires the verifier token: pass --verifier-token or set KEYAUTH_VERIFIER_TOKEN"
+                    );
+                }
                 ExitCode::from(exit_code_of(status.code()))
             }
         }
     }
+}
+
+/// The `ErrorInfo` reason of a status, if it has one.
+fn reason_of(status: &Status) -> Option<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+}
+
+/// `message` followed by each error of the chain from `first` (layers often repeat their
+/// cause's text: each piece is shown once).
+fn with_causes(mut message: String, first: Option<&(dyn std::error::Error + 'static)>) -> String {
+    let mut source = first;
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 impl From<Status> for Failure {
@@ -392,7 +492,8 @@ pub fn exit_code_of(code: Code) -> u8 {
 
 type Client = KeyAuthorityServiceClient<Channel>;
 
-/// Connects eagerly, so that an unreachable server is exit 3 before any request is built.
+/// Connects eagerly, so that an unreachable server (or a failed TLS handshake) is exit 3 before
+/// any request is sent. Bad settings (the URL, a TLS file) are exit 2 before any connection.
 async fn connect(connection: &Connection) -> Result<Client, Failure> {
     let server = connection.server.trim();
     let url = if server.contains("://") {
@@ -400,29 +501,88 @@ async fn connect(connection: &Connection) -> Result<Client, Failure> {
     } else {
         format!("http://{server}")
     };
-    if !url.starts_with("http://") {
-        return Err(Failure::Usage(format!(
-            "invalid --server (KEYAUTH_SERVER) {server:?}: only plaintext http://HOST:PORT is supported"
-        )));
-    }
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| Failure::Usage(format!("invalid --server (KEYAUTH_SERVER) {server:?}: {e}")))?
+    let invalid = |why: &dyn fmt::Display| {
+        Failure::Usage(format!(
+            "invalid --server (KEYAUTH_SERVER) {server:?}: {why}"
+        ))
+    };
+    let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+    let https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return Err(invalid(
+            &"use http://HOST:PORT (plaintext) or https://HOST:PORT (TLS)",
+        ));
+    };
+    let mut endpoint = Endpoint::from_shared(url)
+        .map_err(|e| invalid(&e))?
         .connect_timeout(connection.timeout)
         .timeout(connection.timeout);
+    if https {
+        endpoint = endpoint.tls_config(client_tls(connection)?).map_err(|e| {
+            let what = if connection.client_cert.is_some() {
+                format!(
+                    "invalid {} with {}",
+                    tls::CLIENT_CERT_SETTING,
+                    tls::CLIENT_KEY_SETTING
+                )
+            } else {
+                format!("cannot use these TLS settings for {server}")
+            };
+            Failure::Usage(with_causes(
+                format!("{what}: {e}"),
+                std::error::Error::source(&e),
+            ))
+        })?;
+    } else if connection.ca_cert.is_some()
+        || connection.client_cert.is_some()
+        || connection.client_key.is_some()
+    {
+        return Err(Failure::Usage(format!(
+            "--ca-cert, --client-cert and --client-key are for TLS, but --server (KEYAUTH_SERVER) {server:?} is plaintext: use https://"
+        )));
+    }
     let channel = endpoint.connect().await.map_err(|e| {
-        let mut message = format!("cannot connect to {server}: {e}");
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            // Layers often repeat their cause's text; show each piece once.
-            let text = cause.to_string();
-            if !message.ends_with(&text) {
-                message.push_str(&format!(": {text}"));
-            }
-            source = cause.source();
-        }
-        Failure::Unreachable(message)
+        Failure::Unreachable(with_causes(
+            format!("cannot connect to {server}: {e}"),
+            std::error::Error::source(&e),
+        ))
     })?;
     Ok(KeyAuthorityServiceClient::new(channel))
+}
+
+/// The TLS settings of an `https://` server: the CA to trust, and the client certificate.
+fn client_tls(connection: &Connection) -> Result<tonic::transport::ClientTlsConfig, Failure> {
+    // tonic's `tls-native-roots` and `tls-webpki-roots` features are off: without a CA
+    // certificate nothing would be trusted, and every handshake would fail.
+    let Some(ca) = &connection.ca_cert else {
+        return Err(Failure::Usage(format!(
+            "an https:// server needs {}: the PEM file of the CA that signed its certificate (this build trusts no system or public root certificates)",
+            tls::CA_CERT_SETTING
+        )));
+    };
+    let identity = match (&connection.client_cert, &connection.client_key) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Failure::Usage(format!(
+                "{} is set but {} is not",
+                tls::CLIENT_CERT_SETTING,
+                tls::CLIENT_KEY_SETTING
+            )));
+        }
+        (None, Some(_)) => {
+            return Err(Failure::Usage(format!(
+                "{} is set but {} is not",
+                tls::CLIENT_KEY_SETTING,
+                tls::CLIENT_CERT_SETTING
+            )));
+        }
+    };
+    let config = tls::client_config(ca, identity).map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok(config.timeout(connection.timeout))
 }
 
 /// Runs `keyauth keys …`.
@@ -432,7 +592,7 @@ pub async fn keys(args: KeysArgs) -> ExitCode {
             emit(&output);
             ExitCode::from(EXIT_OK)
         }
-        Err(failure) => failure.report(),
+        Err(failure) => failure.report(&args.connection),
     }
 }
 
@@ -443,7 +603,7 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
             emit(&output);
             ExitCode::from(if valid { EXIT_OK } else { EXIT_DENIED })
         }
-        Err(failure) => failure.report(),
+        Err(failure) => failure.report(&args.connection),
     }
 }
 
@@ -473,12 +633,16 @@ fn json_output(value: Value) -> Output {
     }
 }
 
-/// A request carrying the operator token.
+/// A request carrying the operator token, and a request id of its own (`cli-…`) so that the
+/// audit trail can be matched with this run.
 fn operator<T>(token: &MetadataValue<tonic::metadata::Ascii>, message: T) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
         .insert("authorization", token.clone());
+    if let Ok(id) = format!("cli-{}", crate::key::unique_base62(16)).parse() {
+        request.metadata_mut().insert("x-request-id", id);
+    }
     request
 }
 
@@ -583,6 +747,37 @@ async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
                 notes,
             })
         }
+        Prepared::Events { request, all } => {
+            let mut request = request;
+            let mut events = Vec::new();
+            let next = loop {
+                let res = client
+                    .list_key_events(operator(&token, request.clone()))
+                    .await?
+                    .into_inner();
+                events.extend(res.events);
+                if !all || res.next_page_token.is_empty() {
+                    break res.next_page_token;
+                }
+                request.page_token = res.next_page_token;
+            };
+            if json {
+                return Ok(json_output(json!({
+                    "events": events.iter().map(event_json).collect::<Vec<_>>(),
+                    "next_page_token": next,
+                })));
+            }
+            let mut notes = Vec::new();
+            if !next.is_empty() {
+                notes.push(format!(
+                    "more events: pass --page-token {next} for the next page, or --all"
+                ));
+            }
+            Ok(Output {
+                stdout: render_event_table(&events),
+                notes,
+            })
+        }
     }
 }
 
@@ -594,6 +789,10 @@ enum Prepared {
     Get(pb::GetKeyRequest),
     List {
         request: pb::ListKeysRequest,
+        all: bool,
+    },
+    Events {
+        request: pb::ListKeyEventsRequest,
         all: bool,
     },
 }
@@ -648,6 +847,15 @@ fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
             },
             all: a.all,
         },
+        KeysCommand::Events(a) => Prepared::Events {
+            request: pb::ListKeyEventsRequest {
+                key_id: a.key_id.clone().unwrap_or_default(),
+                application_id: a.application.clone().unwrap_or_default(),
+                page_size: a.page_size.unwrap_or(0),
+                page_token: a.page_token.clone().unwrap_or_default(),
+            },
+            all: a.all,
+        },
     })
 }
 
@@ -675,10 +883,21 @@ async fn run_verify(args: &VerifyArgs) -> Result<(Output, bool), Failure> {
     if key.is_empty() {
         return Err(Failure::Usage("KEY is empty".into()));
     }
-    let request = pb::VerifyRequest {
+    let mut request = Request::new(pb::VerifyRequest {
         key,
         required_permissions: permissions_out(&args.permissions),
-    };
+    });
+    match args.verifier_token.as_deref().map(str::trim) {
+        Some(token) if !token.is_empty() => {
+            let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+                Failure::Usage(
+                    "--verifier-token (KEYAUTH_VERIFIER_TOKEN) must be printable ASCII".into(),
+                )
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        _ => {}
+    }
     let mut client = connect(&args.connection).await?;
     let res = client.verify(request).await?.into_inner();
     let output = if args.connection.json {
@@ -733,6 +952,34 @@ fn state_name(value: i32) -> &'static str {
     }
 }
 
+fn event_type_name(value: i32) -> &'static str {
+    match pb::KeyEventType::try_from(value) {
+        Ok(pb::KeyEventType::Issued) => "issued",
+        Ok(pb::KeyEventType::Rolled) => "rolled",
+        Ok(pb::KeyEventType::Revoked) => "revoked",
+        Ok(pb::KeyEventType::OperatorAuthFailed) => "operator_auth_failed",
+        _ => "unspecified",
+    }
+}
+
+/// An empty proto string (unset) as JSON null.
+fn empty_as_null(s: &str) -> Value {
+    if s.is_empty() {
+        Value::Null
+    } else {
+        Value::String(s.to_owned())
+    }
+}
+
+/// An empty proto string as `-`, for tables.
+fn text_or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        printable(s)
+    }
+}
+
 /// RFC 3339 with the server's precision, for JSON.
 fn time_json(t: Option<&prost_types::Timestamp>) -> Value {
     t.map_or(Value::Null, |t| Value::String(t.to_string()))
@@ -768,13 +1015,6 @@ pub fn key_json(key: &pb::ApiKey) -> Value {
     for (k, v) in sorted_metadata(key) {
         metadata.insert(k.clone(), Value::String(v.clone()));
     }
-    let empty_as_null = |s: &str| {
-        if s.is_empty() {
-            Value::Null
-        } else {
-            Value::String(s.to_owned())
-        }
-    };
     json!({
         "id": key.id,
         "application_id": key.application_id,
@@ -794,6 +1034,21 @@ pub fn key_json(key: &pb::ApiKey) -> Value {
         "revoke_reason": empty_as_null(&key.revoke_reason),
         "last_used_time": time_json(key.last_used_time.as_ref()),
         "replaced_by_key_id": empty_as_null(&key.replaced_by_key_id),
+    })
+}
+
+/// One audit event as JSON, every field present (null when unset), in the proto's field names.
+pub fn event_json(event: &pb::KeyEvent) -> Value {
+    json!({
+        "sequence": event.sequence,
+        "type": event_type_name(event.r#type),
+        "key_id": empty_as_null(&event.key_id),
+        "related_key_id": empty_as_null(&event.related_key_id),
+        "application_id": empty_as_null(&event.application_id),
+        "operator_id": empty_as_null(&event.operator_id),
+        "peer": empty_as_null(&event.peer),
+        "request_id": empty_as_null(&event.request_id),
+        "event_time": time_json(event.event_time.as_ref()),
     })
 }
 
@@ -927,6 +1182,40 @@ fn render_key_table(keys: &[pb::ApiKey]) -> String {
     )
 }
 
+fn render_event_table(events: &[pb::KeyEvent]) -> String {
+    if events.is_empty() {
+        return "no events\n".into();
+    }
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.sequence.to_string(),
+                time_or_dash(e.event_time.as_ref()),
+                event_type_name(e.r#type).into(),
+                text_or_dash(&e.key_id),
+                text_or_dash(&e.related_key_id),
+                text_or_dash(&e.operator_id),
+                text_or_dash(&e.peer),
+                text_or_dash(&e.request_id),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "SEQUENCE",
+            "TIME",
+            "TYPE",
+            "KEY",
+            "RELATED KEY",
+            "OPERATOR",
+            "PEER",
+            "REQUEST ID",
+        ],
+        &rows,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1003,5 +1292,66 @@ mod tests {
         ])
         .unwrap();
         assert!(!format!("{cli:?}").contains("tok3n-value"));
+        let cli = crate::config::Cli::try_parse_from([
+            "keyauth",
+            "verify",
+            "sk_test_x",
+            "--verifier-token",
+            "v3rifier-value",
+        ])
+        .unwrap();
+        assert!(!format!("{cli:?}").contains("v3rifier-value"));
+    }
+
+    #[test]
+    fn events_take_exactly_one_filter() {
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            crate::config::Cli::try_parse_from(
+                ["keyauth", "keys", "events"].iter().chain(args).copied(),
+            )
+        };
+        assert!(parse(&["--key", "key_1"]).is_ok());
+        assert!(parse(&["--app", "app_1", "--all"]).is_ok());
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--key", "key_1", "--app", "app_1"]).is_err());
+    }
+
+    #[test]
+    fn events_render() {
+        let event = pb::KeyEvent {
+            sequence: 7,
+            r#type: pb::KeyEventType::Rolled.into(),
+            key_id: "key_old".into(),
+            related_key_id: "key_new".into(),
+            application_id: "app_1".into(),
+            operator_id: "op_0123456789ab".into(),
+            peer: String::new(),
+            request_id: "req-1".into(),
+            event_time: Some(prost_types::Timestamp {
+                seconds: 1_830_211_200,
+                nanos: 5,
+            }),
+        };
+        let table = render_event_table(std::slice::from_ref(&event));
+        let row = table.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            [
+                "7",
+                "2027-12-31T00:00:00Z",
+                "rolled",
+                "key_old",
+                "key_new",
+                "op_0123456789ab",
+                "-",
+                "req-1"
+            ]
+        );
+        let json = event_json(&event);
+        assert_eq!(json["type"], "rolled");
+        assert_eq!(json["peer"], Value::Null);
+        assert_eq!(json["related_key_id"], "key_new");
     }
 }

@@ -29,7 +29,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server.
     Serve(ServeArgs),
-    /// Operator commands against a running server: issue, roll, revoke, get, list.
+    /// Operator commands against a running server: issue, roll, revoke, get, list, events.
     Keys(crate::cli::KeysArgs),
     /// Verify a key against a running server (exit 0 valid, 1 not valid).
     Verify(crate::cli::VerifyArgs),

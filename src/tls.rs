@@ -1,17 +1,23 @@
 //! TLS from PEM files: the server's certificate chain and key, and optionally the CA whose
 //! client certificates are required (mTLS). Every file is read and parsed at start-up, so a
 //! bad setting stops the start naming itself instead of failing the first handshake.
+//!
+//! The operator CLI's side too ([`client_config`]): the CA it trusts, and optionally its own
+//! certificate and key for a server that requires client certificates.
 
 use std::path::Path;
 use std::time::Duration;
 
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 pub const CERT_SETTING: &str = "--tls-cert (KEYAUTH_TLS_CERT)";
 pub const KEY_SETTING: &str = "--tls-key (KEYAUTH_TLS_KEY)";
 pub const CLIENT_CA_SETTING: &str = "--tls-client-ca (KEYAUTH_TLS_CLIENT_CA)";
+pub const CA_CERT_SETTING: &str = "--ca-cert (KEYAUTH_CA_CERT)";
+pub const CLIENT_CERT_SETTING: &str = "--client-cert (KEYAUTH_CLIENT_CERT)";
+pub const CLIENT_KEY_SETTING: &str = "--client-key (KEYAUTH_CLIENT_KEY)";
 
 /// A handshake that takes longer than this is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,13 +67,7 @@ pub fn server_config(
     let cert_pem = read(cert, CERT_SETTING)?;
     certificates(&cert_pem, cert, CERT_SETTING)?;
     let key_pem = read(key, KEY_SETTING)?;
-    PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| {
-        let why = match e {
-            pem::Error::NoItemsFound => "no PEM private key found".to_owned(),
-            other => describe(&other),
-        };
-        bad(KEY_SETTING, format!("{}: {why}", key.display()))
-    })?;
+    private_key(&key_pem, key, KEY_SETTING)?;
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(&cert_pem, &key_pem))
         .timeout(HANDSHAKE_TIMEOUT);
@@ -84,8 +84,39 @@ pub fn server_config(
     Ok(Some(config))
 }
 
+/// A client's TLS configuration: trust the CA certificates of `ca` (PEM), and present
+/// `identity` (certificate chain PEM, private key PEM) when given. Every file is read and
+/// parsed here, so a bad one is named before any connection is attempted.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientTlsConfig, TlsSettingError> {
+    let ca_pem = read(ca, CA_CERT_SETTING)?;
+    certificates(&ca_pem, ca, CA_CERT_SETTING)?;
+    let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca_pem));
+    let Some((cert, key)) = identity else {
+        return Ok(config);
+    };
+    let cert_pem = read(cert, CLIENT_CERT_SETTING)?;
+    certificates(&cert_pem, cert, CLIENT_CERT_SETTING)?;
+    let key_pem = read(key, CLIENT_KEY_SETTING)?;
+    private_key(&key_pem, key, CLIENT_KEY_SETTING)?;
+    Ok(config.identity(Identity::from_pem(&cert_pem, &key_pem)))
+}
+
 fn read(path: &Path, setting: &'static str) -> Result<Vec<u8>, TlsSettingError> {
     std::fs::read(path).map_err(|e| bad(setting, format!("{}: {e}", path.display())))
+}
+
+/// One well-formed PEM private key.
+fn private_key(pem: &[u8], path: &Path, setting: &'static str) -> Result<(), TlsSettingError> {
+    PrivateKeyDer::from_pem_slice(pem).map(drop).map_err(|e| {
+        let why = match e {
+            pem::Error::NoItemsFound => "no PEM private key found".to_owned(),
+            other => describe(&other),
+        };
+        bad(setting, format!("{}: {why}", path.display()))
+    })
 }
 
 /// At least one certificate, and every PEM certificate section well-formed.
@@ -170,6 +201,19 @@ mod tests {
         std::fs::write(&garbage, "not a certificate").unwrap();
         let err = server_config(Some(&garbage), Some(&garbage), None).unwrap_err();
         assert_eq!(err.setting, CERT_SETTING);
+        assert!(err.why.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn client_files_are_checked_and_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = client_config(&missing, None).unwrap_err();
+        assert_eq!(err.setting, CA_CERT_SETTING);
+        let err = client_config(&garbage, None).unwrap_err();
+        assert_eq!(err.setting, CA_CERT_SETTING);
         assert!(err.why.contains("no PEM certificate"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
 //! The operator CLI (`keyauth keys …`, `keyauth verify`): the built binary against the real
-//! server, its output (tables and `--json`) and the exit codes scripts rely on.
+//! server, its output (tables and `--json`) and the exit codes scripts rely on; over TLS and
+//! mTLS, and with the verifier token.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -7,6 +8,8 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, register_secret, spawn};
+use crate::operable::Pki;
+use crate::process::ServerProcess;
 
 /// What one run of the binary printed, and how it exited.
 #[derive(Debug)]
@@ -49,6 +52,10 @@ async fn keyauth(args: &[&str], env: &[(&str, &str)], stdin: Option<&str>) -> Ru
             .args(&args)
             .env_remove("KEYAUTH_SERVER")
             .env_remove("KEYAUTH_ADMIN_TOKEN")
+            .env_remove("KEYAUTH_VERIFIER_TOKEN")
+            .env_remove("KEYAUTH_CA_CERT")
+            .env_remove("KEYAUTH_CLIENT_CERT")
+            .env_remove("KEYAUTH_CLIENT_KEY")
             .envs(env)
             .stdin(if stdin.is_some() {
                 Stdio::piped()
@@ -453,4 +460,437 @@ async fn unreachable_server_exits_3() {
     )
     .await;
     assert_exit(&run, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_list_the_audit_trail_of_a_key_and_an_application() {
+    let Some(app) = spawn(Backend::Sqlite).await else {
+        return;
+    };
+    let issued = keys(
+        &app,
+        &[
+            "issue",
+            "--app",
+            "app_events",
+            "--env",
+            "test",
+            "--name",
+            "Audited",
+            "--json",
+        ],
+    )
+    .await;
+    assert_exit(&issued, 0);
+    register_secret(issued.json()["secret"].as_str().unwrap());
+    let old_id = issued.json()["key"]["id"].as_str().unwrap().to_owned();
+    let rolled = keys(&app, &["roll", &old_id, "--grace", "1h", "--json"]).await;
+    assert_exit(&rolled, 0);
+    register_secret(rolled.json()["secret"].as_str().unwrap());
+    let new_id = rolled.json()["key"]["id"].as_str().unwrap().to_owned();
+    assert_exit(
+        &keys(&app, &["revoke", &new_id, "--reason", "leaked"]).await,
+        0,
+    );
+
+    // The application's trail as a table, newest first.
+    let listed = keys(&app, &["events", "--app", "app_events"]).await;
+    assert_exit(&listed, 0);
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{listed:?}");
+    for column in [
+        "SEQUENCE",
+        "TIME",
+        "TYPE",
+        "KEY",
+        "RELATED KEY",
+        "OPERATOR",
+        "PEER",
+    ] {
+        assert!(lines[0].contains(column), "{listed:?}");
+    }
+    assert!(lines[0].ends_with("REQUEST ID"), "{listed:?}");
+    let type_at = lines[0].find("TYPE").unwrap();
+    let cells =
+        |line: &str| -> Vec<String> { line.split_whitespace().map(str::to_owned).collect() };
+    assert!(lines[1][type_at..].starts_with("revoked"), "{listed:?}");
+    assert!(lines[2][type_at..].starts_with("rolled"), "{listed:?}");
+    assert!(lines[3][type_at..].starts_with("issued"), "{listed:?}");
+    let revoke = cells(lines[1]);
+    assert_eq!(
+        (revoke[3].as_str(), revoke[4].as_str()),
+        (new_id.as_str(), "-")
+    );
+    let roll = cells(lines[2]);
+    assert_eq!(
+        (roll[3].as_str(), roll[4].as_str()),
+        (old_id.as_str(), new_id.as_str())
+    );
+    let issue = cells(lines[3]);
+    assert_eq!(issue[3], old_id);
+    for row in [&revoke, &roll, &issue] {
+        assert_eq!(row.len(), 8, "{listed:?}");
+        assert!(row[1].parse::<prost_types::Timestamp>().is_ok(), "{row:?}");
+        assert!(row[5].starts_with("op_"), "{row:?}");
+        assert!(row[6].starts_with("127.0.0.1:"), "{row:?}");
+    }
+    let sequences: Vec<i64> = [&revoke, &roll, &issue]
+        .iter()
+        .map(|row| row[0].parse().unwrap())
+        .collect();
+    assert!(sequences.windows(2).all(|w| w[0] > w[1]), "{listed:?}");
+
+    // One key's trail as JSON: its issue and its roll (the revoke was of the new key).
+    let by_key = keys(&app, &["events", "--key", &old_id, "--json"]).await;
+    assert_exit(&by_key, 0);
+    let body = by_key.json();
+    let events = body["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["rolled", "issued"], "{body}");
+    assert_eq!(events[0]["key_id"], old_id.as_str());
+    assert_eq!(events[0]["related_key_id"], new_id.as_str());
+    assert_eq!(events[1]["related_key_id"], Value::Null);
+    assert_eq!(events[1]["application_id"], "app_events");
+    assert!(
+        events[1]["operator_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("op_")
+    );
+    assert!(!events[1]["request_id"].as_str().unwrap().is_empty());
+    assert!(
+        events[1]["event_time"]
+            .as_str()
+            .unwrap()
+            .parse::<prost_types::Timestamp>()
+            .is_ok(),
+        "{body}"
+    );
+    assert_eq!(body["next_page_token"], "");
+    // The new key's trail: its revoke, and the roll it came from.
+    let by_new_key = keys(&app, &["events", "--key", &new_id, "--json"]).await;
+    assert_exit(&by_new_key, 0);
+    let kinds: Vec<String> = by_new_key.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["revoked", "rolled"]);
+
+    // Pages: one at a time with a note on stderr, or all of them with --all.
+    let page = keys(&app, &["events", "--app", "app_events", "--page-size", "1"]).await;
+    assert_exit(&page, 0);
+    assert_eq!(page.stdout.lines().count(), 2, "{page:?}");
+    assert!(page.stderr.contains("--page-token"), "{page:?}");
+    let every = keys(
+        &app,
+        &[
+            "events",
+            "--app",
+            "app_events",
+            "--page-size",
+            "1",
+            "--all",
+            "--json",
+        ],
+    )
+    .await;
+    assert_exit(&every, 0);
+    assert_eq!(every.json()["events"].as_array().unwrap().len(), 3);
+    assert_eq!(every.json()["next_page_token"], "");
+
+    // Exactly one filter, found before any call; a malformed id is the server's refusal.
+    assert_exit(&keys(&app, &["events"]).await, 2);
+    assert_exit(
+        &keys(&app, &["events", "--key", &old_id, "--app", "app_events"]).await,
+        2,
+    );
+    let bad = keys(&app, &["events", "--key", "not-a-key-id"]).await;
+    assert_exit(&bad, 1);
+    assert!(bad.stderr.contains("INVALID_ARGUMENT"), "{bad:?}");
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS, mTLS and the verifier token, against `keyauth serve` processes.
+
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("k.db").display())
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `https://localhost:PORT` of a server process (its certificate is for `localhost`).
+fn https_url(server: &ServerProcess) -> String {
+    let port = server.addr.rsplit(':').next().unwrap();
+    format!("https://localhost:{port}")
+}
+
+/// Issues a test key through the CLI with `connection` flags; returns its secret.
+async fn issue_with(connection: &[&str]) -> String {
+    let mut args = vec![
+        "keys", "issue", "--app", "app_tls", "--env", "test", "--name", "TLS", "--json",
+    ];
+    args.extend_from_slice(connection);
+    let issued = keyauth(&args, &[("KEYAUTH_ADMIN_TOKEN", ADMIN_TOKEN)], None).await;
+    assert_exit(&issued, 0);
+    let secret = issued.json()["secret"].as_str().unwrap().to_owned();
+    register_secret(&secret);
+    secret
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_is_called_trusting_the_ca_certificate() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(
+        &sqlite_url(&dir),
+        &[
+            "--tls-cert",
+            path(&pki.server_cert),
+            "--tls-key",
+            path(&pki.server_key),
+        ],
+    );
+    let url = https_url(&server);
+    let ca = path(&pki.ca);
+    let secret = issue_with(&["--server", &url, "--ca-cert", ca]).await;
+
+    let valid = keyauth(
+        &["verify", &secret, "--server", &url, "--ca-cert", ca],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&valid, 0);
+    assert_eq!(valid.field("valid"), "yes");
+    // The same from the environment.
+    let valid = keyauth(
+        &["verify", &secret],
+        &[("KEYAUTH_SERVER", &url), ("KEYAUTH_CA_CERT", ca)],
+        None,
+    )
+    .await;
+    assert_exit(&valid, 0);
+
+    // A CA that did not sign the server's certificate: the handshake fails, no answer.
+    let untrusted = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &url,
+            "--ca-cert",
+            path(&pki.server_cert),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&untrusted, 3);
+    assert!(untrusted.stderr.contains("UNAVAILABLE"), "{untrusted:?}");
+    // Plaintext to a TLS server: no answer either.
+    let plaintext = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &format!("http://{}", server.addr),
+            "--timeout",
+            "3s",
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&plaintext, 3);
+
+    // Usage errors, before any connection: https without a CA certificate (this build trusts
+    // no system roots), a file that is not PEM, TLS files for a plaintext server.
+    let no_ca = keyauth(&["verify", &secret, "--server", &url], &[], None).await;
+    assert_exit(&no_ca, 2);
+    assert!(no_ca.stderr.contains("--ca-cert"), "{no_ca:?}");
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let bad_ca = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &url,
+            "--ca-cert",
+            path(&garbage),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&bad_ca, 2);
+    assert!(bad_ca.stderr.contains("--ca-cert"), "{bad_ca:?}");
+    let mixed = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &format!("http://{}", server.addr),
+            "--ca-cert",
+            ca,
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&mixed, 2);
+    let scheme = keyauth(
+        &["verify", &secret, "--server", "ftp://localhost:1"],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&scheme, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_server_needs_the_client_certificate() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let client_cert = dir.path().join("client.pem");
+    let client_key = dir.path().join("client.key");
+    std::fs::write(&client_cert, &pki.client.0).unwrap();
+    std::fs::write(&client_key, &pki.client.1).unwrap();
+    let server = ServerProcess::start(
+        &sqlite_url(&dir),
+        &[
+            "--tls-cert",
+            path(&pki.server_cert),
+            "--tls-key",
+            path(&pki.server_key),
+            "--tls-client-ca",
+            path(&pki.ca),
+        ],
+    );
+    let url = https_url(&server);
+    let ca = path(&pki.ca);
+    let identity = [
+        "--client-cert",
+        path(&client_cert),
+        "--client-key",
+        path(&client_key),
+    ];
+    let mut connection = vec!["--server", url.as_str(), "--ca-cert", ca];
+    connection.extend_from_slice(&identity);
+    let secret = issue_with(&connection).await;
+
+    // Without a client certificate the server refuses the handshake: no answer.
+    let without = keyauth(
+        &["verify", &secret, "--server", &url, "--ca-cert", ca],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&without, 3);
+    assert!(without.stdout.is_empty(), "{without:?}");
+
+    let mut args = vec!["verify", secret.as_str()];
+    args.extend_from_slice(&connection);
+    let with = keyauth(&args, &[], None).await;
+    assert_exit(&with, 0);
+    assert_eq!(with.field("valid"), "yes");
+    let with = keyauth(
+        &["verify", &secret, "--server", &url],
+        &[
+            ("KEYAUTH_CA_CERT", ca),
+            ("KEYAUTH_CLIENT_CERT", path(&client_cert)),
+            ("KEYAUTH_CLIENT_KEY", path(&client_key)),
+        ],
+        None,
+    )
+    .await;
+    assert_exit(&with, 0);
+
+    // Half an identity is a usage error.
+    let half = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &url,
+            "--ca-cert",
+            ca,
+            "--client-cert",
+            path(&client_cert),
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&half, 2);
+    assert!(half.stderr.contains("--client-key"), "{half:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_sends_the_verifier_token() {
+    const VERIFIER_TOKEN: &str = "verifier-token-of-the-cli-tests";
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&sqlite_url(&dir), &["--verifier-token", VERIFIER_TOKEN]);
+    let url = format!("http://{}", server.addr);
+    let secret = issue_with(&["--server", &url]).await;
+
+    let given = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &url,
+            "--verifier-token",
+            VERIFIER_TOKEN,
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&given, 0);
+    assert_eq!(given.field("valid"), "yes");
+    let from_env = keyauth(
+        &["verify", &secret, "--server", &url, "--json"],
+        &[("KEYAUTH_VERIFIER_TOKEN", VERIFIER_TOKEN)],
+        None,
+    )
+    .await;
+    assert_exit(&from_env, 0);
+    assert_eq!(from_env.json()["valid"], true);
+
+    let missing = keyauth(&["verify", &secret, "--server", &url], &[], None).await;
+    assert_exit(&missing, 1);
+    assert!(
+        missing.stderr.contains("VERIFIER_UNAUTHENTICATED"),
+        "{missing:?}"
+    );
+    assert!(missing.stderr.contains("--verifier-token"), "{missing:?}");
+    assert!(missing.stdout.is_empty(), "{missing:?}");
+    let wrong = keyauth(
+        &[
+            "verify",
+            &secret,
+            "--server",
+            &url,
+            "--verifier-token",
+            "not-the-token",
+        ],
+        &[],
+        None,
+    )
+    .await;
+    assert_exit(&wrong, 1);
+    // The operator token is not a verifier token.
+    let operator = keyauth(
+        &["verify", &secret, "--server", &url],
+        &[("KEYAUTH_VERIFIER_TOKEN", ADMIN_TOKEN)],
+        None,
+    )
+    .await;
+    assert_exit(&operator, 1);
 }
