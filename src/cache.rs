@@ -19,8 +19,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use moka::notification::RemovalCause;
 use moka::sync::Cache;
+use quick_cache::sync::Cache as QuickCache;
+use quick_cache::{DefaultHashBuilder, Lifecycle, UnitWeighter};
 
 use crate::clock::Timestamp;
 use crate::key::{KeyDigest, digests_match};
@@ -93,8 +94,24 @@ pub enum Lookup {
     Miss,
 }
 
+/// The proven-key map: quick_cache (CLOCK-PRO eviction, bounded by entries) rather than moka,
+/// whose per-entry bookkeeping cost several hundred bytes a key; this map holds 100k keys.
+type ProvenCache = QuickCache<KeyId, Arc<Proven>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
+
+/// Counts proven keys evicted for room.
+#[derive(Clone, Default)]
+struct CountEvictions;
+
+impl Lifecycle<KeyId, Arc<Proven>> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: KeyId, _: Arc<Proven>) {
+        metrics::counter!(crate::metrics::CACHE_EVICTIONS, "cause" => "size").increment(1);
+    }
+}
+
 pub struct VerifyCache {
-    proven: Cache<KeyId, Arc<Proven>>,
+    proven: ProvenCache,
     unknown: Cache<KeyId, ()>,
     failures: Cache<KeyId, Arc<AtomicU32>>,
     generation: AtomicU64,
@@ -107,19 +124,15 @@ pub struct VerifyCache {
 impl VerifyCache {
     pub fn new(settings: CacheSettings) -> Self {
         VerifyCache {
-            proven: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_idle(Duration::from_secs(600).max(settings.ttl))
-                .eviction_listener(|_, _, cause| {
-                    let cause = match cause {
-                        RemovalCause::Size => "size",
-                        RemovalCause::Expired => "expired",
-                        RemovalCause::Explicit | RemovalCause::Replaced => return,
-                    };
-                    metrics::counter!(crate::metrics::CACHE_EVICTIONS, "cause" => cause)
-                        .increment(1);
-                })
-                .build(),
+            proven: ProvenCache::with(
+                usize::try_from(settings.capacity)
+                    .unwrap_or(usize::MAX)
+                    .max(1),
+                settings.capacity.max(1),
+                UnitWeighter,
+                DefaultHashBuilder::default(),
+                CountEvictions,
+            ),
             unknown: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(settings.negative_ttl.max(Duration::from_millis(1)))
@@ -180,7 +193,7 @@ impl VerifyCache {
         self.proven.insert(record.id.clone(), proven.clone());
         // An invalidation between the check and the insert must still win.
         if self.generation() != generation {
-            self.proven.invalidate(&record.id);
+            self.proven.remove(&record.id);
             return None;
         }
         Some(proven)
@@ -189,7 +202,7 @@ impl VerifyCache {
     /// Drops everything cached about `id`; the next Verify of it reads the store.
     pub fn forget(&self, id: &KeyId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        self.proven.invalidate(id);
+        self.proven.remove(id);
         self.unknown.invalidate(id);
     }
 
@@ -230,8 +243,7 @@ impl VerifyCache {
 
     /// Proven keys held now (approximate, for metrics and the benchmark).
     pub fn len(&self) -> u64 {
-        self.proven.run_pending_tasks();
-        self.proven.entry_count()
+        self.proven.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {

@@ -185,7 +185,9 @@ pub fn check_metadata(metadata: &Metadata, field: &str) -> Result<(), Error> {
 
 /// A set of permissions: resource → actions, both checked against the catalog.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Permissions(BTreeMap<String, BTreeSet<String>>);
+/// Held as sorted, exact-size vectors rather than B-trees: every cached key carries one, and a
+/// B-tree node reserves room for eleven entries however few it holds.
+pub struct Permissions(Vec<(String, Vec<String>)>);
 
 impl Permissions {
     /// Builds a set from already validated pairs.
@@ -194,7 +196,11 @@ impl Permissions {
         for (resource, action) in pairs {
             map.entry(resource).or_default().insert(action);
         }
-        Permissions(map)
+        Permissions(
+            map.into_iter()
+                .map(|(r, a)| (r, a.into_iter().collect()))
+                .collect(),
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -202,7 +208,9 @@ impl Permissions {
     }
 
     pub fn allows(&self, resource: &str, action: &str) -> bool {
-        self.0.get(resource).is_some_and(|a| a.contains(action))
+        self.0
+            .binary_search_by(|(r, _)| r.as_str().cmp(resource))
+            .is_ok_and(|i| self.0[i].1.iter().any(|a| a == action))
     }
 
     /// Resource and its actions, resources sorted.
@@ -223,7 +231,7 @@ impl Permissions {
     pub fn to_store(&self) -> String {
         self.0
             .iter()
-            .map(|(r, a)| format!("{r}:{}", a.iter().cloned().collect::<Vec<_>>().join(",")))
+            .map(|(r, a)| format!("{r}:{}", a.join(",")))
             .collect::<Vec<_>>()
             .join(";")
     }

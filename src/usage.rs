@@ -33,7 +33,8 @@ impl UsageRecorder {
     /// Takes every pending use, for one batch write.
     pub fn take(&self) -> Vec<(KeyId, Timestamp)> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        pending.drain().collect()
+        // Take the map itself, not its entries: a burst's capacity is not kept for ever.
+        std::mem::take(&mut *pending).into_iter().collect()
     }
 
     /// Puts back a batch whose write failed, keeping newer uses noted meanwhile.
