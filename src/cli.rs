@@ -633,6 +633,35 @@ fn json_output(value: Value) -> Output {
     }
 }
 
+/// `Ok(token)` to fetch the page after (with `--all`), `Err(token)` when done: the token of
+/// the next page, empty on the last.
+fn next_page(all: bool, token: String) -> Result<String, String> {
+    if all && !token.is_empty() {
+        Ok(token)
+    } else {
+        Err(token)
+    }
+}
+
+/// The output of a listing (`keys list`, `keys events`): JSON `{what: rows, next_page_token}`,
+/// or the table with a note on how to get the next page.
+fn listing(json: bool, what: &str, rows: Vec<Value>, next: &str, table: String) -> Output {
+    if json {
+        return json_output(json!({ what: rows, "next_page_token": next }));
+    }
+    let notes = if next.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "more {what}: pass --page-token {next} for the next page, or --all"
+        )]
+    };
+    Output {
+        stdout: table,
+        notes,
+    }
+}
+
 /// A request carrying the operator token, and a request id of its own (`cli-…`) so that the
 /// audit trail can be matched with this run.
 fn operator<T>(token: &MetadataValue<tonic::metadata::Ascii>, message: T) -> Request<T> {
@@ -716,67 +745,40 @@ async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
             let res = client.get_key(operator(&token, req)).await?.into_inner();
             Ok(single_key(json, &res.key.unwrap_or_default()))
         }
-        Prepared::List { request, all } => {
-            let mut request = request;
-            let mut keys = Vec::new();
-            let next = loop {
+        Prepared::List { mut request, all } => {
+            let mut pages = Vec::new();
+            loop {
                 let res = client
                     .list_keys(operator(&token, request.clone()))
                     .await?
                     .into_inner();
-                keys.extend(res.keys);
-                if !all || res.next_page_token.is_empty() {
-                    break res.next_page_token;
+                pages.extend(res.keys);
+                match next_page(all, res.next_page_token) {
+                    Ok(token) => request.page_token = token,
+                    Err(last) => {
+                        let rows = pages.iter().map(key_json).collect();
+                        return Ok(listing(json, "keys", rows, &last, render_key_table(&pages)));
+                    }
                 }
-                request.page_token = res.next_page_token;
-            };
-            if json {
-                return Ok(json_output(json!({
-                    "keys": keys.iter().map(key_json).collect::<Vec<_>>(),
-                    "next_page_token": next,
-                })));
             }
-            let mut notes = Vec::new();
-            if !next.is_empty() {
-                notes.push(format!(
-                    "more keys: pass --page-token {next} for the next page, or --all"
-                ));
-            }
-            Ok(Output {
-                stdout: render_key_table(&keys),
-                notes,
-            })
         }
-        Prepared::Events { request, all } => {
-            let mut request = request;
-            let mut events = Vec::new();
-            let next = loop {
+        Prepared::Events { mut request, all } => {
+            let mut pages = Vec::new();
+            loop {
                 let res = client
                     .list_key_events(operator(&token, request.clone()))
                     .await?
                     .into_inner();
-                events.extend(res.events);
-                if !all || res.next_page_token.is_empty() {
-                    break res.next_page_token;
+                pages.extend(res.events);
+                match next_page(all, res.next_page_token) {
+                    Ok(token) => request.page_token = token,
+                    Err(last) => {
+                        let rows = pages.iter().map(event_json).collect();
+                        let table = render_event_table(&pages);
+                        return Ok(listing(json, "events", rows, &last, table));
+                    }
                 }
-                request.page_token = res.next_page_token;
-            };
-            if json {
-                return Ok(json_output(json!({
-                    "events": events.iter().map(event_json).collect::<Vec<_>>(),
-                    "next_page_token": next,
-                })));
             }
-            let mut notes = Vec::new();
-            if !next.is_empty() {
-                notes.push(format!(
-                    "more events: pass --page-token {next} for the next page, or --all"
-                ));
-            }
-            Ok(Output {
-                stdout: render_event_table(&events),
-                notes,
-            })
         }
     }
 }
