@@ -301,7 +301,14 @@ pub struct ListArgs {
     #[arg(long, value_enum)]
     pub env: Option<Env>,
 
-    /// Keys per page (server default 50).
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+/// Paging of a listing.
+#[derive(Clone, Debug, Args)]
+pub struct PageArgs {
+    /// Entries per page (server default 50).
     #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
     pub page_size: Option<i32>,
 
@@ -325,17 +332,8 @@ pub struct EventsArgs {
     #[arg(long = "app", value_name = "APP")]
     pub application: Option<String>,
 
-    /// Events per page (server default 50).
-    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
-    pub page_size: Option<i32>,
-
-    /// Continue from the `next_page_token` of a previous page.
-    #[arg(long)]
-    pub page_token: Option<String>,
-
-    /// Follow every page to the end.
-    #[arg(long)]
-    pub all: bool,
+    #[command(flatten)]
+    pub page: PageArgs,
 }
 
 /// `keyauth verify KEY`: is this key valid (and does it hold these permissions)?
@@ -844,19 +842,19 @@ fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
             request: pb::ListKeysRequest {
                 application_id: a.application.clone(),
                 environment: a.env.map_or(pb::Environment::Unspecified, Env::pb).into(),
-                page_size: a.page_size.unwrap_or(0),
-                page_token: a.page_token.clone().unwrap_or_default(),
+                page_size: a.page.page_size.unwrap_or(0),
+                page_token: a.page.page_token.clone().unwrap_or_default(),
             },
-            all: a.all,
+            all: a.page.all,
         },
         KeysCommand::Events(a) => Prepared::Events {
             request: pb::ListKeyEventsRequest {
                 key_id: a.key_id.clone().unwrap_or_default(),
                 application_id: a.application.clone().unwrap_or_default(),
-                page_size: a.page_size.unwrap_or(0),
-                page_token: a.page_token.clone().unwrap_or_default(),
+                page_size: a.page.page_size.unwrap_or(0),
+                page_token: a.page.page_token.clone().unwrap_or_default(),
             },
-            all: a.all,
+            all: a.page.all,
         },
     })
 }
