@@ -198,7 +198,10 @@ impl KeyAuthorityApi {
             let mut provenance = Provenance {
                 request_id: Some(request_id.clone()),
                 operator: None,
-                peer: request.remote_addr().map(|a| a.to_string()),
+                // Only the audit trail of operator calls needs it: Verify skips the formatting.
+                peer: operator_rpc
+                    .then(|| request.remote_addr().map(|a| a.to_string()))
+                    .flatten(),
             };
             if operator_rpc {
                 match self.operators.check(request.metadata()) {
