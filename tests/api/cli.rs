@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::helpers::{ADMIN_TOKEN, Backend, TestApp, register_secret, spawn};
-use crate::operable::Pki;
+use crate::operable::{Pki, path, sqlite_url};
 use crate::process::ServerProcess;
 
 /// What one run of the binary printed, and how it exited.
@@ -615,14 +615,6 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
 // ---------------------------------------------------------------------------------------------
 // TLS, mTLS and the verifier token, against `keyauth serve` processes.
 
-fn sqlite_url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("k.db").display())
-}
-
-fn path(p: &std::path::Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// `https://localhost:PORT` of a server process (its certificate is for `localhost`).
 fn https_url(server: &ServerProcess) -> String {
     let port = server.addr.rsplit(':').next().unwrap();
@@ -646,15 +638,7 @@ async fn issue_with(connection: &[&str]) -> String {
 async fn tls_server_is_called_trusting_the_ca_certificate() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(
-        &sqlite_url(&dir),
-        &[
-            "--tls-cert",
-            path(&pki.server_cert),
-            "--tls-key",
-            path(&pki.server_key),
-        ],
-    );
+    let server = pki.serve(&dir, false);
     let url = https_url(&server);
     let ca = path(&pki.ca);
     let secret = issue_with(&["--server", &url, "--ca-cert", ca]).await;
@@ -761,17 +745,7 @@ async fn mtls_server_needs_the_client_certificate() {
     let client_key = dir.path().join("client.key");
     std::fs::write(&client_cert, &pki.client.0).unwrap();
     std::fs::write(&client_key, &pki.client.1).unwrap();
-    let server = ServerProcess::start(
-        &sqlite_url(&dir),
-        &[
-            "--tls-cert",
-            path(&pki.server_cert),
-            "--tls-key",
-            path(&pki.server_key),
-            "--tls-client-ca",
-            path(&pki.ca),
-        ],
-    );
+    let server = pki.serve(&dir, true);
     let url = https_url(&server);
     let ca = path(&pki.ca);
     let identity = [

@@ -86,6 +86,21 @@ impl Pki {
         }
     }
 
+    /// A `keyauth serve` process with this PKI's server certificate; with `mtls`, it also
+    /// requires client certificates signed by the CA.
+    pub(crate) fn serve(&self, dir: &tempfile::TempDir, mtls: bool) -> ServerProcess {
+        let mut args = vec![
+            "--tls-cert",
+            path(&self.server_cert),
+            "--tls-key",
+            path(&self.server_key),
+        ];
+        if mtls {
+            args.extend(["--tls-client-ca", path(&self.ca)]);
+        }
+        ServerProcess::start(&sqlite_url(dir), &args)
+    }
+
     /// A client that trusts the CA, optionally presenting a certificate.
     fn client_tls(&self, identity: Option<&(String, String)>) -> ClientTlsConfig {
         let tls = ClientTlsConfig::new()
@@ -98,11 +113,11 @@ impl Pki {
     }
 }
 
-fn path(p: &Path) -> &str {
+pub(crate) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-fn sqlite_url(dir: &tempfile::TempDir) -> String {
+pub(crate) fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}", dir.path().join("k.db").display())
 }
 
@@ -133,15 +148,7 @@ async fn verify_over_tls(addr: &str, tls: ClientTlsConfig) -> Result<String, Str
 async fn tls_serves_callers_that_trust_the_ca() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(
-        &sqlite_url(&dir),
-        &[
-            "--tls-cert",
-            path(&pki.server_cert),
-            "--tls-key",
-            path(&pki.server_key),
-        ],
-    );
+    let server = pki.serve(&dir, false);
     assert_eq!(
         verify_over_tls(&server.addr, pki.client_tls(None)).await,
         Ok("authentication_error".to_owned())
@@ -164,17 +171,7 @@ async fn tls_serves_callers_that_trust_the_ca() {
 async fn mtls_admits_only_clients_with_a_certificate_from_the_client_ca() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(
-        &sqlite_url(&dir),
-        &[
-            "--tls-cert",
-            path(&pki.server_cert),
-            "--tls-key",
-            path(&pki.server_key),
-            "--tls-client-ca",
-            path(&pki.ca),
-        ],
-    );
+    let server = pki.serve(&dir, true);
     let without = verify_over_tls(&server.addr, pki.client_tls(None)).await;
     assert!(without.is_err(), "no client certificate: {without:?}");
     let stranger = verify_over_tls(&server.addr, pki.client_tls(Some(&pki.stranger))).await;
