@@ -1,0 +1,347 @@
+//! The CLI's arguments: connection settings shared by every subcommand, `keys …` and
+//! `verify`, and the parsing of permissions, metadata and times.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Subcommand, ValueEnum};
+
+use keyauth_proto as pb;
+
+/// Where and how to call the server; shared by every client subcommand.
+#[derive(Clone, Debug, Args)]
+pub struct Connection {
+    /// Server to call: `http://HOST:PORT` (plaintext gRPC) or `https://HOST:PORT` (TLS, which
+    /// needs --ca-cert).
+    #[arg(
+        long,
+        env = "KEYAUTH_SERVER",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub server: String,
+
+    /// PEM file of the CA certificate(s) that signed the server's certificate (https only;
+    /// required for https: this build trusts no system or public roots).
+    #[arg(long, env = "KEYAUTH_CA_CERT", value_name = "PEM", global = true)]
+    pub ca_cert: Option<PathBuf>,
+
+    /// PEM file of this client's certificate (chain), for a server that requires client
+    /// certificates (mTLS); goes with --client-key.
+    #[arg(long, env = "KEYAUTH_CLIENT_CERT", value_name = "PEM", global = true)]
+    pub client_cert: Option<PathBuf>,
+
+    /// PEM file of the private key of --client-cert.
+    #[arg(long, env = "KEYAUTH_CLIENT_KEY", value_name = "PEM", global = true)]
+    pub client_key: Option<PathBuf>,
+
+    /// Longest wait for the connection and for each call (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, global = true)]
+    pub timeout: Duration,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+impl Connection {
+    /// Whether --server names a TLS server (`https://`).
+    pub(crate) fn is_https(&self) -> bool {
+        self.server
+            .trim()
+            .get(..8)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+    }
+}
+
+/// `keyauth keys …`: the operator RPCs.
+#[derive(Clone, Args)]
+pub struct KeysArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// Operator token (the server's KEYAUTH_ADMIN_TOKEN), sent as `authorization: Bearer …`.
+    #[arg(
+        long,
+        env = "KEYAUTH_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    pub admin_token: Option<String>,
+
+    #[command(subcommand)]
+    pub command: KeysCommand,
+}
+
+impl fmt::Debug for KeysArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeysArgs")
+            .field("connection", &self.connection)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("command", &self.command)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Issue a new key; prints the full key, shown this once.
+    Issue(IssueArgs),
+    /// Replace a key with a new one; the old one keeps working for the grace period.
+    Roll(RollArgs),
+    /// Revoke a key: it stops working at once.
+    Revoke(RevokeArgs),
+    /// Show one key (never its secret).
+    Get(GetArgs),
+    /// List an application's keys, newest first.
+    List(ListArgs),
+    /// Show the audit trail of a key or of an application, newest first.
+    Events(EventsArgs),
+}
+
+/// Environment of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Env {
+    /// Sandbox (`sk_test_…`).
+    Test,
+    /// Production (`sk_live_…`).
+    Live,
+}
+
+impl Env {
+    pub(crate) fn pb(self) -> pb::Environment {
+        match self {
+            Env::Test => pb::Environment::Test,
+            Env::Live => pb::Environment::Live,
+        }
+    }
+}
+
+/// `RESOURCE:ACTION[,ACTION…]`, e.g. `patients:read,write`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionArg {
+    pub resource: String,
+    pub actions: Vec<String>,
+}
+
+impl FromStr for PermissionArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not RESOURCE:ACTION[,ACTION…], e.g. patients:read,write");
+        let (resource, actions) = s.split_once(':').ok_or_else(bad)?;
+        let resource = resource.trim();
+        let actions: Vec<String> = actions.split(',').map(|a| a.trim().to_owned()).collect();
+        let well_formed = |t: &str| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        };
+        if !well_formed(resource) || !actions.iter().all(|a| well_formed(a)) {
+            return Err(bad());
+        }
+        Ok(PermissionArg {
+            resource: resource.to_owned(),
+            actions,
+        })
+    }
+}
+
+/// Merges repeated `--permission` flags into one `Permission` per resource (first-seen order).
+pub(crate) fn permissions_out(args: &[PermissionArg]) -> Vec<pb::Permission> {
+    let mut out: Vec<pb::Permission> = Vec::new();
+    for arg in args {
+        let index = match out.iter().position(|p| p.resource == arg.resource) {
+            Some(i) => i,
+            None => {
+                out.push(pb::Permission {
+                    resource: arg.resource.clone(),
+                    actions: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        for action in &arg.actions {
+            if !out[index].actions.contains(action) {
+                out[index].actions.push(action.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `KEY=VALUE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataArg {
+    pub key: String,
+    pub value: String,
+}
+
+impl FromStr for MetadataArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(MetadataArg {
+                key: key.trim().to_owned(),
+                value: value.to_owned(),
+            }),
+            _ => Err(format!("{s:?} is not KEY=VALUE, e.g. team=analytics")),
+        }
+    }
+}
+
+pub(crate) fn parse_rfc3339(s: &str) -> Result<prost_types::Timestamp, String> {
+    prost_types::Timestamp::from_str(s.trim())
+        .map_err(|_| format!("{s:?} is not an RFC 3339 time like 2027-12-31T00:00:00Z"))
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct IssueArgs {
+    /// Application the key is for.
+    #[arg(long = "app", value_name = "APP")]
+    pub application: String,
+
+    /// Environment the key works in.
+    #[arg(long, value_enum)]
+    pub env: Env,
+
+    /// Human name of the key.
+    #[arg(long)]
+    pub name: String,
+
+    /// A permission of a restricted key, RESOURCE:ACTION[,ACTION…] (repeatable). None: a
+    /// standard key with every permission.
+    #[arg(long = "permission", value_name = "RESOURCE:ACTIONS")]
+    pub permissions: Vec<PermissionArg>,
+
+    /// When the key stops working, RFC 3339 (e.g. 2027-12-31T00:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub expires: Option<prost_types::Timestamp>,
+
+    /// Metadata entry KEY=VALUE (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub metadata: Vec<MetadataArg>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RollArgs {
+    /// Id of the key to replace (`key_…`).
+    pub key_id: String,
+
+    /// How long the old key keeps working (e.g. 24h, 30m, 0s to stop it now; at most 7 days).
+    /// Unset: the server's default, 24 hours.
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct RevokeArgs {
+    /// Id of the key to revoke (`key_…`).
+    pub key_id: String,
+
+    /// Why, kept with the key.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct GetArgs {
+    /// Id of the key (`key_…`).
+    pub key_id: String,
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct ListArgs {
+    /// Application whose keys to list.
+    #[arg(long = "app", value_name = "APP")]
+    pub application: String,
+
+    /// Only keys of this environment.
+    #[arg(long, value_enum)]
+    pub env: Option<Env>,
+
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+/// Paging of a listing.
+#[derive(Clone, Debug, Args)]
+pub struct PageArgs {
+    /// Entries per page (server default 50).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub page_size: Option<i32>,
+
+    /// Continue from the `next_page_token` of a previous page.
+    #[arg(long)]
+    pub page_token: Option<String>,
+
+    /// Follow every page to the end.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Clone, Debug, Args)]
+#[command(group(ArgGroup::new("filter").required(true).args(["key_id", "application"])))]
+pub struct EventsArgs {
+    /// Events of this key (`key_…`), including a roll that replaced it or that it came from.
+    #[arg(long = "key", value_name = "KEY_ID")]
+    pub key_id: Option<String>,
+
+    /// Events of this application's keys.
+    #[arg(long = "app", value_name = "APP")]
+    pub application: Option<String>,
+
+    #[command(flatten)]
+    pub page: PageArgs,
+}
+
+/// `keyauth verify KEY`: is this key valid (and does it hold these permissions)?
+#[derive(Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    /// The key (`sk_…`, or a whole `Bearer sk_…` header value); `-` reads it from the first
+    /// line of stdin, which keeps it out of the process list and shell history.
+    pub key: String,
+
+    /// A permission the key must hold, RESOURCE:ACTION[,ACTION…] (repeatable).
+    #[arg(long = "permission", value_name = "RESOURCE:ACTIONS")]
+    pub permissions: Vec<PermissionArg>,
+
+    /// Verifier token (the server's KEYAUTH_VERIFIER_TOKEN), sent as `authorization: Bearer …`;
+    /// needed when the server is started with one.
+    #[arg(long, env = "KEYAUTH_VERIFIER_TOKEN", hide_env_values = true)]
+    pub verifier_token: Option<String>,
+}
+
+impl fmt::Debug for VerifyArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyArgs")
+            .field("connection", &self.connection)
+            .field("key", &format_args!("<{} bytes>", self.key.len()))
+            .field("permissions", &self.permissions)
+            .field(
+                "verifier_token",
+                &self.verifier_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// Parses a duration as humantime writes them (`10s`, `500ms`, `2m`), or a bare number of
+/// seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    match s.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like 10s, 500ms or 2m ({e})")),
+    }
+}

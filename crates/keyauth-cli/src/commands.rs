@@ -1,0 +1,382 @@
+//! Running the commands: one RPC per `keys` subcommand (a paging loop for listings), and
+//! `verify`.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, Write};
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+
+use keyauth_proto as pb;
+
+use crate::args::*;
+use crate::connect::*;
+use crate::exit::*;
+use crate::render::*;
+
+/// Runs `keyauth keys …`.
+pub async fn keys(args: KeysArgs) -> ExitCode {
+    match run_keys(&args).await {
+        Ok(output) => {
+            emit(&output);
+            ExitCode::from(EXIT_OK)
+        }
+        Err(failure) => failure.report(&args.connection),
+    }
+}
+
+/// Runs `keyauth verify …`: 0 valid, 1 not valid.
+pub async fn verify(args: VerifyArgs) -> ExitCode {
+    match run_verify(&args).await {
+        Ok((output, valid)) => {
+            emit(&output);
+            ExitCode::from(if valid { EXIT_OK } else { EXIT_DENIED })
+        }
+        Err(failure) => failure.report(&args.connection),
+    }
+}
+
+/// What a command prints: stdout, and notes for stderr.
+#[derive(Default)]
+pub(crate) struct Output {
+    stdout: String,
+    notes: Vec<String>,
+}
+
+pub(crate) fn emit(output: &Output) {
+    // A closed stdout (e.g. `| head`) is not worth a panic.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(output.stdout.as_bytes());
+    let _ = stdout.flush();
+    for note in &output.notes {
+        eprintln!("keyauth: {note}");
+    }
+}
+
+pub(crate) fn json_output(value: Value) -> Output {
+    let mut stdout = serde_json::to_string_pretty(&value).unwrap_or_default();
+    stdout.push('\n');
+    Output {
+        stdout,
+        notes: Vec::new(),
+    }
+}
+
+/// `Ok(token)` to fetch the page after (with `--all`), `Err(token)` when done: the token of
+/// the next page, empty on the last.
+pub(crate) fn next_page(all: bool, token: String) -> Result<String, String> {
+    if all && !token.is_empty() {
+        Ok(token)
+    } else {
+        Err(token)
+    }
+}
+
+/// The output of a listing (`keys list`, `keys events`): JSON `{what: rows, next_page_token}`,
+/// or the table with a note on how to get the next page.
+pub(crate) fn listing(
+    json: bool,
+    what: &str,
+    rows: Vec<Value>,
+    next: &str,
+    table: String,
+) -> Output {
+    if json {
+        return json_output(json!({ what: rows, "next_page_token": next }));
+    }
+    let notes = if next.is_empty() {
+        Vec::new()
+    } else {
+        vec![format!(
+            "more {what}: pass --page-token {next} for the next page, or --all"
+        )]
+    };
+    Output {
+        stdout: table,
+        notes,
+    }
+}
+
+/// A request carrying the operator token, and a request id of its own (`cli-…`) so that the
+/// audit trail can be matched with this run.
+pub(crate) fn operator<T>(token: &MetadataValue<tonic::metadata::Ascii>, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", token.clone());
+    if let Ok(id) = format!("cli-{}", request_id_suffix()).parse() {
+        request.metadata_mut().insert("x-request-id", id);
+    }
+    request
+}
+
+pub(crate) const SECRET_NOTE: &str =
+    "the full key above is shown this once: keyauth keeps only a hash of it. Store it now.";
+
+pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
+    let token = match args.admin_token.as_deref().map(str::trim) {
+        Some(t) if !t.is_empty() => t,
+        _ => {
+            return Err(Failure::Usage(
+                "operator commands need the operator token: pass --admin-token or set KEYAUTH_ADMIN_TOKEN"
+                    .into(),
+            ));
+        }
+    };
+    let token: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+        Failure::Usage("--admin-token (KEYAUTH_ADMIN_TOKEN) must be printable ASCII".into())
+    })?;
+    // Local checks first: a usage error never needs the server.
+    let request = prepare(&args.command)?;
+    let json = args.connection.json;
+    let mut client = connect(&args.connection).await?;
+    match request {
+        Prepared::Issue(req) => {
+            let res = client.issue_key(operator(&token, req)).await?.into_inner();
+            let key = res.key.unwrap_or_default();
+            if json {
+                return Ok(json_output(json!({
+                    "secret": res.secret,
+                    "key": key_json(&key),
+                })));
+            }
+            let mut rows = vec![("secret".to_owned(), res.secret.clone())];
+            rows.extend(key_rows(&key));
+            Ok(Output {
+                stdout: render_pairs(&rows),
+                notes: vec![SECRET_NOTE.into()],
+            })
+        }
+        Prepared::Roll(req) => {
+            let res = client.roll_key(operator(&token, req)).await?.into_inner();
+            let key = res.key.unwrap_or_default();
+            let previous = res.previous_key.unwrap_or_default();
+            if json {
+                return Ok(json_output(json!({
+                    "secret": res.secret,
+                    "key": key_json(&key),
+                    "previous_key": key_json(&previous),
+                })));
+            }
+            let mut rows = vec![("secret".to_owned(), res.secret.clone())];
+            rows.extend(key_rows(&key));
+            let mut stdout = render_pairs(&rows);
+            stdout.push_str(&format!(
+                "\nprevious key {} ({}) works until {}\n",
+                previous.id,
+                previous.redacted,
+                time_or_dash(previous.expire_time.as_ref())
+            ));
+            Ok(Output {
+                stdout,
+                notes: vec![SECRET_NOTE.into()],
+            })
+        }
+        Prepared::Revoke(req) => {
+            let res = client.revoke_key(operator(&token, req)).await?.into_inner();
+            Ok(single_key(json, &res.key.unwrap_or_default()))
+        }
+        Prepared::Get(req) => {
+            let res = client.get_key(operator(&token, req)).await?.into_inner();
+            Ok(single_key(json, &res.key.unwrap_or_default()))
+        }
+        Prepared::List { mut request, all } => {
+            let mut pages = Vec::new();
+            loop {
+                let res = client
+                    .list_keys(operator(&token, request.clone()))
+                    .await?
+                    .into_inner();
+                pages.extend(res.keys);
+                match next_page(all, res.next_page_token) {
+                    Ok(token) => request.page_token = token,
+                    Err(last) => {
+                        let rows = pages.iter().map(key_json).collect();
+                        return Ok(listing(json, "keys", rows, &last, render_key_table(&pages)));
+                    }
+                }
+            }
+        }
+        Prepared::Events { mut request, all } => {
+            let mut pages = Vec::new();
+            loop {
+                let res = client
+                    .list_key_events(operator(&token, request.clone()))
+                    .await?
+                    .into_inner();
+                pages.extend(res.events);
+                match next_page(all, res.next_page_token) {
+                    Ok(token) => request.page_token = token,
+                    Err(last) => {
+                        let rows = pages.iter().map(event_json).collect();
+                        let table = render_event_table(&pages);
+                        return Ok(listing(json, "events", rows, &last, table));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A request built and checked locally.
+pub(crate) enum Prepared {
+    Issue(pb::IssueKeyRequest),
+    Roll(pb::RollKeyRequest),
+    Revoke(pb::RevokeKeyRequest),
+    Get(pb::GetKeyRequest),
+    List {
+        request: pb::ListKeysRequest,
+        all: bool,
+    },
+    Events {
+        request: pb::ListKeyEventsRequest,
+        all: bool,
+    },
+}
+
+pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
+    Ok(match command {
+        KeysCommand::Issue(a) => {
+            let mut metadata = BTreeMap::new();
+            for entry in &a.metadata {
+                if metadata
+                    .insert(entry.key.clone(), entry.value.clone())
+                    .is_some()
+                {
+                    return Err(Failure::Usage(format!(
+                        "--metadata {:?} is given twice",
+                        entry.key
+                    )));
+                }
+            }
+            Prepared::Issue(pb::IssueKeyRequest {
+                application_id: a.application.clone(),
+                environment: a.env.pb().into(),
+                name: a.name.clone(),
+                permissions: permissions_out(&a.permissions),
+                expire_time: a.expires,
+                metadata,
+            })
+        }
+        KeysCommand::Roll(a) => Prepared::Roll(pb::RollKeyRequest {
+            key_id: a.key_id.clone(),
+            grace_period: a
+                .grace
+                .map(|g| {
+                    prost_types::Duration::try_from(g)
+                        .map_err(|_| Failure::Usage(format!("--grace {g:?} is too long")))
+                })
+                .transpose()?,
+        }),
+        KeysCommand::Revoke(a) => Prepared::Revoke(pb::RevokeKeyRequest {
+            key_id: a.key_id.clone(),
+            reason: a.reason.clone().unwrap_or_default(),
+        }),
+        KeysCommand::Get(a) => Prepared::Get(pb::GetKeyRequest {
+            key_id: a.key_id.clone(),
+        }),
+        KeysCommand::List(a) => Prepared::List {
+            request: pb::ListKeysRequest {
+                application_id: a.application.clone(),
+                environment: a.env.map_or(pb::Environment::Unspecified, Env::pb).into(),
+                page_size: a.page.page_size.unwrap_or(0),
+                page_token: a.page.page_token.clone().unwrap_or_default(),
+            },
+            all: a.page.all,
+        },
+        KeysCommand::Events(a) => Prepared::Events {
+            request: pb::ListKeyEventsRequest {
+                key_id: a.key_id.clone().unwrap_or_default(),
+                application_id: a.application.clone().unwrap_or_default(),
+                page_size: a.page.page_size.unwrap_or(0),
+                page_token: a.page.page_token.clone().unwrap_or_default(),
+            },
+            all: a.page.all,
+        },
+    })
+}
+
+pub(crate) fn single_key(json: bool, key: &pb::ApiKey) -> Output {
+    if json {
+        return json_output(json!({ "key": key_json(key) }));
+    }
+    Output {
+        stdout: render_pairs(&key_rows(key)),
+        notes: Vec::new(),
+    }
+}
+
+pub(crate) async fn run_verify(args: &VerifyArgs) -> Result<(Output, bool), Failure> {
+    let key = if args.key == "-" {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| Failure::Usage(format!("cannot read the key from stdin: {e}")))?;
+        line.trim().to_owned()
+    } else {
+        args.key.trim().to_owned()
+    };
+    if key.is_empty() {
+        return Err(Failure::Usage("KEY is empty".into()));
+    }
+    let mut request = Request::new(pb::VerifyRequest {
+        key,
+        required_permissions: permissions_out(&args.permissions),
+    });
+    match args.verifier_token.as_deref().map(str::trim) {
+        Some(token) if !token.is_empty() => {
+            let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+                Failure::Usage(
+                    "--verifier-token (KEYAUTH_VERIFIER_TOKEN) must be printable ASCII".into(),
+                )
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        _ => {}
+    }
+    let mut client = connect(&args.connection).await?;
+    let res = client.verify(request).await?.into_inner();
+    let output = if args.connection.json {
+        json_output(json!({
+            "valid": res.valid,
+            "http_status": res.http_status,
+            "error": res.error.as_ref().map(|e| json!({
+                "code": e.code,
+                "message": e.message,
+                "type": e.r#type,
+            })),
+            "key": res.key.as_ref().map(key_json),
+        }))
+    } else {
+        let mut rows = vec![(
+            "valid".to_owned(),
+            if res.valid { "yes" } else { "no" }.to_owned(),
+        )];
+        if let Some(error) = &res.error {
+            rows.push(("error".into(), error.code.clone()));
+            rows.push(("message".into(), error.message.clone()));
+        }
+        rows.push(("http status".into(), res.http_status.to_string()));
+        if let Some(key) = &res.key {
+            rows.extend(key_rows(key));
+        }
+        Output {
+            stdout: render_pairs(&rows),
+            notes: Vec::new(),
+        }
+    };
+    Ok((output, res.valid))
+}
+
+/// 16 random base62 characters for a request id (unique, not secret).
+fn request_id_suffix() -> String {
+    use rand::RngExt;
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

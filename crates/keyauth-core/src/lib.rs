@@ -1,0 +1,25 @@
+//! keyauth's domain, as plain Rust: no transport, no wire types (this crate does not depend on
+//! tonic or the proto crate, so the compiler keeps it so).
+//!
+//! The layers read in one direction, each using only those above it:
+//! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage` →
+//! `store` → `paging`, `cache` → `authority` → `propagation`.
+
+pub mod authority;
+pub mod cache;
+pub mod catalog;
+pub mod clock;
+pub mod error;
+pub mod hashing;
+pub mod key;
+pub mod metrics;
+pub mod model;
+pub mod propagation;
+pub mod sealing;
+pub mod store;
+
+mod paging;
+mod usage;
+
+pub use authority::Authority;
+pub use error::Error;

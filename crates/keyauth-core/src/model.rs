@@ -1,0 +1,522 @@
+//! The domain: validated values ("parse, don't validate") and the key record with the rules
+//! that read it. Plain Rust: no wire types, no SQL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::clock::Timestamp;
+use crate::error::{Error, FieldViolation};
+
+/// Environment of a key; it decides the key's prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Environment {
+    Test,
+    Live,
+}
+
+impl Environment {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Test => "test",
+            Environment::Live => "live",
+        }
+    }
+
+    pub fn from_store(s: &str) -> Option<Self> {
+        match s {
+            "test" => Some(Environment::Test),
+            "live" => Some(Environment::Live),
+            _ => None,
+        }
+    }
+}
+
+/// Length of a key's public lookup part, the tail of its id (see `key`).
+pub const LOOKUP_LEN: usize = 12;
+
+/// A key id, `key_<lookup>`: public, stable, the primary key of the store.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(String);
+
+impl KeyId {
+    pub(crate) fn from_lookup(lookup: &str) -> Self {
+        KeyId(format!("key_{lookup}"))
+    }
+
+    /// Parses an id given by a caller; `field` names it in the error.
+    pub fn parse(s: &str, field: &str) -> Result<Self, Error> {
+        if s.is_empty() {
+            return Err(Error::invalid(field, "is required"));
+        }
+        match s.strip_prefix("key_") {
+            Some(lookup)
+                if lookup.len() == LOOKUP_LEN
+                    && lookup.bytes().all(|b| b.is_ascii_alphanumeric()) =>
+            {
+                Ok(KeyId(s.to_owned()))
+            }
+            _ => Err(Error::invalid(
+                field,
+                format!("must be a key id like `key_` followed by {LOOKUP_LEN} letters or digits"),
+            )),
+        }
+    }
+
+    /// An id read back from the store, trusted as written.
+    pub(crate) fn from_store(s: String) -> Self {
+        KeyId(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+pub const APPLICATION_ID_MAX: usize = 128;
+pub const NAME_MAX: usize = 200;
+pub const REASON_MAX: usize = 500;
+pub const METADATA_MAX_ENTRIES: usize = 50;
+pub const METADATA_KEY_MAX: usize = 40;
+pub const METADATA_VALUE_MAX: usize = 500;
+
+/// An application id: 1 to 128 characters of `A-Z a-z 0-9 _ - . :`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplicationId(String);
+
+impl ApplicationId {
+    pub fn parse(s: &str, field: &str) -> Result<Self, Error> {
+        if s.is_empty() {
+            return Err(Error::invalid(field, "is required"));
+        }
+        if s.len() > APPLICATION_ID_MAX {
+            return Err(Error::invalid(
+                field,
+                format!("is longer than {APPLICATION_ID_MAX} characters"),
+            ));
+        }
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return Err(Error::invalid(
+                field,
+                "may only contain letters, digits and `_ - . :`",
+            ));
+        }
+        Ok(ApplicationId(s.to_owned()))
+    }
+
+    pub(crate) fn from_store(s: String) -> Self {
+        ApplicationId(s)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks free text: at most `max` characters, no control characters.
+pub fn check_text(s: &str, field: &str, max: usize) -> Result<(), Error> {
+    if s.chars().count() > max {
+        return Err(Error::invalid(
+            field,
+            format!("is longer than {max} characters"),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(Error::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// A key's human name: 1 to 200 characters, no control characters.
+pub fn parse_name(s: &str, field: &str) -> Result<String, Error> {
+    if s.trim().is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    check_text(s, field, NAME_MAX)?;
+    Ok(s.to_owned())
+}
+
+pub type Metadata = BTreeMap<String, String>;
+
+/// Checks a metadata map against its limits, naming the offending entry.
+pub fn check_metadata(metadata: &Metadata, field: &str) -> Result<(), Error> {
+    if metadata.len() > METADATA_MAX_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!("has more than {METADATA_MAX_ENTRIES} entries"),
+        ));
+    }
+    let mut violations = Vec::new();
+    for (k, v) in metadata {
+        let at = format!("{field}[{k:?}]");
+        if k.is_empty() {
+            violations.push(FieldViolation::new(&at, "key must not be empty"));
+        }
+        for (text, what, max) in [
+            (k, "key", METADATA_KEY_MAX),
+            (v, "value", METADATA_VALUE_MAX),
+        ] {
+            if let Err(Error::InvalidArgument(v)) = check_text(text, &at, max) {
+                violations.extend(v.into_iter().map(|mut fv| {
+                    fv.description = format!("{what} {}", fv.description);
+                    fv
+                }));
+            }
+        }
+    }
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
+}
+
+/// A set of permissions: resource → actions, both checked against the catalog.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Held as sorted, exact-size vectors rather than B-trees: every cached key carries one, and a
+/// B-tree node reserves room for eleven entries however few it holds.
+pub struct Permissions(Vec<(String, Vec<String>)>);
+
+impl Permissions {
+    /// Builds a set from already validated pairs.
+    pub(crate) fn from_pairs<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (resource, action) in pairs {
+            map.entry(resource).or_default().insert(action);
+        }
+        Permissions(
+            map.into_iter()
+                .map(|(r, a)| (r, a.into_iter().collect()))
+                .collect(),
+        )
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Heap bytes of the set, estimated (see [`KeyRecord::approx_bytes`]).
+    fn approx_bytes(&self) -> usize {
+        let vec = std::mem::size_of::<Vec<String>>();
+        self.0
+            .iter()
+            .map(|(r, actions)| {
+                r.len() + 2 * vec + actions.iter().map(|a| a.len() + vec).sum::<usize>()
+            })
+            .sum()
+    }
+
+    pub fn allows(&self, resource: &str, action: &str) -> bool {
+        self.0
+            .binary_search_by(|(r, _)| r.as_str().cmp(resource))
+            .is_ok_and(|i| self.0[i].1.iter().any(|a| a == action))
+    }
+
+    /// Resource and its actions, resources sorted.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &str>)> {
+        self.0
+            .iter()
+            .map(|(r, a)| (r.as_str(), a.iter().map(String::as_str)))
+    }
+
+    /// Every (resource, action) pair.
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .flat_map(|(r, a)| a.iter().map(move |a| (r.as_str(), a.as_str())))
+    }
+
+    /// Compact text form kept in the store: `patients:read,write;encounters:read`.
+    pub fn to_store(&self) -> String {
+        self.0
+            .iter()
+            .map(|(r, a)| format!("{r}:{}", a.join(",")))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    pub fn from_store(s: &str) -> Self {
+        Permissions::from_pairs(s.split(';').filter(|p| !p.is_empty()).flat_map(|part| {
+            let (resource, actions) = part.split_once(':').unwrap_or((part, ""));
+            actions
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(move |a| (resource.to_owned(), a.to_owned()))
+        }))
+    }
+}
+
+/// State of a key at a given time; never stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Active,
+    Expired,
+    Revoked,
+}
+
+/// Everything the store keeps about a key. The secret is only there as an argon2id hash.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyId,
+    pub application_id: ApplicationId,
+    pub environment: Environment,
+    pub name: String,
+    /// argon2id PHC string of the secret part.
+    pub secret_hash: String,
+    pub redacted: String,
+    /// False: a standard key with every permission of the catalog.
+    pub restricted: bool,
+    pub permissions: Permissions,
+    pub metadata: Metadata,
+    pub create_time: Timestamp,
+    pub expire_time: Option<Timestamp>,
+    pub revoke_time: Option<Timestamp>,
+    pub revoke_reason: Option<String>,
+    pub last_used_time: Option<Timestamp>,
+    pub replaced_by: Option<KeyId>,
+}
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("application_id", &self.application_id)
+            .field("environment", &self.environment)
+            .field("redacted", &self.redacted)
+            .field("restricted", &self.restricted)
+            .field("expire_time", &self.expire_time)
+            .field("revoke_time", &self.revoke_time)
+            .field("replaced_by", &self.replaced_by)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRecord {
+    /// Bytes the record takes in memory, estimated: the struct and what its strings, metadata
+    /// and permissions hold on the heap (with a few words of bookkeeping each).
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ALLOCATION: usize = 16;
+        let text = |s: &str| s.len() + PER_ALLOCATION;
+        let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
+        std::mem::size_of::<KeyRecord>()
+            + text(self.id.as_str())
+            + text(self.application_id.as_str())
+            + text(&self.name)
+            + text(&self.secret_hash)
+            + text(&self.redacted)
+            + optional(&self.revoke_reason)
+            + self.replaced_by.as_ref().map_or(0, |id| text(id.as_str()))
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| text(k) + text(v) + 3 * std::mem::size_of::<usize>())
+                .sum::<usize>()
+            + self.permissions.approx_bytes()
+    }
+
+    /// Revoked wins over expired; a key expires at its `expire_time` exactly.
+    pub fn state(&self, now: Timestamp) -> KeyState {
+        if self.revoke_time.is_some() {
+            KeyState::Revoked
+        } else if self.expire_time.is_some_and(|e| e <= now) {
+            KeyState::Expired
+        } else {
+            KeyState::Active
+        }
+    }
+
+    /// Whether the key holds `action` on `resource`; both are known to be in the catalog.
+    pub fn allows(&self, resource: &str, action: &str) -> bool {
+        !self.restricted || self.permissions.allows(resource, action)
+    }
+}
+
+/// Why a presented key is refused: the REST API's error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// Missing, malformed, bad checksum, unknown, or wrong secret.
+    AuthenticationError,
+    /// Secret proven, key revoked.
+    Revoked,
+    /// Secret proven, past `expire_time`.
+    Expired,
+    /// Secret proven, key valid, a required permission missing.
+    InsufficientPermissions,
+}
+
+impl Denial {
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::AuthenticationError => "authentication_error",
+            Denial::Revoked => "api_key_revoked",
+            Denial::Expired => "api_key_expired",
+            Denial::InsufficientPermissions => "insufficient_permissions",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Denial::AuthenticationError => "Invalid API key provided",
+            Denial::Revoked => "This API key has been revoked",
+            Denial::Expired => "This API key has expired",
+            Denial::InsufficientPermissions => {
+                "This API key does not have the permissions required for this request"
+            }
+        }
+    }
+
+    pub fn error_type(self) -> &'static str {
+        "invalid_request_error"
+    }
+
+    pub fn http_status(self) -> i32 {
+        match self {
+            Denial::InsufficientPermissions => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// The answer to a Verify or CheckPermission: the record whenever the secret was proven.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub record: Option<std::sync::Arc<KeyRecord>>,
+    pub denial: Option<Denial>,
+}
+
+impl Verdict {
+    pub fn unauthenticated() -> Self {
+        Verdict {
+            record: None,
+            denial: Some(Denial::AuthenticationError),
+        }
+    }
+
+    /// Judges a proven key: revoked before expired, permissions last.
+    pub fn judge(
+        record: std::sync::Arc<KeyRecord>,
+        now: Timestamp,
+        required: &[(String, String)],
+    ) -> Self {
+        let denial = match record.state(now) {
+            KeyState::Revoked => Some(Denial::Revoked),
+            KeyState::Expired => Some(Denial::Expired),
+            KeyState::Active if required.iter().any(|(r, a)| !record.allows(r, a)) => {
+                Some(Denial::InsufficientPermissions)
+            }
+            KeyState::Active => None,
+        };
+        Verdict {
+            record: Some(record),
+            denial,
+        }
+    }
+
+    pub fn is_valid(&self) -> bool {
+        self.denial.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn record(restricted: bool) -> KeyRecord {
+        KeyRecord {
+            id: KeyId::from_lookup("AAAAAAAAAAAA"),
+            application_id: ApplicationId::from_store("app".into()),
+            environment: Environment::Test,
+            name: "n".into(),
+            secret_hash: String::new(),
+            redacted: String::new(),
+            restricted,
+            permissions: Permissions::from_pairs([("patients".into(), "read".into())]),
+            metadata: Metadata::new(),
+            create_time: Timestamp::from_micros(0),
+            expire_time: None,
+            revoke_time: None,
+            revoke_reason: None,
+            last_used_time: None,
+            replaced_by: None,
+        }
+    }
+
+    fn t(s: i64) -> Timestamp {
+        Timestamp::from_micros(s * 1_000_000)
+    }
+
+    #[test]
+    fn state_order_revoked_before_expired() {
+        let mut r = record(false);
+        assert_eq!(r.state(t(10)), KeyState::Active);
+        r.expire_time = Some(t(10));
+        assert_eq!(r.state(t(9)), KeyState::Active);
+        assert_eq!(r.state(t(10)), KeyState::Expired);
+        r.revoke_time = Some(t(5));
+        assert_eq!(r.state(t(10)), KeyState::Revoked);
+    }
+
+    #[test]
+    fn verdict_checks_permissions_last() {
+        let need_write = vec![("patients".to_owned(), "write".to_owned())];
+        let need_read = vec![("patients".to_owned(), "read".to_owned())];
+        let restricted = Arc::new(record(true));
+        let v = Verdict::judge(restricted.clone(), t(1), &need_write);
+        assert_eq!(v.denial, Some(Denial::InsufficientPermissions));
+        assert!(Verdict::judge(restricted, t(1), &need_read).is_valid());
+        assert!(Verdict::judge(Arc::new(record(false)), t(1), &need_write).is_valid());
+        let mut revoked = record(true);
+        revoked.revoke_time = Some(t(0));
+        let v = Verdict::judge(Arc::new(revoked), t(1), &need_write);
+        assert_eq!(v.denial, Some(Denial::Revoked));
+    }
+
+    #[test]
+    fn permissions_store_round_trip() {
+        let p = Permissions::from_pairs([
+            ("patients".into(), "write".into()),
+            ("patients".into(), "read".into()),
+            ("ai".into(), "read".into()),
+        ]);
+        assert_eq!(p.to_store(), "ai:read;patients:read,write");
+        assert_eq!(Permissions::from_store(&p.to_store()), p);
+        assert!(Permissions::from_store("").is_empty());
+    }
+
+    #[test]
+    fn input_limits_name_the_field() {
+        assert!(ApplicationId::parse("app_1.prod:eu-west", "application_id").is_ok());
+        for bad in ["", "has space", &"a".repeat(129)] {
+            let Err(Error::InvalidArgument(v)) = ApplicationId::parse(bad, "application_id") else {
+                panic!("{bad:?} accepted")
+            };
+            assert_eq!(v[0].field, "application_id");
+        }
+        assert!(parse_name(&"é".repeat(200), "name").is_ok());
+        assert!(parse_name(&"é".repeat(201), "name").is_err());
+        assert!(parse_name("a\u{0}b", "name").is_err());
+        assert!(KeyId::parse("key_ABCDEFGHIJKL", "key_id").is_ok());
+        assert!(KeyId::parse("key_ABC", "key_id").is_err());
+        let mut m = Metadata::new();
+        m.insert("k".repeat(41), "v".into());
+        let Err(Error::InvalidArgument(v)) = check_metadata(&m, "metadata") else {
+            panic!()
+        };
+        assert!(v[0].description.contains("40"));
+    }
+}

@@ -1,0 +1,330 @@
+//! The key store: one trait, two backends (SQLite for one instance, PostgreSQL for several).
+//!
+//! Every change (issue, roll, revoke) is one transaction that also appends to `key_events`.
+//! One generic implementation serves both databases (`sql.rs`).
+//! The store knows records and SQL; it never sees wire types and never sees a secret.
+
+mod sql;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
+
+pub use sql::{Backend, SqlStore};
+
+/// Who asked for a change, kept with its event (the audit trail).
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    pub request_id: Option<String>,
+    /// Non-secret id of the operator token (a short hash).
+    pub operator: Option<String>,
+    /// The caller's address.
+    pub peer: Option<String>,
+}
+
+/// What a change produced, for encoding the response an idempotent retry will replay.
+pub enum Changed<'a> {
+    Issued(&'a KeyRecord),
+    Rolled {
+        new: &'a KeyRecord,
+        previous: &'a KeyRecord,
+    },
+    Revoked(&'a KeyRecord),
+}
+
+/// The idempotency record written in the same transaction as a change.
+pub struct IdempotentWrite<'a> {
+    pub operator: &'a str,
+    pub key: &'a str,
+    pub fingerprint: &'a str,
+    /// The response's secret, sealed; the response itself is encoded without it.
+    pub sealed_secret: Option<String>,
+    pub create_time: Timestamp,
+    pub expire_time: Timestamp,
+    /// Encodes the response from the records the change produced.
+    pub respond: &'a (dyn Fn(&Changed<'_>) -> Vec<u8> + Send + Sync),
+}
+
+/// A stored idempotency record.
+#[derive(Clone, Debug)]
+pub struct IdempotencyRecord {
+    pub fingerprint: String,
+    pub response: Vec<u8>,
+    pub sealed_secret: Option<String>,
+    pub expire_time: Timestamp,
+}
+
+/// The kinds of audit events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Issued,
+    Rolled,
+    Revoked,
+    OperatorAuthFailed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Issued => "issued",
+            EventKind::Rolled => "rolled",
+            EventKind::Revoked => "revoked",
+            EventKind::OperatorAuthFailed => "operator_auth_failed",
+        }
+    }
+
+    pub(crate) fn from_store(s: &str) -> Option<Self> {
+        [
+            EventKind::Issued,
+            EventKind::Rolled,
+            EventKind::Revoked,
+            EventKind::OperatorAuthFailed,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub seq: i64,
+    pub kind: EventKind,
+    pub key_id: Option<KeyId>,
+    pub related_key_id: Option<KeyId>,
+    pub application_id: Option<String>,
+    pub operator: Option<String>,
+    pub peer: Option<String>,
+    pub request_id: Option<String>,
+    pub event_time: Timestamp,
+}
+
+/// Which events ListKeyEvents asks for.
+#[derive(Clone, Debug)]
+pub enum EventFilter {
+    Key(KeyId),
+    Application(ApplicationId),
+}
+
+/// Outcome of a roll attempt.
+#[derive(Debug)]
+pub enum Rolled {
+    /// The old key now expires at the grace limit and names its replacement.
+    Done {
+        previous: KeyRecord,
+    },
+    NotFound,
+    /// The old key was revoked, expired or already rolled; nothing was written.
+    Refused(KeyRecord),
+}
+
+/// Where ListKeys resumes: strictly older than this (create_time, id).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub create_time: Timestamp,
+    pub id: KeyId,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Connections of the pool: (open, of which idle), for metrics; `None` if unknown.
+    fn pool_stats(&self) -> Option<(u32, usize)> {
+        None
+    }
+
+    /// Key records read so far (`get_key` calls): what the cold path costs the store.
+    fn key_reads(&self) -> u64;
+
+    /// A cheap round trip, for health.
+    async fn ping(&self) -> Result<(), Error>;
+
+    async fn insert_key(
+        &self,
+        key: &KeyRecord,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<(), Error>;
+
+    async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error>;
+
+    /// In one transaction: if `old` is active and not yet rolled at `now`, set its expiry to
+    /// `min(expire_time, old_expire)` and its replacement, and insert `new`.
+    async fn roll_key(
+        &self,
+        old: &KeyId,
+        new: &KeyRecord,
+        old_expire: Timestamp,
+        now: Timestamp,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<Rolled, Error>;
+
+    /// Sets the revocation if none is set yet; returns the key as it now stands.
+    async fn revoke_key(
+        &self,
+        id: &KeyId,
+        now: Timestamp,
+        reason: Option<&str>,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<Option<KeyRecord>, Error>;
+
+    /// Keys of an application, newest first, after `cursor`.
+    async fn list_keys(
+        &self,
+        application: &ApplicationId,
+        environment: Option<Environment>,
+        cursor: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, Error>;
+
+    /// Records last-use times in one batch; a time never moves backwards.
+    async fn record_last_used(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), Error>;
+
+    /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
+    async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
+
+    /// Records a failed operator authentication in the audit trail.
+    async fn record_auth_failure(&self, who: &Provenance, at: Timestamp) -> Result<(), Error>;
+
+    /// Audit events matching `filter`, newest first, below sequence `before`.
+    async fn list_events(
+        &self,
+        filter: &EventFilter,
+        before: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, Error>;
+
+    /// The idempotency record of (`operator`, `key`), if one has not expired at `now`.
+    async fn idempotency_record(
+        &self,
+        operator: &str,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<IdempotencyRecord>, Error>;
+
+    /// Deletes idempotency records expired at `now`; returns how many.
+    async fn purge_idempotency(&self, now: Timestamp) -> Result<u64, Error>;
+
+    /// The highest `key_events` sequence so far (0 when there is none).
+    async fn latest_event(&self) -> Result<i64, Error>;
+
+    /// Key events with a sequence above `after`, oldest first, at most `limit`.
+    async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<KeyEvent>, Error>;
+
+    /// A live feed of key changes made by any instance, where the backend has one
+    /// (PostgreSQL's LISTEN/NOTIFY); `None` for SQLite.
+    async fn subscribe(&self) -> Result<Option<ChangeFeed>, Error>;
+
+    async fn close(&self);
+}
+
+/// One row of `key_events`, as far as cache invalidation needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub seq: i64,
+    pub kind: Option<EventKind>,
+    /// `None` for events that concern no key (failed operator authentication).
+    pub key_id: Option<KeyId>,
+}
+
+/// PostgreSQL notifications of key changes (see migrations/postgres/0002).
+pub struct ChangeFeed {
+    listener: sqlx::postgres::PgListener,
+}
+
+pub const CHANGE_CHANNEL: &str = "keyauth_key_events";
+
+impl ChangeFeed {
+    /// The next change; `Ok(None)` when the connection was lost (notifications sent meanwhile
+    /// are gone: catch up from `key_events`). The next call reconnects.
+    pub async fn next(&mut self) -> Result<Option<KeyEvent>, Error> {
+        let Some(notification) = self.listener.try_recv().await? else {
+            return Ok(None);
+        };
+        // "<seq> <event> <key_id>" (migrations/postgres/0003).
+        let mut parts = notification.payload().split(' ');
+        let parsed = match (parts.next(), parts.next(), parts.next()) {
+            (Some(seq), Some(kind), Some(id)) => (|| {
+                Some(KeyEvent {
+                    seq: seq.parse().ok()?,
+                    kind: Some(EventKind::from_store(kind)?),
+                    key_id: Some(KeyId::parse(id, "payload").ok()?),
+                })
+            })(),
+            _ => None,
+        };
+        parsed.map(Some).ok_or_else(|| {
+            Error::internal(format!(
+                "malformed key event notification {:?}",
+                notification.payload()
+            ))
+        })
+    }
+}
+
+/// Store connection settings.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_connections: u32,
+    /// How long a call waits for a connection before the store counts as unreachable.
+    pub acquire_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_connections: 10,
+            acquire_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// Opens the store named by `url` (`sqlite://…` or `postgres://…`) and runs its migrations.
+pub async fn connect(url: &str, options: &StoreOptions) -> Result<Arc<dyn Store>, Error> {
+    if url.starts_with("sqlite:") {
+        let connect = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect)
+            .await?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::internal(format!("migrating the SQLite store: {e}")))?;
+        Ok(Arc::new(SqlStore::<sqlx::Sqlite>::new(pool)))
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections)
+            .acquire_timeout(options.acquire_timeout)
+            .connect(url)
+            .await?;
+        sqlx::migrate!("migrations/postgres")
+            .run(&pool)
+            .await
+            .map_err(|e| Error::internal(format!("migrating the PostgreSQL store: {e}")))?;
+        Ok(Arc::new(SqlStore::<sqlx::Postgres>::new(pool)))
+    } else {
+        Err(Error::invalid(
+            "database",
+            "must start with sqlite:// or postgres://",
+        ))
+    }
+}

@@ -1,0 +1,96 @@
+//! `Debug` of the messages that carry a full key: a redaction, never the key.
+
+use std::fmt;
+
+use crate::{CheckPermissionRequest, IssueKeyResponse, RollKeyResponse, VerifyRequest};
+
+/// The display form of a presented key (raw or `Bearer …`): prefix, six characters, `...`,
+/// the last four, for anything shaped like a key (`sk_test_`/`sk_live_` and 58 characters);
+/// otherwise only its length. The checksum is not verified here: this is for printing.
+pub fn redact_presented(presented: &str) -> String {
+    const KEY_LEN: usize = 58;
+    let trimmed = presented.trim();
+    let raw = match trimmed.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => trimmed[7..].trim_start(),
+        _ => trimmed,
+    };
+    let shaped = raw.len() == KEY_LEN
+        && (raw.starts_with("sk_test_") || raw.starts_with("sk_live_"))
+        && raw[8..].bytes().all(|b| b.is_ascii_alphanumeric());
+    if shaped {
+        format!("{}...{}", &raw[..14], &raw[KEY_LEN - 4..])
+    } else {
+        format!("<{} bytes>", presented.len())
+    }
+}
+
+struct Redacted<'a>(&'a str);
+
+impl fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_presented(self.0))
+    }
+}
+
+impl fmt::Debug for IssueKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssueKeyResponse")
+            .field("key", &self.key)
+            .field("secret", &Redacted(&self.secret))
+            .finish()
+    }
+}
+
+impl fmt::Debug for RollKeyResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RollKeyResponse")
+            .field("key", &self.key)
+            .field("secret", &Redacted(&self.secret))
+            .field("previous_key", &self.previous_key)
+            .finish()
+    }
+}
+
+impl fmt::Debug for VerifyRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VerifyRequest")
+            .field("key", &Redacted(&self.key))
+            .field("required_permissions", &self.required_permissions)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CheckPermissionRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CheckPermissionRequest")
+            .field("key", &Redacted(&self.key))
+            .field("resource", &self.resource)
+            .field("action", &self.action)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_redacted_and_other_text_is_only_measured() {
+        let key = format!("sk_live_{}", "A1b2C3d4E5f6".repeat(4).get(..50).unwrap());
+        assert_eq!(key.len(), 58);
+        let shown = redact_presented(&format!("Bearer {key}"));
+        assert_eq!(shown, format!("{}...{}", &key[..14], &key[54..]));
+        assert!(!shown.contains(&key[14..54]));
+        assert_eq!(redact_presented("not a key at all"), "<16 bytes>");
+        let request = VerifyRequest {
+            key: key.clone(),
+            required_permissions: vec![],
+        };
+        assert!(!format!("{request:?}").contains(&key));
+        let issued = IssueKeyResponse {
+            key: None,
+            secret: key.clone(),
+        };
+        assert!(!format!("{issued:?}").contains(&key));
+    }
+}

@@ -1,0 +1,20 @@
+//! keyauth's gRPC server: the only crate that knows both the domain (`keyauth-core`) and the
+//! wire (`keyauth-proto`).
+//!
+//! - [`config`]: the flags of `keyauth serve`;
+//! - [`server`]: assembling the `Authority` and serving it (used by `main`, the tests and the
+//!   benchmark alike);
+//! - [`service`]: the gRPC handlers (token checks, per-call plumbing, one `Authority` call per
+//!   RPC);
+//! - `wire`: the one proto ⇄ domain conversion; `status`: the one error → status mapping;
+//! - [`limits`], [`tls`], [`metrics`]: what makes it safe to expose and pleasant to operate.
+
+pub mod config;
+pub mod limits;
+pub mod metrics;
+pub mod server;
+pub mod service;
+pub mod status;
+pub mod tls;
+
+mod wire;

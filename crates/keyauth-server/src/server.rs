@@ -1,0 +1,368 @@
+//! Assembling and serving keyauth, in one place for `main`, the tests and the benchmark:
+//!
+//! - [`AuthoritySettings`] + [`authority`]: the `Authority` over a store;
+//! - [`run`]: the gRPC stack (key authority, health, reflection v1 and v1alpha), the background
+//!   tasks (store health probe, last-use flush, change follower, gauges) and graceful shutdown,
+//!   on a bound listener until a shutdown future completes;
+//! - [`start`]: `run` on its own task, stopped through the returned [`Running`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyauth_core::cache::CacheSettings;
+use keyauth_core::catalog::Catalog;
+use keyauth_core::clock::Clock;
+use keyauth_core::hashing::{HashParams, Hasher};
+use keyauth_core::propagation::{self, FollowOptions};
+use keyauth_core::sealing::{SealKey, Sealer};
+use keyauth_core::store::Store;
+use keyauth_core::{Authority, Error};
+use keyauth_proto as pb;
+use keyauth_proto::SERVICE_NAME;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::limits::{Limits, LimitsLayer};
+use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
+
+/// How the `Authority` is made: everything but the store and the clock.
+#[derive(Clone, Debug)]
+pub struct AuthoritySettings {
+    pub catalog: Catalog,
+    pub hash: HashParams,
+    /// argon2 hashes run at once (at least 1).
+    pub hash_workers: usize,
+    /// argon2 hashes allowed to wait for a worker.
+    pub hash_queue: usize,
+    pub cache: CacheSettings,
+    /// Seals the secrets kept for idempotent replay; `None` refuses such replays.
+    pub seal_key: Option<Arc<SealKey>>,
+    pub idempotency_ttl: Duration,
+}
+
+impl Default for AuthoritySettings {
+    fn default() -> Self {
+        AuthoritySettings {
+            catalog: Catalog::built_in(),
+            hash: HashParams::DEFAULT,
+            hash_workers: 2,
+            hash_queue: 64,
+            cache: CacheSettings::default(),
+            seal_key: None,
+            idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
+        }
+    }
+}
+
+/// The `Authority` over `store`, reading time from `clock`.
+pub async fn authority(
+    store: Arc<dyn Store>,
+    settings: AuthoritySettings,
+    clock: Clock,
+) -> Result<Arc<Authority>, Error> {
+    let hasher = Hasher::new(settings.hash, settings.hash_workers, settings.hash_queue)
+        .map_err(|e| Error::invalid("argon2 parameters", e))?;
+    let authority = Authority::new(store, hasher, settings.catalog, clock, settings.cache)
+        .await?
+        .with_idempotency(
+            Sealer::new(settings.seal_key.as_deref()),
+            settings.idempotency_ttl,
+        );
+    Ok(Arc::new(authority))
+}
+
+/// A server started by [`start`].
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), Error>>,
+}
+
+impl Running {
+    /// Shuts down (drain, last-use flush, store closed) and returns how serving ended.
+    pub async fn stop(mut self) -> Result<(), Error> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await.map_err(Error::internal)?
+    }
+}
+
+/// Binds `listen` (port 0 for any free port) and serves on a task of its own.
+pub async fn start(
+    listen: SocketAddr,
+    authority: Arc<Authority>,
+    options: ServeOptions,
+) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(listener, authority, options, async {
+        let _ = stopped.await;
+    }));
+    Ok(Running {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+/// How often the gauges (hash pool, store pool, cache size) are sampled for the metrics.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub health_interval: Duration,
+    pub usage_flush_interval: Duration,
+    pub shutdown_grace: Duration,
+    pub follow: FollowOptions,
+    /// TLS (and mTLS when it has a client CA); `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    /// The operator token operator RPCs require (unset: they are refused).
+    pub operators: OperatorAuth,
+    /// The verifier token Verify and CheckPermission require, if configured.
+    pub verifiers: OperatorAuth,
+    pub limits: Limits,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            health_interval: Duration::from_secs(2),
+            usage_flush_interval: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(30),
+            follow: FollowOptions::default(),
+            tls: None,
+            operators: OperatorAuth::new(None),
+            verifiers: OperatorAuth::verifier(None),
+            limits: Limits::default(),
+        }
+    }
+}
+
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Serves on `listener` until `shutdown` completes, then drains in-flight calls (up to the
+/// grace), writes pending last-use times and closes the store.
+pub async fn run(
+    listener: TcpListener,
+    authority: Arc<Authority>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&reporter, ServingStatus::NotServing).await;
+
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(Error::internal)?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(Error::internal)?;
+
+    let api = KeyAuthorityServiceServer::new(KeyAuthorityApi::new(
+        authority.clone(),
+        options.operators.clone(),
+        options.verifiers.clone(),
+    ))
+    .max_decoding_message_size(options.limits.max_request_bytes);
+    let mut builder = Server::builder();
+    if let Some(tls) = options.tls.clone() {
+        builder = builder.tls_config(tls).map_err(Error::internal)?;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let probe = tokio::spawn(probe_store(
+        authority.clone(),
+        reporter.clone(),
+        options.health_interval,
+        stop_rx.clone(),
+    ));
+    let flusher = tokio::spawn(flush_usage(
+        authority.clone(),
+        options.usage_flush_interval,
+        stop_rx.clone(),
+    ));
+    let follower = tokio::spawn(propagation::follow_changes(
+        authority.clone(),
+        options.follow.clone(),
+        stop_rx.clone(),
+    ));
+    let gauges = tokio::spawn(sample_gauges(authority.clone(), stop_rx));
+
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = {
+        let reporter = reporter.clone();
+        let stop_tx = stop_tx.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining in-flight calls");
+            let _ = stop_tx.send(true);
+            set_health(&reporter, ServingStatus::NotServing).await;
+            let _ = drain_tx.send(());
+        }
+    };
+
+    let addr = listener.local_addr().map_err(Error::internal)?;
+    if options.tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "serving plaintext on a non-loopback address: keys and tokens cross the network \
+             unencrypted. Set --tls-cert and --tls-key (KEYAUTH_TLS_CERT, KEYAUTH_TLS_KEY)."
+        );
+    }
+    tracing::info!(
+        %addr,
+        store = authority.store().backend(),
+        tls = options.tls.is_some(),
+        "keyauth serving"
+    );
+    let limits = options.limits;
+    let serve = builder
+        .http2_max_header_list_size(limits.transport_header_list_bytes())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .layer(LimitsLayer::new(limits))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api)
+        // TCP_NODELAY: without it a small answer waits for the peer's delayed ACK (~40 ms at
+        // p999 in keyauth-bench); tonic applies its own nodelay setting only to addresses it
+        // binds itself.
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    tokio::pin!(serve);
+
+    // Serve until the shutdown signal; then give the drain at most the grace period.
+    let served = tokio::select! {
+        r = &mut serve => Some(r),
+        _ = drain_rx => None,
+    };
+    let served = match served {
+        Some(r) => r,
+        None => match tokio::time::timeout(options.shutdown_grace, &mut serve).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(grace = ?options.shutdown_grace, "in-flight calls outlived the shutdown grace; closing");
+                Ok(())
+            }
+        },
+    };
+    let _ = stop_tx.send(true);
+    let _ = probe.await;
+    let _ = flusher.await;
+    let _ = follower.await;
+    let _ = gauges.await;
+    authority.store().close().await;
+    served.map_err(Error::internal)
+}
+
+/// Samples the gauges of the metrics until stopped (without a recorder installed, this
+/// records nothing).
+async fn sample_gauges(authority: Arc<Authority>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    use crate::metrics::{
+        CACHE_BYTES, CACHE_ENTRIES, HASH_BUSY, HASH_WAITING, STORE_CONNECTIONS, STORE_IDLE,
+    };
+    loop {
+        let hasher = authority.hasher();
+        metrics::gauge!(HASH_WAITING).set(hasher.waiting() as f64);
+        metrics::gauge!(HASH_BUSY).set(hasher.busy() as f64);
+        if let Some((open, idle)) = authority.store().pool_stats() {
+            metrics::gauge!(STORE_CONNECTIONS).set(f64::from(open));
+            metrics::gauge!(STORE_IDLE).set(idle as f64);
+        }
+        metrics::gauge!(CACHE_ENTRIES).set(authority.cache().len() as f64);
+        metrics::gauge!(CACHE_BYTES).set(authority.cache().weight() as f64);
+        tokio::select! {
+            _ = tokio::time::sleep(GAUGE_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Health is SERVING only while the store answers a cheap probe.
+async fn probe_store(
+    authority: Arc<Authority>,
+    reporter: HealthReporter,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        let probe = tokio::time::timeout(
+            every.max(Duration::from_millis(500)),
+            authority.store().ping(),
+        );
+        let status = match probe.await {
+            Ok(Ok(())) => ServingStatus::Serving,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "store probe failed");
+                ServingStatus::NotServing
+            }
+            Err(_) => {
+                tracing::warn!("store probe timed out");
+                ServingStatus::NotServing
+            }
+        };
+        if *stop.borrow() {
+            return;
+        }
+        if last != Some(status) {
+            tracing::info!(?status, "health");
+            set_health(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Housekeeping every `every`, and once more at shutdown: writes last-use times and purges
+/// expired idempotency records.
+async fn flush_usage(
+    authority: Arc<Authority>,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(every) => false,
+            _ = stop.changed() => true,
+        };
+        match authority.flush_usage().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(keys = n, "last-use times written"),
+            Err(e) => {
+                crate::metrics::background_store_error("usage_flush");
+                tracing::warn!(error = %e, "writing last-use times failed; will retry")
+            }
+        }
+        match authority.purge_idempotency().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(records = n, "expired idempotency records purged"),
+            Err(e) => {
+                crate::metrics::background_store_error("idempotency_purge");
+                tracing::warn!(error = %e, "purging idempotency records failed; will retry")
+            }
+        }
+        if stopping || *stop.borrow() {
+            return;
+        }
+    }
+}

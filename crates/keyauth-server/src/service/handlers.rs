@@ -1,0 +1,302 @@
+//! One `Authority` call per RPC: the request checked and converted through `wire`, the answer
+//! converted back.
+
+use keyauth_core::Error;
+use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
+use keyauth_core::store::{Changed, EventFilter};
+use keyauth_proto as pb;
+use keyauth_proto::key_authority_service_server::KeyAuthorityService;
+use tonic::{Request, Response, Status};
+
+use super::KeyAuthorityApi;
+use super::call::{Access, Outcome};
+use crate::wire;
+
+impl Outcome for pb::IssueKeyResponse {}
+impl Outcome for pb::RollKeyResponse {}
+impl Outcome for pb::RevokeKeyResponse {}
+impl Outcome for pb::GetKeyResponse {}
+impl Outcome for pb::ListKeysResponse {}
+impl Outcome for pb::ListKeyEventsResponse {}
+
+impl Outcome for pb::VerifyResponse {
+    fn outcome(&self) -> &'static str {
+        crate::metrics::verdict_outcome(self.error.as_ref().map(|e| e.code.as_str()))
+    }
+}
+
+impl Outcome for pb::CheckPermissionResponse {
+    fn outcome(&self) -> &'static str {
+        crate::metrics::verdict_outcome(self.error.as_ref().map(|e| e.code.as_str()))
+    }
+}
+
+fn page_size(value: i32) -> Result<u32, Error> {
+    u32::try_from(value).map_err(|_| Error::invalid("page_size", "must not be negative"))
+}
+
+#[tonic::async_trait]
+impl KeyAuthorityService for KeyAuthorityApi {
+    async fn issue_key(
+        &self,
+        request: Request<pb::IssueKeyRequest>,
+    ) -> Result<Response<pb::IssueKeyResponse>, Status> {
+        self.handle(
+            "IssueKey",
+            Access::Operator,
+            request,
+            |req, call| async move {
+                let now = self.authority.now();
+                self.idempotent(
+                    &call,
+                    &req,
+                    |changed| match changed {
+                        Changed::Issued(record) => Some(pb::IssueKeyResponse {
+                            key: Some(wire::key_out(record, now)),
+                            secret: String::new(),
+                        }),
+                        _ => None,
+                    },
+                    |r, secret| r.secret = secret,
+                    async |idem| {
+                        let new = wire::new_key_in(&req, self.authority.catalog())?;
+                        self.authority.issue(new, &call.provenance, idem).await
+                    },
+                    |issued| pb::IssueKeyResponse {
+                        key: Some(wire::key_out(&issued.record, now)),
+                        secret: issued.key.expose().to_owned(),
+                    },
+                )
+                .await
+            },
+        )
+        .await
+    }
+
+    async fn roll_key(
+        &self,
+        request: Request<pb::RollKeyRequest>,
+    ) -> Result<Response<pb::RollKeyResponse>, Status> {
+        self.handle(
+            "RollKey",
+            Access::Operator,
+            request,
+            |req, call| async move {
+                let now = self.authority.now();
+                self.idempotent(
+                    &call,
+                    &req,
+                    |changed| match changed {
+                        Changed::Rolled { new, previous } => Some(pb::RollKeyResponse {
+                            key: Some(wire::key_out(new, now)),
+                            secret: String::new(),
+                            previous_key: Some(wire::key_out(previous, now)),
+                        }),
+                        _ => None,
+                    },
+                    |r, secret| r.secret = secret,
+                    async |idem| {
+                        let id = KeyId::parse(&req.key_id, "key_id")?;
+                        let grace = req
+                            .grace_period
+                            .as_ref()
+                            .map(|d| wire::duration_in(d, "grace_period"))
+                            .transpose()?;
+                        self.authority
+                            .roll(&id, grace, &call.provenance, idem)
+                            .await
+                    },
+                    |(issued, previous)| pb::RollKeyResponse {
+                        key: Some(wire::key_out(&issued.record, now)),
+                        secret: issued.key.expose().to_owned(),
+                        previous_key: Some(wire::key_out(&previous, now)),
+                    },
+                )
+                .await
+            },
+        )
+        .await
+    }
+
+    async fn revoke_key(
+        &self,
+        request: Request<pb::RevokeKeyRequest>,
+    ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
+        self.handle(
+            "RevokeKey",
+            Access::Operator,
+            request,
+            |req, call| async move {
+                let now = self.authority.now();
+                let revoked = |record: &KeyRecord| pb::RevokeKeyResponse {
+                    key: Some(wire::key_out(record, now)),
+                };
+                self.idempotent(
+                    &call,
+                    &req,
+                    |changed| match changed {
+                        Changed::Revoked(record) => Some(revoked(record)),
+                        _ => None,
+                    },
+                    |_, _| {},
+                    async |idem| {
+                        let id = KeyId::parse(&req.key_id, "key_id")?;
+                        check_text(&req.reason, "reason", REASON_MAX)?;
+                        let reason = Some(req.reason.as_str()).filter(|r| !r.is_empty());
+                        self.authority
+                            .revoke(&id, reason, &call.provenance, idem)
+                            .await
+                    },
+                    |record| revoked(&record),
+                )
+                .await
+            },
+        )
+        .await
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
+        self.handle(
+            "Verify",
+            Access::Verifier,
+            request,
+            |req, call| async move {
+                let required = self
+                    .authority
+                    .catalog()
+                    .permissions(
+                        &wire::permissions_in(&req.required_permissions),
+                        "required_permissions",
+                    )?
+                    .pairs()
+                    .map(|(r, a)| (r.to_owned(), a.to_owned()))
+                    .collect::<Vec<_>>();
+                let verdict = self
+                    .authority
+                    .verify(&req.key, &required, call.deadline)
+                    .await?;
+                let (valid, key, error, http_status) =
+                    wire::verdict_out(&verdict, self.authority.now());
+                Ok(pb::VerifyResponse {
+                    valid,
+                    key,
+                    error,
+                    http_status,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn check_permission(
+        &self,
+        request: Request<pb::CheckPermissionRequest>,
+    ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
+        self.handle(
+            "CheckPermission",
+            Access::Verifier,
+            request,
+            |req, call| async move {
+                self.authority
+                    .catalog()
+                    .check(&req.resource, &req.action, "")?;
+                let required = [(req.resource, req.action)];
+                let verdict = self
+                    .authority
+                    .verify(&req.key, &required, call.deadline)
+                    .await?;
+                let (allowed, key, error, http_status) =
+                    wire::verdict_out(&verdict, self.authority.now());
+                Ok(pb::CheckPermissionResponse {
+                    allowed,
+                    key,
+                    error,
+                    http_status,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn get_key(
+        &self,
+        request: Request<pb::GetKeyRequest>,
+    ) -> Result<Response<pb::GetKeyResponse>, Status> {
+        self.handle(
+            "GetKey",
+            Access::Operator,
+            request,
+            |req, _call| async move {
+                let id = KeyId::parse(&req.key_id, "key_id")?;
+                let record = self.authority.get(&id).await?;
+                Ok(pb::GetKeyResponse {
+                    key: Some(wire::key_out(&record, self.authority.now())),
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_keys(
+        &self,
+        request: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
+        self.handle(
+            "ListKeys",
+            Access::Operator,
+            request,
+            |req, _call| async move {
+                let app = ApplicationId::parse(&req.application_id, "application_id")?;
+                let env = wire::environment_in(req.environment, "environment")?;
+                let (keys, next_page_token) = self
+                    .authority
+                    .list(&app, env, page_size(req.page_size)?, &req.page_token)
+                    .await?;
+                let now = self.authority.now();
+                Ok(pb::ListKeysResponse {
+                    keys: keys.iter().map(|k| wire::key_out(k, now)).collect(),
+                    next_page_token,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn list_key_events(
+        &self,
+        request: Request<pb::ListKeyEventsRequest>,
+    ) -> Result<Response<pb::ListKeyEventsResponse>, Status> {
+        self.handle(
+            "ListKeyEvents",
+            Access::Operator,
+            request,
+            |req, _call| async move {
+                let filter = match (req.key_id.is_empty(), req.application_id.is_empty()) {
+                    (false, true) => EventFilter::Key(KeyId::parse(&req.key_id, "key_id")?),
+                    (true, false) => EventFilter::Application(ApplicationId::parse(
+                        &req.application_id,
+                        "application_id",
+                    )?),
+                    _ => {
+                        return Err(Error::invalid(
+                            "key_id",
+                            "exactly one of key_id and application_id is required",
+                        ));
+                    }
+                };
+                let (events, next_page_token) = self
+                    .authority
+                    .list_events(&filter, page_size(req.page_size)?, &req.page_token)
+                    .await?;
+                Ok(pb::ListKeyEventsResponse {
+                    events: events.iter().map(wire::event_out).collect(),
+                    next_page_token,
+                })
+            },
+        )
+        .await
+    }
+}

@@ -1,0 +1,38 @@
+//! The gRPC face of the authority, split by job:
+//!
+//! - `auth`: the operator and verifier tokens;
+//! - `call`: the per-call plumbing (request id, span, token check, deadline, error mapping,
+//!   metrics) and the one sequence of an idempotent change;
+//! - `handlers`: one `Authority` call per RPC, translated through `wire`.
+
+mod auth;
+mod call;
+mod handlers;
+
+use std::sync::Arc;
+
+use keyauth_core::Authority;
+
+pub use auth::OperatorAuth;
+pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
+
+pub struct KeyAuthorityApi {
+    authority: Arc<Authority>,
+    operators: OperatorAuth,
+    verifiers: OperatorAuth,
+}
+
+impl KeyAuthorityApi {
+    /// The service; `verifiers` guards Verify and CheckPermission when it is configured.
+    pub fn new(
+        authority: Arc<Authority>,
+        operators: OperatorAuth,
+        verifiers: OperatorAuth,
+    ) -> Self {
+        KeyAuthorityApi {
+            authority,
+            operators,
+            verifiers,
+        }
+    }
+}

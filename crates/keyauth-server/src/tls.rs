@@ -1,0 +1,112 @@
+//! TLS from PEM files: the server's certificate chain and key, and optionally the CA whose
+//! client certificates are required (mTLS). Every file is read and parsed at start-up, so a
+//! bad setting stops the start naming itself instead of failing the first handshake.
+//!
+//! The PEM checks are shared with the client side (`keyauth_client::tls`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use keyauth_client::tls::{TlsSettingError, bad, certificates, private_key, read};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+pub const CERT_SETTING: &str = "--tls-cert (KEYAUTH_TLS_CERT)";
+pub const KEY_SETTING: &str = "--tls-key (KEYAUTH_TLS_KEY)";
+pub const CLIENT_CA_SETTING: &str = "--tls-client-ca (KEYAUTH_TLS_CLIENT_CA)";
+
+/// A handshake that takes longer than this is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The server's TLS configuration from the PEM files given, `None` for plaintext (none given).
+pub fn server_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    client_ca: Option<&Path>,
+) -> Result<Option<ServerTlsConfig>, TlsSettingError> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => {
+            return match client_ca {
+                Some(_) => Err(bad(
+                    CLIENT_CA_SETTING,
+                    "needs --tls-cert and --tls-key (client certificates are checked over TLS)",
+                )),
+                None => Ok(None),
+            };
+        }
+        (Some(_), None) => return Err(bad(KEY_SETTING, "--tls-cert is set but --tls-key is not")),
+        (None, Some(_)) => return Err(bad(CERT_SETTING, "--tls-key is set but --tls-cert is not")),
+        (Some(c), Some(k)) => (c, k),
+    };
+    let cert_pem = read(cert, CERT_SETTING)?;
+    certificates(&cert_pem, cert, CERT_SETTING)?;
+    let key_pem = read(key, KEY_SETTING)?;
+    private_key(&key_pem, key, KEY_SETTING)?;
+    let config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert_pem, &key_pem))
+        .timeout(HANDSHAKE_TIMEOUT);
+    // Builds the rustls configuration now: a key that does not match the certificate, or a
+    // certificate rustls cannot use, is found here.
+    check(&config).map_err(|why| bad(CERT_SETTING, format!("with {KEY_SETTING}: {why}")))?;
+    let Some(client_ca) = client_ca else {
+        return Ok(Some(config));
+    };
+    let ca_pem = read(client_ca, CLIENT_CA_SETTING)?;
+    certificates(&ca_pem, client_ca, CLIENT_CA_SETTING)?;
+    let config = config.client_ca_root(Certificate::from_pem(&ca_pem));
+    check(&config).map_err(|why| bad(CLIENT_CA_SETTING, why))?;
+    Ok(Some(config))
+}
+
+/// What tonic (rustls) says of `config`, whole cause chain.
+fn check(config: &ServerTlsConfig) -> Result<(), String> {
+    Server::builder()
+        .tls_config(config.clone())
+        .map(drop)
+        .map_err(|e| {
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(": ");
+                why.push_str(&s.to_string());
+                source = s.source();
+            }
+            why
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plaintext_unless_both_halves_are_given() {
+        assert!(matches!(server_config(None, None, None), Ok(None)));
+        let p = Path::new("/nonexistent");
+        assert_eq!(
+            server_config(Some(p), None, None).unwrap_err().setting,
+            KEY_SETTING
+        );
+        assert_eq!(
+            server_config(None, Some(p), None).unwrap_err().setting,
+            CERT_SETTING
+        );
+        assert_eq!(
+            server_config(None, None, Some(p)).unwrap_err().setting,
+            CLIENT_CA_SETTING
+        );
+        assert_eq!(
+            server_config(Some(p), Some(p), None).unwrap_err().setting,
+            CERT_SETTING
+        );
+    }
+
+    #[test]
+    fn garbage_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate").unwrap();
+        let err = server_config(Some(&garbage), Some(&garbage), None).unwrap_err();
+        assert_eq!(err.setting, CERT_SETTING);
+        assert!(err.why.contains("no PEM certificate"), "{err}");
+    }
+}

@@ -1,0 +1,287 @@
+//! The one place that converts between wire types (`pb`) and the domain. Structural checks of
+//! requests happen here (required fields, enum values, time ranges), each naming its field.
+
+use std::time::Duration;
+
+use keyauth_core::Error;
+use keyauth_core::authority::NewKey;
+use keyauth_core::catalog::{Catalog, RequestedPermission};
+use keyauth_core::clock::Timestamp;
+use keyauth_core::model::{
+    ApplicationId, Denial, Environment, KeyRecord, KeyState, Verdict, check_metadata, parse_name,
+};
+use keyauth_core::store::{AuditEvent, EventKind};
+use keyauth_proto as pb;
+
+pub fn environment_in(value: i32, field: &str) -> Result<Option<Environment>, Error> {
+    match pb::Environment::try_from(value) {
+        Ok(pb::Environment::Unspecified) => Ok(None),
+        Ok(pb::Environment::Test) => Ok(Some(Environment::Test)),
+        Ok(pb::Environment::Live) => Ok(Some(Environment::Live)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{value} is not an Environment (use ENVIRONMENT_TEST or ENVIRONMENT_LIVE)"),
+        )),
+    }
+}
+
+pub fn required_environment(value: i32, field: &str) -> Result<Environment, Error> {
+    environment_in(value, field)?
+        .ok_or_else(|| Error::invalid(field, "is required: ENVIRONMENT_TEST or ENVIRONMENT_LIVE"))
+}
+
+fn environment_out(env: Environment) -> pb::Environment {
+    match env {
+        Environment::Test => pb::Environment::Test,
+        Environment::Live => pb::Environment::Live,
+    }
+}
+
+/// Latest time accepted: 9999-12-31T23:59:59Z, as in google.protobuf.Timestamp.
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+pub fn timestamp_in(t: &prost_types::Timestamp, field: &str) -> Result<Timestamp, Error> {
+    if !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Error::invalid(field, "nanos must be within 0..999999999"));
+    }
+    if !(0..=MAX_SECONDS).contains(&t.seconds) {
+        return Err(Error::invalid(
+            field,
+            "must be between 1970-01-01 and 9999-12-31",
+        ));
+    }
+    Ok(Timestamp::from_micros(
+        t.seconds * 1_000_000 + i64::from(t.nanos / 1_000),
+    ))
+}
+
+pub fn timestamp_out(t: Timestamp) -> prost_types::Timestamp {
+    let micros = t.as_micros();
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: i32::try_from(micros.rem_euclid(1_000_000) * 1_000).unwrap_or(0),
+    }
+}
+
+pub fn duration_in(d: &prost_types::Duration, field: &str) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid(field, "must not be negative"));
+    }
+    if d.nanos >= 1_000_000_000 {
+        return Err(Error::invalid(field, "nanos must be within 0..999999999"));
+    }
+    Ok(Duration::new(
+        d.seconds.unsigned_abs(),
+        d.nanos.unsigned_abs(),
+    ))
+}
+
+pub fn permissions_in(list: &[pb::Permission]) -> Vec<RequestedPermission> {
+    list.iter()
+        .map(|p| RequestedPermission {
+            resource: p.resource.clone(),
+            actions: p.actions.clone(),
+        })
+        .collect()
+}
+
+/// An IssueKey request, every field checked so that one answer names every problem.
+pub fn new_key_in(req: &pb::IssueKeyRequest, catalog: &Catalog) -> Result<NewKey, Error> {
+    let metadata = req
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    match (
+        ApplicationId::parse(&req.application_id, "application_id"),
+        required_environment(req.environment, "environment"),
+        parse_name(&req.name, "name"),
+        catalog.permissions(&permissions_in(&req.permissions), "permissions"),
+        req.expire_time
+            .as_ref()
+            .map(|t| timestamp_in(t, "expire_time"))
+            .transpose(),
+        check_metadata(&metadata, "metadata"),
+    ) {
+        (
+            Ok(application_id),
+            Ok(environment),
+            Ok(name),
+            Ok(permissions),
+            Ok(expire_time),
+            Ok(()),
+        ) => Ok(NewKey {
+            application_id,
+            environment,
+            name,
+            permissions,
+            expire_time,
+            metadata,
+        }),
+        (a, e, n, p, x, m) => Err(Error::merge(
+            [a.err(), e.err(), n.err(), p.err(), x.err(), m.err()]
+                .into_iter()
+                .flatten(),
+        )),
+    }
+}
+
+pub fn key_out(record: &KeyRecord, now: Timestamp) -> pb::ApiKey {
+    let state = match record.state(now) {
+        KeyState::Active => pb::KeyState::Active,
+        KeyState::Expired => pb::KeyState::Expired,
+        KeyState::Revoked => pb::KeyState::Revoked,
+    };
+    pb::ApiKey {
+        id: record.id.to_string(),
+        application_id: record.application_id.as_str().to_owned(),
+        environment: environment_out(record.environment).into(),
+        name: record.name.clone(),
+        redacted: record.redacted.clone(),
+        restricted: record.restricted,
+        permissions: record
+            .permissions
+            .iter()
+            .map(|(resource, actions)| pb::Permission {
+                resource: resource.to_owned(),
+                actions: actions.map(str::to_owned).collect(),
+            })
+            .collect(),
+        metadata: record
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        create_time: Some(timestamp_out(record.create_time)),
+        expire_time: record.expire_time.map(timestamp_out),
+        revoke_time: record.revoke_time.map(timestamp_out),
+        last_used_time: record.last_used_time.map(timestamp_out),
+        replaced_by_key_id: record
+            .replaced_by
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        state: state.into(),
+        revoke_reason: record.revoke_reason.clone().unwrap_or_default(),
+    }
+}
+
+pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
+    let kind = match event.kind {
+        EventKind::Issued => pb::KeyEventType::Issued,
+        EventKind::Rolled => pb::KeyEventType::Rolled,
+        EventKind::Revoked => pb::KeyEventType::Revoked,
+        EventKind::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
+    };
+    let text = |s: &Option<String>| s.clone().unwrap_or_default();
+    pb::KeyEvent {
+        sequence: event.seq,
+        r#type: kind.into(),
+        key_id: event
+            .key_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        related_key_id: event
+            .related_key_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        application_id: text(&event.application_id),
+        operator_id: text(&event.operator),
+        peer: text(&event.peer),
+        request_id: text(&event.request_id),
+        event_time: Some(timestamp_out(event.event_time)),
+    }
+}
+
+fn error_out(denial: Denial) -> pb::ApiError {
+    pb::ApiError {
+        code: denial.code().to_owned(),
+        message: denial.message().to_owned(),
+        r#type: denial.error_type().to_owned(),
+    }
+}
+
+/// (valid, key, error, http_status) of a verdict.
+pub fn verdict_out(
+    verdict: &Verdict,
+    now: Timestamp,
+) -> (bool, Option<pb::ApiKey>, Option<pb::ApiError>, i32) {
+    (
+        verdict.is_valid(),
+        verdict.record.as_deref().map(|r| key_out(r, now)),
+        verdict.denial.map(error_out),
+        verdict.denial.map_or(200, Denial::http_status),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_round_trip_at_microseconds() {
+        let t = prost_types::Timestamp {
+            seconds: 1_700_000_000,
+            nanos: 123_456_000,
+        };
+        assert_eq!(timestamp_out(timestamp_in(&t, "t").unwrap()), t);
+        for bad in [
+            prost_types::Timestamp {
+                seconds: -1,
+                nanos: 0,
+            },
+            prost_types::Timestamp {
+                seconds: 0,
+                nanos: -1,
+            },
+            prost_types::Timestamp {
+                seconds: 0,
+                nanos: 1_000_000_000,
+            },
+            prost_types::Timestamp {
+                seconds: i64::MAX,
+                nanos: 0,
+            },
+        ] {
+            assert!(timestamp_in(&bad, "t").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations_must_be_non_negative() {
+        let d = prost_types::Duration {
+            seconds: 5,
+            nanos: 0,
+        };
+        assert_eq!(duration_in(&d, "d").unwrap(), Duration::from_secs(5));
+        assert!(
+            duration_in(
+                &prost_types::Duration {
+                    seconds: -5,
+                    nanos: 0
+                },
+                "d"
+            )
+            .is_err()
+        );
+        assert!(
+            duration_in(
+                &prost_types::Duration {
+                    seconds: 0,
+                    nanos: -5
+                },
+                "d"
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_enum_values_are_refused() {
+        assert!(environment_in(7, "environment").is_err());
+        assert!(required_environment(0, "environment").is_err());
+        assert_eq!(required_environment(2, "e").unwrap(), Environment::Live);
+    }
+}

@@ -1,0 +1,301 @@
+//! The Verify hot path: what the cache answers, what reaches the store and argon2.
+
+use std::time::Duration;
+
+use keyauth_core::cache::CacheSettings;
+use keyauth_core::hashing::HashParams;
+use keyauth_core::key::PresentedKey;
+use keyauth_core::model::Environment;
+use keyauth_proto as pb;
+use tonic::Code;
+
+use crate::both_stores;
+use crate::helpers::*;
+
+both_stores!(
+    warm_verifies_do_not_touch_the_store,
+    a_cached_entry_expires_with_its_key,
+    staleness_is_bounded_by_the_ttl,
+    the_failure_limiter_spares_the_owner,
+    unknown_ids_are_remembered_briefly,
+    a_saturated_hash_pool_answers_unavailable,
+    last_use_is_recorded_and_flushed_at_shutdown,
+);
+
+async fn warm_verifies_do_not_touch_the_store(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (_, secret) = app.issue_test_key().await;
+    assert!(app.verify(&secret).await.valid);
+    let reads = app.key_reads();
+    for _ in 0..50 {
+        assert!(app.verify(&secret).await.valid);
+        assert!(
+            app.check(&secret, "patients", "read")
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert_eq!(
+        app.key_reads(),
+        reads,
+        "warm Verify and CheckPermission are answered from memory"
+    );
+    // A wrong secret for a cached id is refused from memory too.
+    let real = PresentedKey::parse(&secret).unwrap();
+    let wrong =
+        PresentedKey::from_parts(Environment::Test, real.lookup(), &"q".repeat(32)).unwrap();
+    assert_eq!(
+        error_code(&app.verify(wrong.expose()).await),
+        Some("authentication_error")
+    );
+    assert_eq!(app.key_reads(), reads);
+    // Bad checksums never reach the store, cached or not.
+    let mut bad = secret.clone().into_bytes();
+    let last = bad.len() - 1;
+    bad[last] = if bad[last] == b'0' { b'1' } else { b'0' };
+    let bad = String::from_utf8(bad).unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            error_code(&app.verify(&bad).await),
+            Some("authentication_error")
+        );
+    }
+    assert_eq!(app.key_reads(), reads);
+    app.stop().await;
+}
+
+async fn a_cached_entry_expires_with_its_key(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let mut request = standard("app_1", pb::Environment::Test);
+    request.expire_time = Some(prost_types::Timestamp {
+        seconds: app.authority.now().as_micros() / 1_000_000 + 5,
+        nanos: 0,
+    });
+    let (_, secret) = app.issue(request).await.unwrap();
+    assert!(app.verify(&secret).await.valid);
+    let reads = app.key_reads();
+    app.clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        error_code(&app.verify(&secret).await),
+        Some("api_key_expired")
+    );
+    assert_eq!(
+        app.key_reads(),
+        reads,
+        "judged from the cached record at the new time"
+    );
+    app.stop().await;
+}
+
+async fn staleness_is_bounded_by_the_ttl(backend: Backend) {
+    let options = Options {
+        cache: CacheSettings {
+            ttl: Duration::from_secs(30),
+            ..CacheSettings::default()
+        },
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(backend, options).await else {
+        return;
+    };
+    let (key, secret) = app.issue_test_key().await;
+    assert!(app.verify(&secret).await.valid);
+    // Revoked behind every instance's back (a manual SQL edit: no key event, so no
+    // notification): the cache may answer from its copy until the TTL, never after.
+    revoke_with_raw_sql(&app.db, &key.id).await;
+    app.clock.advance(Duration::from_secs(29));
+    assert!(
+        app.verify(&secret).await.valid,
+        "within the TTL the cached answer stands"
+    );
+    app.clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        error_code(&app.verify(&secret).await),
+        Some("api_key_revoked")
+    );
+    app.stop().await;
+}
+
+async fn revoke_with_raw_sql(db: &TestDb, key_id: &str) {
+    use sqlx::Connection;
+    const SQL: &str = "UPDATE api_keys SET revoke_time = 1 WHERE id = $1";
+    match db {
+        TestDb::Sqlite { .. } => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+            sqlx::query(SQL)
+                .bind(key_id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        TestDb::Postgres { .. } => {
+            let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+            sqlx::query(SQL)
+                .bind(key_id)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn the_failure_limiter_spares_the_owner(backend: Backend) {
+    let options = Options {
+        cache: CacheSettings {
+            failure_limit: 3,
+            ..CacheSettings::default()
+        },
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(backend, options).await else {
+        return;
+    };
+    let (_, secret) = app.issue_test_key().await;
+    let (_, cold_secret) = app.issue_test_key().await;
+    assert!(
+        app.verify(&secret).await.valid,
+        "the owner's key is proven and cached"
+    );
+
+    for target in [&secret, &cold_secret] {
+        let real = PresentedKey::parse(target).unwrap();
+        for i in 0..10 {
+            let wrong = PresentedKey::from_parts(
+                Environment::Test,
+                real.lookup(),
+                &format!("{i}").repeat(32),
+            )
+            .unwrap();
+            assert_eq!(
+                error_code(&app.verify(wrong.expose()).await),
+                Some("authentication_error")
+            );
+        }
+    }
+    // The attacker's attempts on the cached key cost nothing; the owner still gets in.
+    assert!(app.verify(&secret).await.valid);
+    // On the uncached key, argon2 stopped after the limit: at most 3 store reads + proofs
+    // were spent, and the owner of that key is refused until the window passes (documented).
+    let reads = app.key_reads();
+    assert_eq!(
+        error_code(&app.verify(&cold_secret).await),
+        Some("authentication_error")
+    );
+    assert_eq!(
+        app.key_reads(),
+        reads,
+        "limited ids skip the store and argon2"
+    );
+    app.stop().await;
+}
+
+async fn unknown_ids_are_remembered_briefly(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let unknown = PresentedKey::generate(Environment::Live).unwrap();
+    let reads = app.key_reads();
+    for _ in 0..10 {
+        assert_eq!(
+            error_code(&app.verify(unknown.expose()).await),
+            Some("authentication_error")
+        );
+    }
+    assert_eq!(
+        app.key_reads(),
+        reads + 1,
+        "one store lookup, then the negative cache"
+    );
+    app.stop().await;
+}
+
+async fn a_saturated_hash_pool_answers_unavailable(backend: Backend) {
+    // One slow worker, nobody may wait, no cache: concurrent cold Verify calls overflow.
+    let options = Options {
+        hash: HashParams {
+            m_cost: 32768,
+            t_cost: 3,
+            p_cost: 1,
+        },
+        hash_workers: 1,
+        hash_queue: 0,
+        cache: CacheSettings {
+            max_bytes: 0,
+            ..CacheSettings::default()
+        },
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(backend, options).await else {
+        return;
+    };
+    let mut secrets = Vec::new();
+    for _ in 0..6 {
+        secrets.push(app.issue_test_key().await.1);
+    }
+    let calls = secrets.iter().cloned().map(|s| {
+        let mut client = app.client.clone();
+        tokio::spawn(async move {
+            client
+                .verify(pb::VerifyRequest {
+                    key: s,
+                    required_permissions: vec![],
+                })
+                .await
+        })
+    });
+    let mut valid = 0;
+    let mut unavailable = 0;
+    for call in calls.collect::<Vec<_>>() {
+        match call.await.unwrap() {
+            Ok(r) => {
+                assert!(r.into_inner().valid, "an answer is never a guess");
+                valid += 1;
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(
+        valid >= 1 && unavailable >= 1,
+        "valid {valid}, unavailable {unavailable}"
+    );
+    app.stop().await;
+}
+
+async fn last_use_is_recorded_and_flushed_at_shutdown(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (key, secret) = app.issue_test_key().await;
+    assert!(app.get(&key.id).await.unwrap().last_used_time.is_none());
+    app.clock.advance(Duration::from_secs(10));
+    assert!(app.verify(&secret).await.valid);
+    let used_at = app.authority.now().as_micros() / 1_000_000;
+    let shown = app
+        .get(&key.id)
+        .await
+        .unwrap()
+        .last_used_time
+        .expect("GetKey shows the pending use");
+    assert_eq!(shown.seconds, used_at);
+
+    // Stopping writes the pending use; a new server on the same store reads it back.
+    let db = app.stop().await;
+    let app = spawn_on(db, Options::default()).await;
+    let stored = app
+        .get(&key.id)
+        .await
+        .unwrap()
+        .last_used_time
+        .expect("flushed at shutdown");
+    assert_eq!(stored.seconds, used_at);
+    assert!(app.verify(&secret).await.valid, "keys survive a restart");
+    app.stop().await;
+}

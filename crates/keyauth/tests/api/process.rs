@@ -1,0 +1,172 @@
+//! The `keyauth` binary itself: configuration errors, and SIGTERM draining in-flight calls.
+
+use std::process::Command;
+
+use keyauth_proto as pb;
+
+use crate::helpers::process::{ServerProcess, keyauth, wait_for_line};
+use crate::helpers::{op, register_secret, standard};
+
+#[test]
+fn bad_settings_exit_2_naming_the_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let bad_catalog = dir.path().join("catalog.toml");
+    std::fs::write(&bad_catalog, "[resources]\npatients = []\n").unwrap();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["--cache-ttl".into(), "soon".into()], "--cache-ttl"),
+        (vec!["--listen".into(), "not-an-address".into()], "--listen"),
+        (
+            vec!["--catalog".into(), "/nonexistent/catalog.toml".into()],
+            "--catalog",
+        ),
+        (
+            vec!["--catalog".into(), bad_catalog.display().to_string()],
+            "--catalog",
+        ),
+        (
+            vec!["--argon2-m-cost".into(), "1".into()],
+            "--argon2-m-cost",
+        ),
+        (vec!["--log-format".into(), "xml".into()], "--log-format"),
+        (
+            vec!["--database-max-connections".into(), "0".into()],
+            "--database-max-connections",
+        ),
+        (
+            vec!["--metrics-listen".into(), "nowhere".into()],
+            "--metrics-listen",
+        ),
+        (
+            vec!["--max-request-bytes".into(), "0".into()],
+            "--max-request-bytes",
+        ),
+        (
+            vec!["--max-concurrent-streams".into(), "0".into()],
+            "--max-concurrent-streams",
+        ),
+        (
+            vec!["--request-timeout".into(), "0s".into()],
+            "--request-timeout",
+        ),
+    ];
+    // TLS: half a pair, unreadable files, garbage PEM, a key of another certificate.
+    let pki = crate::helpers::pki::Pki::new();
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n").unwrap();
+    let other_key = dir.path().join("other.key");
+    std::fs::write(&other_key, &pki.client.1).unwrap();
+    let [cert, key, ca, garbage, other_key] = [
+        &pki.server_cert,
+        &pki.server_key,
+        &pki.ca,
+        &garbage,
+        &other_key,
+    ]
+    .map(|p| p.display().to_string());
+    let tls = |pairs: &[(&str, &str)]| -> Vec<String> {
+        pairs
+            .iter()
+            .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+            .collect()
+    };
+    let mut cases = cases;
+    cases.extend([
+        (tls(&[("--tls-cert", &cert)]), "--tls-key"),
+        (tls(&[("--tls-key", &key)]), "--tls-cert"),
+        (tls(&[("--tls-client-ca", &ca)]), "--tls-client-ca"),
+        (
+            tls(&[("--tls-cert", "/nonexistent/cert.pem"), ("--tls-key", &key)]),
+            "--tls-cert",
+        ),
+        (
+            tls(&[("--tls-cert", &cert), ("--tls-key", "/nonexistent/key.pem")]),
+            "--tls-key",
+        ),
+        (
+            tls(&[("--tls-cert", &garbage), ("--tls-key", &key)]),
+            "--tls-cert",
+        ),
+        (
+            tls(&[("--tls-cert", &cert), ("--tls-key", &garbage)]),
+            "--tls-key",
+        ),
+        (
+            tls(&[("--tls-cert", &cert), ("--tls-key", &other_key)]),
+            "--tls-cert",
+        ),
+        (
+            tls(&[
+                ("--tls-cert", &cert),
+                ("--tls-key", &key),
+                ("--tls-client-ca", &garbage),
+            ]),
+            "--tls-client-ca",
+        ),
+    ]);
+    for (args, setting) in cases {
+        let out = keyauth()
+            .arg("serve")
+            .args(["--database", &db, "--listen", "127.0.0.1:0"])
+            .args(&args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(setting), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_calls_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    // Slow hashes and no cache: a cold Verify is in flight long enough to be interrupted.
+    let server = ServerProcess::start(
+        &db,
+        &[
+            "--argon2-m-cost",
+            "65536",
+            "--argon2-t-cost",
+            "8",
+            "--cache-max-bytes",
+            "0",
+        ],
+    );
+    let mut client = server.client().await;
+    let issued = client
+        .issue_key(op(standard("app_1", pb::Environment::Test)))
+        .await
+        .unwrap()
+        .into_inner();
+    register_secret(&issued.secret);
+
+    let mut verifier = client.clone();
+    let in_flight = tokio::spawn(async move {
+        verifier
+            .verify(pb::VerifyRequest {
+                key: issued.secret,
+                required_permissions: vec![],
+            })
+            .await
+    });
+    // Once the call is in the server, ask it to stop.
+    wait_for_line(&server.lines, "method=\"Verify\"");
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let answer = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight call completes");
+    assert!(answer.into_inner().valid);
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
+}
