@@ -381,7 +381,7 @@ async fn usage_errors_exit_2() {
             "--metadata",
             "novalue",
         ],
-        vec!["roll", "key_000000000000", "--grace", "1 day"],
+        vec!["roll", "key_000000000000", "--grace", "soon"],
         vec!["list", "--app", "a", "--page-size", "0"],
         // Missing arguments, unknown subcommands.
         vec!["issue", "--app", "a"],
