@@ -48,7 +48,7 @@ pub fn fingerprint(method: &str, request: &[u8]) -> String {
     hash.update(method.as_bytes());
     hash.update([0]);
     hash.update(request);
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(hash.finalize())
 }
 
 /// The 32-byte server key that seals stored secrets.
@@ -65,10 +65,7 @@ impl SealKey {
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
         let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            (0..32)
-                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| e.to_string())?
+            hex::decode(text).map_err(|e| e.to_string())?
         } else {
             STANDARD
                 .decode(text)
@@ -93,7 +90,7 @@ impl SealKey {
     pub fn generate_hex() -> Result<String, rand::rngs::SysError> {
         let mut key = Zeroizing::new([0u8; 32]);
         SysRng.try_fill_bytes(&mut key[..])?;
-        Ok(key.iter().map(|b| format!("{b:02x}")).collect())
+        Ok(hex::encode(&key[..]))
     }
 }
 

@@ -181,20 +181,20 @@ async fn concurrent_rolls_of_one_key_have_one_winner(backend: Backend) {
             .issue(standard("racing", pb::Environment::Test))
             .await
             .unwrap();
-        let rolls = (0..8).map(|_| {
-            let client = app.client.clone();
+        let mut rolls = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let mut client = app.client.clone();
             let id = key.id.clone();
-            tokio::spawn(async move {
-                let mut client = client;
+            rolls.spawn(async move {
                 client
                     .roll_key(op(pb::RollKeyRequest {
                         key_id: id,
                         grace_period: None,
                     }))
                     .await
-            })
-        });
-        let results = futures_join_all(rolls).await;
+            });
+        }
+        let results = rolls.join_all().await;
         let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
         assert_eq!(winners.len(), 1, "exactly one roll wins");
         for r in results.iter().filter_map(|r| r.as_ref().err()) {
@@ -218,14 +218,6 @@ async fn concurrent_rolls_of_one_key_have_one_winner(backend: Backend) {
         "three originals and three replacements, nothing more"
     );
     app.stop().await;
-}
-
-async fn futures_join_all<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
-    let mut out = Vec::new();
-    for h in handles.collect::<Vec<_>>() {
-        out.push(h.await.unwrap());
-    }
-    out
 }
 
 async fn revoke_is_immediate_and_idempotent(backend: Backend) {
