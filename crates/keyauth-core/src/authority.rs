@@ -11,7 +11,7 @@ use crate::catalog::Catalog;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
-use crate::key::PresentedKey;
+use crate::key::{KeyIdOf, PresentedKey};
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions, Verdict,
 };

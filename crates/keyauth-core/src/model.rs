@@ -7,32 +7,7 @@ use std::fmt;
 use crate::clock::Timestamp;
 use crate::error::{Error, FieldViolation};
 
-/// Environment of a key; it decides the key's prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Environment {
-    Test,
-    Live,
-}
-
-impl Environment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Environment::Test => "test",
-            Environment::Live => "live",
-        }
-    }
-
-    pub fn from_store(s: &str) -> Option<Self> {
-        match s {
-            "test" => Some(Environment::Test),
-            "live" => Some(Environment::Live),
-            _ => None,
-        }
-    }
-}
-
-/// Length of a key's public lookup part, the tail of its id (see `key`).
-pub const LOOKUP_LEN: usize = 12;
+pub use keyauth_key::{Environment, LOOKUP_LEN};
 
 /// A key id, `key_<lookup>`: public, stable, the primary key of the store.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
