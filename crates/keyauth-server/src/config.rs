@@ -18,10 +18,12 @@ use keyauth_core::hashing::HashParams;
 use keyauth_core::store::StoreOptions;
 use zeroize::Zeroizing;
 
+use keyauth_client::routes::RouteTable;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::propagation::FollowOptions;
 use keyauth_core::sealing::SealKey;
 
+use crate::ext_authz::ExtAuthzOptions;
 use crate::limits::Limits;
 use crate::server::{AuthoritySettings, ServeOptions};
 use crate::service::OperatorAuth;
@@ -257,6 +259,17 @@ pub struct ServeArgs {
     /// Longest a call may run; longer ones get DEADLINE_EXCEEDED.
     #[arg(long, env = "KEYAUTH_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
+
+    /// Route table (TOML) for Envoy ext_authz Check: `[[route]]` entries (`method`, `path`,
+    /// `resource`, `action`; `*` is one path segment, a trailing `**` the rest) naming the
+    /// permission a request needs, tried before the default `/api/v1/<resource>…` mapping.
+    #[arg(long, env = "KEYAUTH_EXT_AUTHZ_ROUTES")]
+    pub ext_authz_routes: Option<PathBuf>,
+
+    /// Remove the `authorization` header from requests ext_authz allows, so the upstream
+    /// never sees the key (environment: `KEYAUTH_EXT_AUTHZ_STRIP_AUTHORIZATION=true`).
+    #[arg(long, env = "KEYAUTH_EXT_AUTHZ_STRIP_AUTHORIZATION")]
+    pub ext_authz_strip_authorization: bool,
 }
 
 /// A secret given directly or as a file (at most one of them: clap refuses both).
@@ -315,6 +328,11 @@ impl ServeArgs {
         let verifier = self.verifier_token().map_err(setting(
             "--verifier-token-file (KEYAUTH_VERIFIER_TOKEN_FILE)",
         ))?;
+        let routes = match &self.ext_authz_routes {
+            Some(path) => RouteTable::load(path)
+                .map_err(setting("--ext-authz-routes (KEYAUTH_EXT_AUTHZ_ROUTES)"))?,
+            None => RouteTable::default(),
+        };
         Ok(ServeOptions {
             health_interval: self.health_interval,
             usage_flush_interval: self.usage_flush_interval,
@@ -327,6 +345,10 @@ impl ServeArgs {
             operators: OperatorAuth::new(admin.as_ref().map(Secret::expose)),
             verifiers: OperatorAuth::verifier(verifier.as_ref().map(Secret::expose)),
             limits: self.limits(),
+            ext_authz: ExtAuthzOptions {
+                routes,
+                strip_authorization: self.ext_authz_strip_authorization,
+            },
         })
     }
 
@@ -442,6 +464,37 @@ mod tests {
         assert_eq!(args.limits(), Limits::default());
         assert!(args.tls_cert.is_none() && args.metrics_listen.is_none());
         assert!(args.verifier_token().unwrap().is_none());
+    }
+
+    #[test]
+    fn ext_authz_settings_are_read() {
+        let args = parse(&[]);
+        let options = args.serve_options().unwrap();
+        assert!(options.ext_authz.routes.is_empty());
+        assert!(!options.ext_authz.strip_authorization);
+
+        let dir = tempfile::tempdir().unwrap();
+        let routes = dir.path().join("routes.toml");
+        std::fs::write(
+            &routes,
+            "[[route]]\nmethod = \"GET\"\npath = \"/api/v1/reports/*\"\n\
+             resource = \"patients\"\naction = \"read\"\n",
+        )
+        .unwrap();
+        let args = parse(&[
+            "--ext-authz-routes",
+            routes.to_str().unwrap(),
+            "--ext-authz-strip-authorization",
+        ]);
+        let options = args.serve_options().unwrap();
+        assert_eq!(options.ext_authz.routes.len(), 1);
+        assert!(options.ext_authz.strip_authorization);
+
+        std::fs::write(&routes, "[[route]]\npath = \"no-slash\"\n").unwrap();
+        let args = parse(&["--ext-authz-routes", routes.to_str().unwrap()]);
+        let err = args.serve_options().unwrap_err();
+        assert_eq!(err.setting, "--ext-authz-routes (KEYAUTH_EXT_AUTHZ_ROUTES)");
+        assert!(err.why.contains("routes.toml"), "{err}");
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //!   benchmark alike);
 //! - [`service`]: the gRPC handlers (token checks, per-call plumbing, one `Authority` call per
 //!   RPC);
+//! - [`ext_authz`]: Envoy's external authorization API (`envoy.service.auth.v3.Authorization`)
+//!   on the same port;
 //! - `wire`: the one proto ⇄ domain conversion; `status`: the one error → status mapping;
 //! - [`limits`], [`tls`], [`metrics`]: what makes it safe to expose and pleasant to operate.
 
 pub mod config;
+pub mod ext_authz;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -11,8 +11,9 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// Calls answered, by `rpc` (the method name) and `outcome`: `ok` for operator RPCs, `valid`
 /// or the denial code (`authentication_error`, `api_key_expired`, `api_key_revoked`,
-/// `insufficient_permissions`) for Verify and CheckPermission, the status code name
-/// (`INVALID_ARGUMENT`, `UNAVAILABLE`, …) for RPC errors.
+/// `insufficient_permissions`) for Verify, CheckPermission and Envoy's `Check` (which also has
+/// `unavailable`: answered 503), the status code name (`INVALID_ARGUMENT`, `UNAVAILABLE`, …)
+/// for RPC errors.
 pub const CALLS: &str = "keyauth_calls_total";
 /// Call latency in seconds, by `rpc`.
 pub const CALL_DURATION: &str = "keyauth_call_duration_seconds";
@@ -101,9 +102,13 @@ pub fn verdict_outcome(error_code: Option<&str>) -> &'static str {
     }
 }
 
-/// The `rpc` label of a `keyauth.v1.KeyAuthorityService` path (`None` for other services).
-/// Callers choose paths, so only known method names become labels; the rest are `other`.
+/// The `rpc` label of a `keyauth.v1.KeyAuthorityService` path, or `Check` for Envoy's
+/// `envoy.service.auth.v3.Authorization/Check` (`None` for other services). Callers choose
+/// paths, so only known method names become labels; the rest are `other`.
 pub fn rpc_of_path(path: &str) -> Option<&'static str> {
+    if path == "/envoy.service.auth.v3.Authorization/Check" {
+        return Some("Check");
+    }
     const METHODS: &[&str] = &[
         "IssueKey",
         "RollKey",
@@ -143,5 +148,9 @@ mod tests {
             Some("other")
         );
         assert_eq!(rpc_of_path("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            rpc_of_path("/envoy.service.auth.v3.Authorization/Check"),
+            Some("Check")
+        );
     }
 }

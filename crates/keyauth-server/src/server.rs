@@ -1,7 +1,8 @@
 //! Assembling and serving keyauth, in one place for `main`, the tests and the benchmark:
 //!
 //! - [`AuthoritySettings`] + [`authority`]: the `Authority` over a store;
-//! - [`run`]: the gRPC stack (key authority, health, reflection v1 and v1alpha), the background
+//! - [`run`]: the gRPC stack (key authority, Envoy ext_authz, health, reflection v1 and
+//!   v1alpha), the background
 //!   tasks (store health probe, last-use flush, change follower, gauges) and graceful shutdown,
 //!   on a bound listener until a shutdown future completes;
 //! - [`start`]: `run` on its own task, stopped through the returned [`Running`].
@@ -29,6 +30,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::limits::{Limits, LimitsLayer};
 use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
 
@@ -128,9 +130,11 @@ pub struct ServeOptions {
     pub tls: Option<ServerTlsConfig>,
     /// The operator token operator RPCs require (unset: they are refused).
     pub operators: OperatorAuth,
-    /// The verifier token Verify and CheckPermission require, if configured.
+    /// The verifier token Verify, CheckPermission and ext_authz Check require, if configured.
     pub verifiers: OperatorAuth,
     pub limits: Limits,
+    /// Envoy ext_authz: the route table and whether `authorization` is stripped.
+    pub ext_authz: ExtAuthzOptions,
 }
 
 impl Default for ServeOptions {
@@ -144,6 +148,7 @@ impl Default for ServeOptions {
             operators: OperatorAuth::new(None),
             verifiers: OperatorAuth::verifier(None),
             limits: Limits::default(),
+            ext_authz: ExtAuthzOptions::default(),
         }
     }
 }
@@ -179,6 +184,13 @@ pub async fn run(
         authority.clone(),
         options.operators.clone(),
         options.verifiers.clone(),
+    ))
+    .max_decoding_message_size(options.limits.max_request_bytes);
+    // envoy-types ships no file descriptor set, so reflection does not list this service.
+    let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
+        authority.clone(),
+        options.verifiers.clone(),
+        options.ext_authz.clone(),
     ))
     .max_decoding_message_size(options.limits.max_request_bytes);
     let mut builder = Server::builder();
@@ -241,6 +253,7 @@ pub async fn run(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
+        .add_service(ext_authz)
         // TCP_NODELAY: without it a small answer waits for the peer's delayed ACK (~40 ms at
         // p999 in keyauth-bench); tonic applies its own nodelay setting only to addresses it
         // binds itself.

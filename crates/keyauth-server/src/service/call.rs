@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::KeyAuthorityApi;
 use crate::status;
 
-const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = "x-request-id";
 
 /// Which token a call needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,13 +62,12 @@ impl KeyAuthorityApi {
         Res: Outcome,
     {
         let started = Instant::now();
-        let request_id = request
-            .metadata()
-            .get(REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-            .map(str::to_owned)
-            .unwrap_or_else(|| keyauth_core::key::unique_base62(20));
+        let request_id = request_id(
+            request
+                .metadata()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok()),
+        );
         let span = tracing::info_span!("rpc", method, request_id = %request_id);
         let header = MetadataValue::try_from(request_id.as_str()).ok();
         let result = async {
@@ -206,8 +205,17 @@ impl Call {
     }
 }
 
+/// The call's request id: the caller's, when it is usable (1 to 128 visible ASCII characters),
+/// else a fresh one.
+pub(crate) fn request_id(presented: Option<&str>) -> String {
+    presented
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| keyauth_core::key::unique_base62(20))
+}
+
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`).
-fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+pub(crate) fn deadline(metadata: &MetadataMap) -> Option<Instant> {
     let value = metadata.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;

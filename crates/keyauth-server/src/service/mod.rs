@@ -6,7 +6,7 @@
 //! - `handlers`: one `Authority` call per RPC, translated through `wire`.
 
 mod auth;
-mod call;
+pub(crate) mod call;
 mod handlers;
 
 use std::sync::Arc;

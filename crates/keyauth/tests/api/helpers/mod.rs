@@ -17,6 +17,7 @@ use keyauth_core::sealing::SealKey;
 use keyauth_core::store::{self, StoreOptions};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
+use keyauth_server::ext_authz::ExtAuthzOptions;
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
 use keyauth_server::service::OperatorAuth;
 use sqlx::Connection;
@@ -282,6 +283,10 @@ pub struct Options {
     /// Seal key (hex) enabling idempotent replay of secrets.
     pub seal_key: Option<String>,
     pub idempotency_ttl: Duration,
+    /// The verifier token Verify, CheckPermission and ext_authz Check then require.
+    pub verifier_token: Option<String>,
+    /// Envoy ext_authz: the route table and whether `authorization` is stripped.
+    pub ext_authz: ExtAuthzOptions,
 }
 
 impl Default for Options {
@@ -296,6 +301,8 @@ impl Default for Options {
             catalog: authority.catalog,
             seal_key: None,
             idempotency_ttl: authority.idempotency_ttl,
+            verifier_token: None,
+            ext_authz: ExtAuthzOptions::default(),
         }
     }
 }
@@ -353,6 +360,8 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         usage_flush_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(10),
         operators: OperatorAuth::new(options.admin_token.as_deref()),
+        verifiers: OperatorAuth::verifier(options.verifier_token.as_deref()),
+        ext_authz: options.ext_authz.clone(),
         ..ServeOptions::default()
     };
     let running = server::start(
