@@ -31,6 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "keyauth.v1.RollKeyResponse",
             "keyauth.v1.VerifyRequest",
             "keyauth.v1.CheckPermissionRequest",
+            "keyauth.v1.ReportExposedKeysRequest",
         ])
         .compile_fds(compiler.file_descriptor_set())?;
     Ok(())

@@ -27,6 +27,7 @@ pub(crate) fn event_type_name(value: i32) -> &'static str {
         Ok(pb::KeyEventType::Rolled) => "rolled",
         Ok(pb::KeyEventType::Revoked) => "revoked",
         Ok(pb::KeyEventType::OperatorAuthFailed) => "operator_auth_failed",
+        Ok(pb::KeyEventType::Exposed) => "exposed",
         _ => "unspecified",
     }
 }
@@ -118,6 +119,8 @@ pub fn event_json(event: &pb::KeyEvent) -> Value {
         "peer": empty_as_null(&event.peer),
         "request_id": empty_as_null(&event.request_id),
         "event_time": time_json(event.event_time.as_ref()),
+        "source": empty_as_null(&event.source),
+        "url": empty_as_null(&event.url),
     })
 }
 

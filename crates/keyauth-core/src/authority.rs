@@ -15,10 +15,12 @@ use crate::key::{KeyIdOf, PresentedKey};
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions, Verdict,
 };
+use crate::model::{REASON_MAX, check_text};
 use crate::paging::PageTokens;
 use crate::sealing::{IdempotencyKey, Sealer};
 use crate::store::{
-    AuditEvent, Changed, Cursor, EventFilter, IdempotentWrite, Provenance, Rolled, Store,
+    AuditEvent, Changed, Cursor, EventFilter, Exposed, Exposure, IdempotentWrite, Provenance,
+    Rolled, Store,
 };
 use crate::usage::UsageRecorder;
 
@@ -28,6 +30,33 @@ pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_TOKEN_SETTING: &str = "page_token_key";
+/// Keys one report of leaked keys may carry.
+pub const MAX_EXPOSED_KEYS: usize = 1000;
+/// Characters of a report's `source` and `url` at most.
+pub const EXPOSURE_TEXT_MAX: usize = 2000;
+
+/// What a report of a leaked key found and did. Never holds the key itself.
+#[derive(Debug)]
+pub enum ExposureOutcome {
+    /// Not shaped like a key keyauth issues, or a wrong checksum: nothing was looked up.
+    NotAKey,
+    /// Well-formed, but not a key of this authority: no such id, or not its secret.
+    Unknown { id: KeyId, redacted: String },
+    /// A key of this authority, revoked now, with an `exposed` event.
+    Revoked(KeyRecord),
+    /// A key of this authority that was revoked before: nothing changed.
+    AlreadyRevoked(KeyRecord),
+}
+
+impl ExposureOutcome {
+    /// Whether the report named a real key of this authority (GitHub's `true_positive`).
+    pub fn is_ours(&self) -> bool {
+        matches!(
+            self,
+            ExposureOutcome::Revoked(_) | ExposureOutcome::AlreadyRevoked(_)
+        )
+    }
+}
 
 /// A validated IssueKey request.
 #[derive(Debug)]
@@ -510,6 +539,88 @@ impl Authority {
         record
     }
 
+    /// Handles a report of leaked keys (a secret scanner's, or an operator's): every key of
+    /// this authority among `presented` that is not revoked yet is revoked, each in one
+    /// transaction with an `exposed` event saying where it was found (`exposure`), and dropped
+    /// from the cache. Reporting a key again changes nothing. A key counts as ours only once
+    /// its secret is proven (argon2id), so a made-up string with a known id and a valid
+    /// checksum cannot revoke anyone's key. One outcome per presented string, in order.
+    pub async fn report_exposed(
+        &self,
+        presented: &[impl AsRef<str>],
+        exposure: Exposure<'_>,
+        who: &Provenance,
+    ) -> Result<Vec<ExposureOutcome>, Error> {
+        if presented.is_empty() {
+            return Err(Error::invalid("keys", "at least one key is required"));
+        }
+        if presented.len() > MAX_EXPOSED_KEYS {
+            return Err(Error::invalid(
+                "keys",
+                format!("at most {MAX_EXPOSED_KEYS} keys per report"),
+            ));
+        }
+        check_text(exposure.source, "source", EXPOSURE_TEXT_MAX)?;
+        if exposure.source.trim().is_empty() {
+            return Err(Error::invalid("source", "is required"));
+        }
+        check_text(exposure.url, "url", EXPOSURE_TEXT_MAX)?;
+        let reason = cut(
+            &format!("exposed: reported as leaked by {}", exposure.source),
+            REASON_MAX,
+        );
+        let mut outcomes = Vec::with_capacity(presented.len());
+        for text in presented {
+            let Some(key) = PresentedKey::parse(text.as_ref()) else {
+                outcomes.push(ExposureOutcome::NotAKey);
+                continue;
+            };
+            outcomes.push(self.expose(&key, &reason, exposure, who).await?);
+        }
+        Ok(outcomes)
+    }
+
+    /// Revokes one reported key if it is ours and not revoked yet.
+    async fn expose(
+        &self,
+        key: &PresentedKey,
+        reason: &str,
+        exposure: Exposure<'_>,
+        who: &Provenance,
+    ) -> Result<ExposureOutcome, Error> {
+        let id = key.id();
+        let unknown = || ExposureOutcome::Unknown {
+            id: key.id(),
+            redacted: key.redacted(),
+        };
+        let Some(record) = self.store.get_key(&id).await? else {
+            return Ok(unknown());
+        };
+        if record.environment != key.environment()
+            || !self
+                .hasher
+                .verify(key.secret(), &record.secret_hash, None)
+                .await?
+        {
+            tracing::info!(key_id = %id, source = exposure.source, "reported key does not match the stored secret: left alone");
+            return Ok(unknown());
+        }
+        let now = self.now();
+        let outcome = self.store.expose_key(&id, now, reason, exposure, who).await;
+        self.cache.forget(&id);
+        Ok(match outcome? {
+            Exposed::Revoked(record) => {
+                tracing::warn!(key_id = %id, application_id = record.application_id.as_str(), source = exposure.source, url = exposure.url, "key reported as leaked: revoked");
+                ExposureOutcome::Revoked(record)
+            }
+            Exposed::AlreadyRevoked(record) => {
+                tracing::info!(key_id = %id, source = exposure.source, "key reported as leaked was already revoked");
+                ExposureOutcome::AlreadyRevoked(record)
+            }
+            Exposed::NotFound => unknown(),
+        })
+    }
+
     /// Audit events of a key or an application, newest first, a page at a time.
     pub async fn list_events(
         &self,
@@ -569,6 +680,11 @@ impl Authority {
 fn for_cache(mut record: KeyRecord) -> KeyRecord {
     record.secret_hash = String::new();
     record
+}
+
+/// `text` cut to at most `max` characters.
+fn cut(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
 }
 
 /// Why `key` cannot be rolled at `now`, if it cannot.

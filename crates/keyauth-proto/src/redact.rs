@@ -2,7 +2,10 @@
 
 use std::fmt;
 
-use crate::{CheckPermissionRequest, IssueKeyResponse, RollKeyResponse, VerifyRequest};
+use crate::{
+    CheckPermissionRequest, IssueKeyResponse, ReportExposedKeysRequest, RollKeyResponse,
+    VerifyRequest,
+};
 
 /// The display form of a presented key (raw or `Bearer …`): prefix, six characters, `...`,
 /// the last four, for anything shaped like a key (`sk_test_`/`sk_live_` and 58 characters);
@@ -70,6 +73,17 @@ impl fmt::Debug for CheckPermissionRequest {
     }
 }
 
+impl fmt::Debug for ReportExposedKeysRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys: Vec<Redacted<'_>> = self.keys.iter().map(|k| Redacted(k)).collect();
+        f.debug_struct("ReportExposedKeysRequest")
+            .field("keys", &keys)
+            .field("source", &self.source)
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +106,16 @@ mod tests {
             secret: key.clone(),
         };
         assert!(!format!("{issued:?}").contains(&key));
+        let report = ReportExposedKeysRequest {
+            keys: vec![key.clone(), "not a key".into()],
+            source: "scanner".into(),
+            url: "https://example.com/paste".into(),
+        };
+        let shown = format!("{report:?}");
+        assert!(
+            !shown.contains(&key) && shown.contains("<9 bytes>"),
+            "{shown}"
+        );
+        assert!(shown.contains("scanner") && shown.contains("example.com"));
     }
 }

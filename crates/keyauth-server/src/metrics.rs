@@ -36,6 +36,17 @@ pub const STORE_ERRORS: &str = "keyauth_store_errors_total";
 /// Store errors of the background tasks, by `task`: `usage_flush`, `idempotency_purge`.
 pub const BACKGROUND_STORE_ERRORS: &str = "keyauth_background_store_errors_total";
 
+/// Leaked keys reported, by `channel` (`github`: the secret-scanning webhook; `rpc`:
+/// ReportExposedKeys) and `label`: `true_positive` (a key of this authority, revoked now or
+/// before) or `false_positive` (not a key, or not ours).
+pub const EXPOSURES: &str = "keyauth_exposures_total";
+/// Keys revoked because they were reported as leaked, by `channel`.
+pub const EXPOSURE_REVOCATIONS: &str = "keyauth_exposure_revocations_total";
+/// The `channel` label of reports from GitHub secret scanning.
+pub const EXPOSURE_GITHUB: &str = "github";
+/// The `channel` label of reports made with ReportExposedKeys.
+pub const EXPOSURE_RPC: &str = "rpc";
+
 /// Latency buckets, seconds: a cached Verify is well under a millisecond, a cold one a few
 /// milliseconds of argon2, an operator write a store transaction.
 const DURATION_BUCKETS: &[f64] = &[
@@ -73,6 +84,14 @@ fn describe() {
     describe_gauge!(STORE_IDLE, "Store connections open and idle");
     describe_counter!(STORE_ERRORS, "Store errors that failed a call, by kind");
     describe_counter!(
+        EXPOSURES,
+        "Leaked keys reported, by channel and label (true_positive, false_positive)"
+    );
+    describe_counter!(
+        EXPOSURE_REVOCATIONS,
+        "Keys revoked because they were reported as leaked, by channel"
+    );
+    describe_counter!(
         BACKGROUND_STORE_ERRORS,
         "Store errors of background tasks, by task"
     );
@@ -81,6 +100,22 @@ fn describe() {
 /// Records a store error of a background task.
 pub fn background_store_error(task: &'static str) {
     ::metrics::counter!(BACKGROUND_STORE_ERRORS, "task" => task).increment(1);
+}
+
+/// Records the outcomes of one report of leaked keys from `channel`.
+pub fn exposures(channel: &'static str, outcomes: &[keyauth_core::authority::ExposureOutcome]) {
+    use keyauth_core::authority::ExposureOutcome;
+    for outcome in outcomes {
+        let label = if outcome.is_ours() {
+            "true_positive"
+        } else {
+            "false_positive"
+        };
+        ::metrics::counter!(EXPOSURES, "channel" => channel, "label" => label).increment(1);
+        if matches!(outcome, ExposureOutcome::Revoked(_)) {
+            ::metrics::counter!(EXPOSURE_REVOCATIONS, "channel" => channel).increment(1);
+        }
+    }
 }
 
 /// Records one answered call.
@@ -118,6 +153,7 @@ pub fn rpc_of_path(path: &str) -> Option<&'static str> {
         "GetKey",
         "ListKeys",
         "ListKeyEvents",
+        "ReportExposedKeys",
     ];
     let method = path.strip_prefix("/keyauth.v1.KeyAuthorityService/")?;
     Some(

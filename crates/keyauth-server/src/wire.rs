@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use keyauth_core::Error;
-use keyauth_core::authority::NewKey;
+use keyauth_core::authority::{ExposureOutcome, NewKey};
 use keyauth_core::catalog::{Catalog, RequestedPermission};
 use keyauth_core::clock::Timestamp;
 use keyauth_core::model::{
@@ -172,6 +172,7 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
         EventKind::Rolled => pb::KeyEventType::Rolled,
         EventKind::Revoked => pb::KeyEventType::Revoked,
         EventKind::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
+        EventKind::Exposed => pb::KeyEventType::Exposed,
     };
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
     pb::KeyEvent {
@@ -192,6 +193,34 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
         peer: text(&event.peer),
         request_id: text(&event.request_id),
         event_time: Some(timestamp_out(event.event_time)),
+        source: text(&event.source),
+        url: text(&event.url),
+    }
+}
+
+/// One outcome of ReportExposedKeys (never the key: its id and redaction at most).
+pub fn exposure_out(outcome: &ExposureOutcome) -> pb::ExposedKeyResult {
+    let known = |kind: pb::ExposureOutcome, record: &KeyRecord| pb::ExposedKeyResult {
+        outcome: kind.into(),
+        key_id: record.id.to_string(),
+        redacted: record.redacted.clone(),
+        application_id: record.application_id.as_str().to_owned(),
+    };
+    match outcome {
+        ExposureOutcome::NotAKey => pb::ExposedKeyResult {
+            outcome: pb::ExposureOutcome::NotAKey.into(),
+            ..Default::default()
+        },
+        ExposureOutcome::Unknown { id, redacted } => pb::ExposedKeyResult {
+            outcome: pb::ExposureOutcome::Unknown.into(),
+            key_id: id.to_string(),
+            redacted: redacted.clone(),
+            application_id: String::new(),
+        },
+        ExposureOutcome::Revoked(record) => known(pb::ExposureOutcome::Revoked, record),
+        ExposureOutcome::AlreadyRevoked(record) => {
+            known(pb::ExposureOutcome::AlreadyRevoked, record)
+        }
     }
 }
 

@@ -69,6 +69,8 @@ pub enum EventKind {
     Rolled,
     Revoked,
     OperatorAuthFailed,
+    /// A key reported as leaked (a secret scanner, or ReportExposedKeys) and revoked for it.
+    Exposed,
 }
 
 impl EventKind {
@@ -78,6 +80,7 @@ impl EventKind {
             EventKind::Rolled => "rolled",
             EventKind::Revoked => "revoked",
             EventKind::OperatorAuthFailed => "operator_auth_failed",
+            EventKind::Exposed => "exposed",
         }
     }
 
@@ -87,6 +90,7 @@ impl EventKind {
             EventKind::Rolled,
             EventKind::Revoked,
             EventKind::OperatorAuthFailed,
+            EventKind::Exposed,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -105,6 +109,10 @@ pub struct AuditEvent {
     pub peer: Option<String>,
     pub request_id: Option<String>,
     pub event_time: Timestamp,
+    /// Exposed: who reported the key (e.g. `github`).
+    pub source: Option<String>,
+    /// Exposed: where the key was found.
+    pub url: Option<String>,
 }
 
 /// Which events ListKeyEvents asks for.
@@ -124,6 +132,25 @@ pub enum Rolled {
     NotFound,
     /// The old key was revoked, expired or already rolled; nothing was written.
     Refused(KeyRecord),
+}
+
+/// Where a leaked key was found, kept with its `exposed` event.
+#[derive(Clone, Copy, Debug)]
+pub struct Exposure<'a> {
+    /// Who reported it: `github`, or what an operator's report names.
+    pub source: &'a str,
+    /// Where it was found (may be empty).
+    pub url: &'a str,
+}
+
+/// Outcome of marking a key exposed.
+#[derive(Debug)]
+pub enum Exposed {
+    /// Revoked now, with an `exposed` event.
+    Revoked(KeyRecord),
+    /// It was revoked before: nothing was written.
+    AlreadyRevoked(KeyRecord),
+    NotFound,
 }
 
 /// Where ListKeys resumes: strictly older than this (create_time, id).
@@ -179,6 +206,18 @@ pub trait Store: Send + Sync + 'static {
         who: &Provenance,
         idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Option<KeyRecord>, Error>;
+
+    /// In one transaction: revokes the key if it is not revoked yet, with an `exposed` event
+    /// carrying where it was found (revoke reason `reason`); an already revoked key is left as
+    /// it is, without an event.
+    async fn expose_key(
+        &self,
+        id: &KeyId,
+        now: Timestamp,
+        reason: &str,
+        exposure: Exposure<'_>,
+        who: &Provenance,
+    ) -> Result<Exposed, Error>;
 
     /// Keys of an application, newest first, after `cursor`.
     async fn list_keys(

@@ -16,8 +16,8 @@ use sqlx::{
 };
 
 use super::{
-    AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter, EventKind,
-    IdempotencyRecord, IdempotentWrite, KeyEvent, Provenance, Rolled, Store,
+    AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter, EventKind, Exposed,
+    Exposure, IdempotencyRecord, IdempotentWrite, KeyEvent, Provenance, Rolled, Store,
 };
 use crate::clock::Timestamp;
 use crate::error::Error;
@@ -64,14 +64,14 @@ const REVOKE: &str = "UPDATE api_keys SET revoke_time = $2, revoke_reason = $3 \
      WHERE id = $1 AND revoke_time IS NULL";
 
 const INSERT_EVENT: &str = "INSERT INTO key_events \
-     (event, key_id, related_key_id, application_id, operator, peer, request_id, event_time) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+     (event, key_id, related_key_id, application_id, operator, peer, request_id, event_time, \
+     source, url) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const EVENT_COLUMNS_BY_KEY: &str = "SELECT seq, event, key_id, related_key_id, application_id, \
-     operator, peer, request_id, event_time FROM key_events \
+     operator, peer, request_id, event_time, source, url FROM key_events \
      WHERE (key_id = $1 OR related_key_id = $1) AND seq < $2 ORDER BY seq DESC LIMIT $3";
 const EVENT_COLUMNS_BY_APPLICATION: &str = "SELECT seq, event, key_id, related_key_id, \
-     application_id, operator, peer, request_id, event_time FROM key_events \
+     application_id, operator, peer, request_id, event_time, source, url FROM key_events \
      WHERE application_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
 
 /// Takes the (operator, key) slot unless a live record holds it: an expired record not yet
@@ -236,6 +236,8 @@ struct EventRow {
     peer: Option<String>,
     request_id: Option<String>,
     event_time: i64,
+    source: Option<String>,
+    url: Option<String>,
 }
 
 impl TryFrom<EventRow> for AuditEvent {
@@ -252,6 +254,8 @@ impl TryFrom<EventRow> for AuditEvent {
             peer: row.peer,
             request_id: row.request_id,
             event_time: Timestamp::from_micros(row.event_time),
+            source: row.source,
+            url: row.url,
         })
     }
 }
@@ -365,7 +369,16 @@ where
     ) -> Result<(), Error> {
         let mut tx = DB::begin_write(&self.pool).await?;
         Self::insert(&mut *tx, key).await?;
-        Self::event(&mut *tx, EventKind::Issued, key, None, key.create_time, who).await?;
+        Self::event(
+            &mut *tx,
+            EventKind::Issued,
+            key,
+            None,
+            key.create_time,
+            who,
+            None,
+        )
+        .await?;
         Self::remember(&mut *tx, idem, Changed::Issued(key)).await?;
         tx.commit().await?;
         Ok(())
@@ -411,6 +424,7 @@ where
             Some(&new.id),
             now,
             who,
+            None,
         )
         .await?;
         let changed = Changed::Rolled {
@@ -440,13 +454,51 @@ where
         let changed = DB::rows_affected(&revoked);
         let current = Self::get(&mut *tx, id).await?;
         if let (1, Some(key)) = (changed, &current) {
-            Self::event(&mut *tx, EventKind::Revoked, key, None, now, who).await?;
+            Self::event(&mut *tx, EventKind::Revoked, key, None, now, who, None).await?;
         }
         if let Some(key) = &current {
             Self::remember(&mut *tx, idem, Changed::Revoked(key)).await?;
         }
         tx.commit().await?;
         Ok(current)
+    }
+
+    async fn expose_key(
+        &self,
+        id: &KeyId,
+        now: Timestamp,
+        reason: &str,
+        exposure: Exposure<'_>,
+        who: &Provenance,
+    ) -> Result<Exposed, Error> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let revoked = sqlx::query(REVOKE)
+            .bind(id.as_str())
+            .bind(now.as_micros())
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+        let changed = DB::rows_affected(&revoked) == 1;
+        let Some(key) = Self::get(&mut *tx, id).await? else {
+            tx.rollback().await?;
+            return Ok(Exposed::NotFound);
+        };
+        if !changed {
+            tx.rollback().await?;
+            return Ok(Exposed::AlreadyRevoked(key));
+        }
+        Self::event(
+            &mut *tx,
+            EventKind::Exposed,
+            &key,
+            None,
+            now,
+            who,
+            Some(exposure),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Exposed::Revoked(key))
     }
 
     async fn list_keys(
@@ -533,6 +585,8 @@ where
             .bind(who.peer.as_deref())
             .bind(who.request_id.as_deref())
             .bind(at.as_micros())
+            .bind(None::<&str>)
+            .bind(None::<&str>)
             .execute(&mut *self.pool.acquire().await?)
             .await
             .map_err(audit_failed)?;
@@ -648,6 +702,7 @@ where
         related: Option<&KeyId>,
         when: Timestamp,
         who: &Provenance,
+        exposure: Option<Exposure<'_>>,
     ) -> Result<(), Error> {
         sqlx::query(INSERT_EVENT)
             .bind(kind.as_str())
@@ -658,6 +713,8 @@ where
             .bind(who.peer.as_deref())
             .bind(who.request_id.as_deref())
             .bind(when.as_micros())
+            .bind(exposure.map(|e| e.source))
+            .bind(exposure.map(|e| e.url))
             .execute(conn)
             .await
             .map_err(audit_failed)?;

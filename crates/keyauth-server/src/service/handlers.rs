@@ -3,7 +3,7 @@
 
 use keyauth_core::Error;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
-use keyauth_core::store::{Changed, EventFilter};
+use keyauth_core::store::{Changed, EventFilter, Exposure};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_server::KeyAuthorityService;
 use tonic::{Request, Response, Status};
@@ -18,6 +18,7 @@ impl Outcome for pb::RevokeKeyResponse {}
 impl Outcome for pb::GetKeyResponse {}
 impl Outcome for pb::ListKeysResponse {}
 impl Outcome for pb::ListKeyEventsResponse {}
+impl Outcome for pb::ReportExposedKeysResponse {}
 
 impl Outcome for pb::VerifyResponse {
     fn outcome(&self) -> &'static str {
@@ -294,6 +295,32 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 Ok(pb::ListKeyEventsResponse {
                     events: events.iter().map(wire::event_out).collect(),
                     next_page_token,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn report_exposed_keys(
+        &self,
+        request: Request<pb::ReportExposedKeysRequest>,
+    ) -> Result<Response<pb::ReportExposedKeysResponse>, Status> {
+        self.handle(
+            "ReportExposedKeys",
+            Access::Operator,
+            request,
+            |req, call| async move {
+                let exposure = Exposure {
+                    source: &req.source,
+                    url: &req.url,
+                };
+                let outcomes = self
+                    .authority
+                    .report_exposed(&req.keys, exposure, &call.provenance)
+                    .await?;
+                crate::metrics::exposures(crate::metrics::EXPOSURE_RPC, &outcomes);
+                Ok(pb::ReportExposedKeysResponse {
+                    results: outcomes.iter().map(wire::exposure_out).collect(),
                 })
             },
         )

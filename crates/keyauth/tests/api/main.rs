@@ -7,6 +7,7 @@ mod instances;
 mod audit;
 mod cache;
 mod cli;
+mod exposed;
 mod ext_authz;
 mod issue;
 mod list;
