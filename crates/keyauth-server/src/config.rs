@@ -24,6 +24,7 @@ use keyauth_core::propagation::FollowOptions;
 use keyauth_core::sealing::SealKey;
 
 use crate::ext_authz::ExtAuthzOptions;
+use crate::http::{GithubKeys, HttpOptions};
 use crate::limits::Limits;
 use crate::server::{AuthoritySettings, ServeOptions};
 use crate::service::OperatorAuth;
@@ -270,6 +271,17 @@ pub struct ServeArgs {
     /// never sees the key (environment: `KEYAUTH_EXT_AUTHZ_STRIP_AUTHORIZATION=true`).
     #[arg(long, env = "KEYAUTH_EXT_AUTHZ_STRIP_AUTHORIZATION")]
     pub ext_authz_strip_authorization: bool,
+
+    /// Address of the HTTP listener for webhooks (`POST /v1/secret-scanning/github`: GitHub
+    /// secret scanning reports leaked keys, which are revoked). TLS with --tls-cert/--tls-key
+    /// when they are set. Unset: no HTTP listener. Needs --github-scanning-keys.
+    #[arg(long, env = "KEYAUTH_HTTP_LISTEN", requires = "github_scanning_keys")]
+    pub http_listen: Option<SocketAddr>,
+
+    /// GitHub's secret-scanning public keys: a copy of
+    /// https://api.github.com/meta/public_keys/secret_scanning (JSON), re-read when it changes.
+    #[arg(long, env = "KEYAUTH_GITHUB_SCANNING_KEYS", requires = "http_listen")]
+    pub github_scanning_keys: Option<PathBuf>,
 }
 
 /// A secret given directly or as a file (at most one of them: clap refuses both).
@@ -311,7 +323,8 @@ impl ServeArgs {
         })
     }
 
-    /// How to serve: TLS, tokens, limits and the timings of the background tasks.
+    /// How to serve: TLS, tokens, limits and the timings of the background tasks; with
+    /// --http-listen, the HTTP listener too (bound here, so a busy port stops the start).
     pub fn serve_options(&self) -> Result<ServeOptions, SettingError> {
         let tls = crate::tls::server_config(
             self.tls_cert.as_deref(),
@@ -349,7 +362,32 @@ impl ServeArgs {
                 routes,
                 strip_authorization: self.ext_authz_strip_authorization,
             },
+            http: self.http_options()?,
         })
+    }
+
+    /// The HTTP listener of --http-listen: bound, with TLS and GitHub's public keys read.
+    fn http_options(&self) -> Result<Option<HttpOptions>, SettingError> {
+        const LISTEN: &str = "--http-listen (KEYAUTH_HTTP_LISTEN)";
+        const KEYS: &str = "--github-scanning-keys (KEYAUTH_GITHUB_SCANNING_KEYS)";
+        let (Some(addr), Some(keys)) = (self.http_listen, &self.github_scanning_keys) else {
+            return Ok(None);
+        };
+        let github_keys = GithubKeys::load(keys).map_err(setting(KEYS))?;
+        let tls = crate::tls::http_server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())
+            .map_err(|e| SettingError {
+                setting: e.setting,
+                why: e.why,
+            })?;
+        let listener = std::net::TcpListener::bind(addr).map_err(|e| SettingError {
+            setting: LISTEN,
+            why: format!("{addr}: {e}"),
+        })?;
+        Ok(Some(HttpOptions {
+            listener: std::sync::Arc::new(listener),
+            tls,
+            github_keys: std::sync::Arc::new(github_keys),
+        }))
     }
 
     /// The operator token, from --admin-token (KEYAUTH_ADMIN_TOKEN) or --admin-token-file.
@@ -495,6 +533,46 @@ mod tests {
         let err = args.serve_options().unwrap_err();
         assert_eq!(err.setting, "--ext-authz-routes (KEYAUTH_EXT_AUTHZ_ROUTES)");
         assert!(err.why.contains("routes.toml"), "{err}");
+    }
+
+    #[test]
+    fn the_http_listener_needs_github_keys() {
+        assert!(parse(&[]).serve_options().unwrap().http.is_none());
+        for lone in [
+            &["--http-listen", "127.0.0.1:0"][..],
+            &["--github-scanning-keys", "keys.json"][..],
+        ] {
+            assert!(
+                Serve::try_parse_from(std::iter::once("serve").chain(lone.iter().copied()))
+                    .is_err(),
+                "{lone:?}"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys.json");
+        std::fs::write(&keys, r#"{"public_keys":[]}"#).unwrap();
+        let args = parse(&[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--github-scanning-keys",
+            keys.to_str().unwrap(),
+        ]);
+        let err = args.serve_options().unwrap_err();
+        assert_eq!(
+            err.setting,
+            "--github-scanning-keys (KEYAUTH_GITHUB_SCANNING_KEYS)"
+        );
+        assert!(err.why.contains("no public key"), "{err}");
+        std::fs::write(
+            &keys,
+            r#"{"public_keys":[{"key_identifier":"k1","key":"not a PEM"}]}"#,
+        )
+        .unwrap();
+        let err = args.serve_options().unwrap_err();
+        assert!(
+            err.why.contains("\"k1\" is not a PEM P-256 public key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -9,10 +9,13 @@
 //! - [`ext_authz`]: Envoy's external authorization API (`envoy.service.auth.v3.Authorization`)
 //!   on the same port;
 //! - `wire`: the one proto ⇄ domain conversion; `status`: the one error → status mapping;
+//! - [`http`]: the HTTP listener for webhooks (GitHub secret scanning: leaked keys revoke
+//!   themselves);
 //! - [`limits`], [`tls`], [`metrics`]: what makes it safe to expose and pleasant to operate.
 
 pub mod config;
 pub mod ext_authz;
+pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod server;

@@ -2,7 +2,7 @@
 //!
 //! - [`AuthoritySettings`] + [`authority`]: the `Authority` over a store;
 //! - [`run`]: the gRPC stack (key authority, Envoy ext_authz, health, reflection v1 and
-//!   v1alpha), the background
+//!   v1alpha), the HTTP listener for webhooks when configured, the background
 //!   tasks (store health probe, last-use flush, change follower, gauges) and graceful shutdown,
 //!   on a bound listener until a shutdown future completes;
 //! - [`start`]: `run` on its own task, stopped through the returned [`Running`].
@@ -31,6 +31,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
+use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
 use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
 
@@ -135,6 +136,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Envoy ext_authz: the route table and whether `authorization` is stripped.
     pub ext_authz: ExtAuthzOptions,
+    /// The HTTP listener for webhooks (GitHub secret scanning); `None`: no HTTP listener.
+    pub http: Option<HttpOptions>,
 }
 
 impl Default for ServeOptions {
@@ -149,6 +152,7 @@ impl Default for ServeOptions {
             verifiers: OperatorAuth::verifier(None),
             limits: Limits::default(),
             ext_authz: ExtAuthzOptions::default(),
+            http: None,
         }
     }
 }
@@ -215,7 +219,15 @@ pub async fn run(
         options.follow.clone(),
         stop_rx.clone(),
     ));
-    let gauges = tokio::spawn(sample_gauges(authority.clone(), stop_rx));
+    let gauges = tokio::spawn(sample_gauges(authority.clone(), stop_rx.clone()));
+    let http = options.http.clone().map(|http| {
+        tokio::spawn(crate::http::serve(
+            http,
+            authority.clone(),
+            stop_rx,
+            options.shutdown_grace,
+        ))
+    });
 
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = {
@@ -280,8 +292,13 @@ pub async fn run(
     let _ = flusher.await;
     let _ = follower.await;
     let _ = gauges.await;
+    let http = match http {
+        Some(task) => task.await.map_err(Error::internal)?,
+        None => Ok(()),
+    };
     authority.store().close().await;
-    served.map_err(Error::internal)
+    served.map_err(Error::internal)?;
+    http.map_err(|e| Error::internal(format!("HTTP listener: {e}")))
 }
 
 /// Samples the gauges of the metrics until stopped (without a recorder installed, this

@@ -5,9 +5,12 @@
 //! The PEM checks are shared with the client side (`keyauth_client::tls`).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keyauth_client::tls::{TlsSettingError, bad, certificates, private_key, read};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub const CERT_SETTING: &str = "--tls-cert (KEYAUTH_TLS_CERT)";
@@ -55,6 +58,41 @@ pub fn server_config(
     let config = config.client_ca_root(Certificate::from_pem(&ca_pem));
     check(&config).map_err(|why| bad(CLIENT_CA_SETTING, why))?;
     Ok(Some(config))
+}
+
+/// The HTTP listener's rustls configuration from the same certificate and key as the gRPC port
+/// (`None` for plaintext), HTTP/1.1 only. No client certificates are asked for: the webhooks'
+/// senders (GitHub) have none; their requests are signed instead.
+pub fn http_server_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSettingError> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(bad(KEY_SETTING, "--tls-cert is set but --tls-key is not")),
+        (None, Some(_)) => return Err(bad(CERT_SETTING, "--tls-key is set but --tls-cert is not")),
+        (Some(c), Some(k)) => (c, k),
+    };
+    let cert_pem = read(cert, CERT_SETTING)?;
+    certificates(&cert_pem, cert, CERT_SETTING)?;
+    let key_pem = read(key, KEY_SETTING)?;
+    private_key(&key_pem, key, KEY_SETTING)?;
+    // Both were just checked to parse.
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(CERT_SETTING, e.to_string()))?;
+    let private =
+        PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| bad(KEY_SETTING, e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad(CERT_SETTING, e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(chain, private)
+    .map_err(|e| bad(CERT_SETTING, format!("with {KEY_SETTING}: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 /// What tonic (rustls) says of `config`, whole cause chain.

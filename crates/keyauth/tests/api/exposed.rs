@@ -3,8 +3,18 @@
 
 use std::time::Duration;
 
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
 use keyauth_core::key::{Environment, PresentedKey};
 use keyauth_proto as pb;
+use keyauth_server::http::{GITHUB_PATH, KEY_ID_HEADER, MAX_BODY_BYTES, SIGNATURE_HEADER};
+use p256::ecdsa::SigningKey;
+use p256::ecdsa::signature::Signer;
+use p256::elliptic_curve::Generate;
+use p256::pkcs8::{EncodePublicKey, LineEnding};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use tonic::{Code, Request};
 
 use crate::both_stores;
@@ -13,6 +23,8 @@ use crate::helpers::*;
 both_stores!(
     a_report_revokes_the_keys_it_proves,
     a_report_needs_the_operator_token_and_sane_limits,
+    github_alerts_revoke_the_keys_keyauth_issued,
+    refused_alerts_change_nothing,
 );
 
 pub const APP: &str = "leaky";
@@ -285,6 +297,269 @@ async fn a_report_needs_the_operator_token_and_sane_limits(backend: Backend) {
     assert_eq!(
         answer.results[999].outcome,
         pb::ExposureOutcome::Revoked as i32
+    );
+    app.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub secret scanning.
+
+/// A GitHub signing key of the test's own, and the public-keys file that lists it.
+struct Github {
+    key_id: String,
+    signing: SigningKey,
+    dir: tempfile::TempDir,
+}
+
+impl Github {
+    fn new() -> Github {
+        let github = Github {
+            key_id: "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a".into(),
+            signing: SigningKey::generate(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        github.write_keys(&[(&github.key_id, &github.signing)]);
+        github
+    }
+
+    fn keys_file(&self) -> std::path::PathBuf {
+        self.dir.path().join("secret_scanning.json")
+    }
+
+    /// Writes the public-keys file in the shape of GitHub's endpoint.
+    fn write_keys(&self, keys: &[(&str, &SigningKey)]) {
+        let entries: Vec<Value> = keys
+            .iter()
+            .map(|(id, key)| {
+                json!({
+                    "key_identifier": id,
+                    "key": key.verifying_key().to_public_key_pem(LineEnding::LF).unwrap(),
+                    "is_current": true,
+                })
+            })
+            .collect();
+        std::fs::write(
+            self.keys_file(),
+            serde_json::to_vec_pretty(&json!({ "public_keys": entries })).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn options(&self) -> Options {
+        Options {
+            github_keys: Some(self.keys_file()),
+            ..Options::default()
+        }
+    }
+
+    /// The signature headers of `body` under `key`.
+    fn sign(key_id: &str, key: &SigningKey, body: &[u8]) -> Headers {
+        let signature: p256::ecdsa::Signature = key.sign(body);
+        let der = signature.to_der();
+        vec![
+            (KEY_ID_HEADER.into(), key_id.into()),
+            (
+                SIGNATURE_HEADER.into(),
+                base64::engine::general_purpose::STANDARD.encode(der.as_bytes()),
+            ),
+        ]
+    }
+
+    fn signed(&self, body: &[u8]) -> Headers {
+        Github::sign(&self.key_id, &self.signing, body)
+    }
+}
+
+/// GitHub's payload: one alert per token.
+fn alerts(tokens: &[String], url: &str) -> Vec<u8> {
+    let alerts: Vec<Value> = tokens
+        .iter()
+        .map(|t| json!({"token": t, "type": "keyauth_api_key", "url": url, "source": "content"}))
+        .collect();
+    serde_json::to_vec(&alerts).unwrap()
+}
+
+/// HTTP headers, (name, value).
+type Headers = Vec<(String, String)>;
+
+/// POSTs `body` to the webhook with `headers`, through a real HTTP client.
+async fn post(app: &TestApp, headers: &[(String, String)], body: Vec<u8>) -> (u16, Vec<u8>) {
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut request = hyper::Request::post(format!(
+        "http://{}{GITHUB_PATH}",
+        app.http_addr.expect("an HTTP listener")
+    ))
+    .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let response = client
+        .request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .expect("the webhook answers");
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, body.to_vec())
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+async fn github_alerts_revoke_the_keys_keyauth_issued(backend: Backend) {
+    let github = Github::new();
+    let Some(app) = spawn_with(backend, github.options()).await else {
+        return;
+    };
+    let leaks = Leaks::issue(&app).await;
+    assert!(app.verify(&leaks.live.1).await.valid);
+    let before = events(&app).await;
+    let url = "https://github.com/octo/leaky/blob/abc123/.env";
+    let body = alerts(&leaks.tokens(), url);
+
+    let (status, answer) = post(&app, &github.signed(&body), body.clone()).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let text = String::from_utf8(answer.clone()).unwrap();
+    for token in leaks.tokens() {
+        assert!(!text.contains(&token), "the feedback holds a token");
+    }
+    let feedback: Vec<Value> = serde_json::from_slice(&answer).unwrap();
+    let labels: Vec<&str> = feedback
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "false_positive", // a known id with another secret
+            "true_positive",  // live: revoked now
+            "true_positive",  // revoked before
+            "true_positive",  // rolled, in its grace: revoked now
+            "false_positive", // bad checksum
+            "false_positive", // nobody's key
+        ]
+    );
+    for (entry, token) in feedback.iter().zip(leaks.tokens()) {
+        assert_eq!(entry["token_hash"], sha256_hex(&token));
+        assert_eq!(entry["token_type"], "keyauth_api_key");
+    }
+
+    for secret in [&leaks.live.1, &leaks.rolled.1] {
+        let verdict = app.verify(secret).await;
+        assert_eq!(error_code(&verdict), Some("api_key_revoked"), "{verdict:?}");
+    }
+    let after = events(&app).await;
+    assert_eq!(after.len(), before.len() + 2);
+    let new = exposed(&after);
+    assert_eq!(new.len(), 2);
+    for e in &new {
+        assert_eq!((e.source.as_str(), e.url.as_str()), ("github:content", url));
+        assert!(e.peer.starts_with("127.0.0.1:"), "{e:?}");
+        assert!(e.key_id == leaks.live.0.id || e.key_id == leaks.rolled.0.id);
+    }
+
+    // GitHub retries: the same alert again labels alike and changes nothing.
+    let (status, again) = post(&app, &github.signed(&body), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<Vec<Value>>(&again).unwrap(),
+        feedback
+    );
+    assert_eq!(events(&app).await, after, "no second event");
+
+    // An empty alert list is answered with an empty feedback list.
+    let (status, empty) = post(&app, &github.signed(b"[]"), b"[]".to_vec()).await;
+    assert_eq!((status, empty.as_slice()), (200, b"[]".as_slice()));
+    app.stop().await;
+}
+
+async fn refused_alerts_change_nothing(backend: Backend) {
+    let github = Github::new();
+    let Some(app) = spawn_with(backend, github.options()).await else {
+        return;
+    };
+    let (_, secret) = app
+        .issue(standard(APP, pb::Environment::Live))
+        .await
+        .unwrap();
+    let body = alerts(
+        std::slice::from_ref(&secret),
+        "https://github.com/octo/leaky",
+    );
+    let before = events(&app).await;
+
+    let other = SigningKey::generate();
+    let mut tampered = body.clone();
+    let at = tampered.len() - 4;
+    tampered[at] = b'X';
+    let mut huge = b"[".to_vec();
+    while huge.len() <= MAX_BODY_BYTES {
+        huge.extend_from_slice(&alerts(std::slice::from_ref(&secret), "https://x")[1..]);
+        huge.pop();
+        huge.push(b',');
+    }
+    huge.pop();
+    huge.push(b']');
+    let not_json = b"{\"token\": oops".to_vec();
+    let cases: Vec<(&str, Headers, Vec<u8>, u16)> = vec![
+        ("no signature", vec![], body.clone(), 401),
+        (
+            "signed by another key",
+            Github::sign(&github.key_id, &other, &body),
+            body.clone(),
+            401,
+        ),
+        (
+            "an unknown key identifier",
+            Github::sign("not-a-github-key", &github.signing, &body),
+            body.clone(),
+            401,
+        ),
+        ("a tampered body", github.signed(&body), tampered, 401),
+        (
+            "garbage for a signature",
+            vec![
+                (KEY_ID_HEADER.into(), github.key_id.clone()),
+                (SIGNATURE_HEADER.into(), "bm90IGEgc2lnbmF0dXJl".into()),
+            ],
+            body.clone(),
+            401,
+        ),
+        ("a huge body", github.signed(&huge), huge.clone(), 413),
+        (
+            "malformed JSON",
+            github.signed(&not_json),
+            not_json.clone(),
+            400,
+        ),
+    ];
+    for (what, headers, body, want) in cases {
+        let (status, answer) = post(&app, &headers, body).await;
+        assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&answer));
+        assert!(
+            !String::from_utf8_lossy(&answer).contains(&secret),
+            "{what}: the answer holds the token"
+        );
+        assert!(
+            app.verify(&secret).await.valid,
+            "{what}: the key was revoked"
+        );
+        assert_eq!(events(&app).await, before, "{what}: an event was added");
+    }
+
+    // The keys file is re-read when it changes: a rotated key is accepted, the old one is
+    // unknown from then on.
+    let rotated = SigningKey::generate();
+    github.write_keys(&[("rotated-key", &rotated)]);
+    let (status, _) = post(&app, &github.signed(&body), body.clone()).await;
+    assert_eq!(status, 401, "the key no longer listed");
+    assert!(app.verify(&secret).await.valid);
+    let (status, answer) = post(&app, &Github::sign("rotated-key", &rotated, &body), body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        error_code(&app.verify(&secret).await),
+        Some("api_key_revoked")
     );
     app.stop().await;
 }

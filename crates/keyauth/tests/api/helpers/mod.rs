@@ -18,6 +18,7 @@ use keyauth_core::store::{self, StoreOptions};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth_server::ext_authz::ExtAuthzOptions;
+use keyauth_server::http::{GithubKeys, HttpOptions};
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
 use keyauth_server::service::OperatorAuth;
 use sqlx::Connection;
@@ -287,6 +288,8 @@ pub struct Options {
     pub verifier_token: Option<String>,
     /// Envoy ext_authz: the route table and whether `authorization` is stripped.
     pub ext_authz: ExtAuthzOptions,
+    /// GitHub's secret-scanning public keys file: set, the HTTP listener serves on port 0.
+    pub github_keys: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -303,6 +306,7 @@ impl Default for Options {
             idempotency_ttl: authority.idempotency_ttl,
             verifier_token: None,
             ext_authz: ExtAuthzOptions::default(),
+            github_keys: None,
         }
     }
 }
@@ -327,6 +331,8 @@ impl Options {
 pub struct TestApp {
     /// Where the server under test listens.
     pub addr: std::net::SocketAddr,
+    /// Where its HTTP listener listens, when it has one.
+    pub http_addr: Option<std::net::SocketAddr>,
     pub client: KeyAuthorityServiceClient<Channel>,
     pub channel: Channel,
     pub clock: Clock,
@@ -362,8 +368,20 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         operators: OperatorAuth::new(options.admin_token.as_deref()),
         verifiers: OperatorAuth::verifier(options.verifier_token.as_deref()),
         ext_authz: options.ext_authz.clone(),
+        http: options.github_keys.as_deref().map(|keys| {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind HTTP");
+            HttpOptions {
+                listener: Arc::new(listener),
+                tls: None,
+                github_keys: Arc::new(GithubKeys::load(keys).expect("GitHub keys file")),
+            }
+        }),
         ..ServeOptions::default()
     };
+    let http_addr = serve_options
+        .http
+        .as_ref()
+        .map(|http| http.listener.local_addr().unwrap());
     let running = server::start(
         "127.0.0.1:0".parse().unwrap(),
         authority.clone(),
@@ -379,6 +397,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         .expect("connect to the server under test");
     TestApp {
         addr,
+        http_addr,
         client: KeyAuthorityServiceClient::new(channel.clone()),
         channel,
         clock,

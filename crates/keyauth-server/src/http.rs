@@ -1,0 +1,148 @@
+//! The HTTP listener (`--http-listen`, off by default): webhooks that cannot speak gRPC. Today
+//! one route, `POST /v1/secret-scanning/github`, GitHub secret scanning's partner alerts
+//! (`github`): leaked keys revoke themselves.
+//!
+//! Served by axum on an accept loop of our own (hyper's HTTP/1.1 connections, plaintext or TLS
+//! with the gRPC port's certificate through tokio-rustls), started and drained by
+//! `server::run` alongside the gRPC server.
+
+mod github;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use keyauth_core::Authority;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+pub use github::{GithubKeys, KEY_ID_HEADER, SIGNATURE_HEADER};
+
+/// Path of GitHub secret scanning's alerts.
+pub const GITHUB_PATH: &str = "/v1/secret-scanning/github";
+/// Largest request body accepted; larger ones get 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A connection that has not sent its request head by then is closed; so is a TLS handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The HTTP listener's settings: a bound listener (so tests use port 0), TLS, and GitHub's
+/// public keys.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    /// Bound by the caller; `run` serves a duplicate of it.
+    pub listener: Arc<std::net::TcpListener>,
+    /// The server certificate (the gRPC port's `--tls-cert`/`--tls-key`); `None`: plaintext.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The public keys GitHub signs its alerts with, re-read when their file changes.
+    pub github_keys: Arc<GithubKeys>,
+}
+
+/// The peer of a connection, for the audit trail.
+#[derive(Clone, Copy, Debug)]
+struct Peer(SocketAddr);
+
+/// What the handlers share.
+struct AppState {
+    authority: Arc<Authority>,
+    github_keys: Arc<GithubKeys>,
+}
+
+fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route(GITHUB_PATH, post(github::alert))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves `options` until `stop` turns true; then stops accepting and gives open connections
+/// at most `grace` to finish their request.
+pub(crate) async fn serve(
+    options: HttpOptions,
+    authority: Arc<Authority>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let listener = options.listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    let listener = TcpListener::from_std(listener)?;
+    let addr = listener.local_addr()?;
+    let tls = options.tls.clone().map(TlsAcceptor::from);
+    tracing::info!(%addr, tls = tls.is_some(), path = GITHUB_PATH, "HTTP listener serving");
+    let app = router(Arc::new(AppState {
+        authority,
+        github_keys: options.github_keys.clone(),
+    }));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "HTTP listener: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone().layer(axum::Extension(Peer(peer)));
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let served = match tls {
+                None => connection(tcp, app, watcher).await,
+                Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => connection(stream, app, watcher).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "HTTP listener: TLS handshake failed");
+                        Ok(())
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "HTTP listener: TLS handshake timed out");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
+                tracing::debug!(%peer, error = %e, "HTTP listener: connection ended");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("HTTP listener: draining");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?grace,
+            "HTTP connections outlived the shutdown grace; closing"
+        );
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 connection, closed gracefully when the server shuts down.
+async fn connection<I>(
+    io: I,
+    app: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> Result<(), hyper::Error>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    watcher.watch(conn).await
+}

@@ -1,0 +1,277 @@
+//! GitHub secret scanning's partner alerts: `POST /v1/secret-scanning/github`.
+//!
+//! GitHub finds strings matching keyauth's key pattern in public places and posts them here, a
+//! JSON array of `{"token", "type", "url", "source"}`, signed: `Github-Public-Key-Identifier`
+//! names one of its public keys, `Github-Public-Key-Signature` is the base64 ASN.1 DER ECDSA
+//! P-256/SHA-256 signature of the raw body. The public keys come from a file in the shape of
+//! GitHub's public-keys endpoint (`--github-scanning-keys`), re-read when it changes; nothing is
+//! fetched from the network.
+//!
+//! Only a signed body is parsed. Every token is handed to `Authority::report_exposed` (the one
+//! path ReportExposedKeys takes too), and the answer is GitHub's feedback array: for each token
+//! its SHA-256, its type, and `true_positive` (a key keyauth issued, revoked now or before) or
+//! `false_positive`. The token itself is never logged, stored or sent back.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use keyauth_core::authority::{EXPOSURE_TEXT_MAX, ExposureOutcome};
+use keyauth_core::store::{Exposure, Provenance};
+use p256::ecdsa::signature::Verifier;
+use p256::ecdsa::{Signature, VerifyingKey};
+use p256::pkcs8::DecodePublicKey;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::{AppState, Peer};
+
+pub const KEY_ID_HEADER: &str = "github-public-key-identifier";
+pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
+
+/// The public keys GitHub signs alerts with, from a file in the shape of
+/// `https://api.github.com/meta/public_keys/secret_scanning`. The file's modification time and
+/// size are checked on every alert (one `stat`); when they change it is read again. A file that
+/// turns unreadable or malformed keeps the last good keys in use (and says so in the log).
+#[derive(Debug)]
+pub struct GithubKeys {
+    path: PathBuf,
+    loaded: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    /// Modification time and size of the file when these keys were read.
+    stamp: Option<(SystemTime, u64)>,
+    keys: Arc<HashMap<String, VerifyingKey>>,
+}
+
+#[derive(Deserialize)]
+struct KeysFile {
+    public_keys: Vec<PublicKeyEntry>,
+}
+
+#[derive(Deserialize)]
+struct PublicKeyEntry {
+    key_identifier: String,
+    /// PEM SubjectPublicKeyInfo.
+    key: String,
+}
+
+impl GithubKeys {
+    /// Reads and checks the file: at start-up, a bad file stops the start.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let stamp = stamp(path);
+        let keys = read_keys(path)?;
+        tracing::info!(path = %path.display(), keys = keys.len(), "GitHub secret-scanning public keys loaded");
+        Ok(GithubKeys {
+            path: path.to_owned(),
+            loaded: Mutex::new(Loaded {
+                stamp,
+                keys: Arc::new(keys),
+            }),
+        })
+    }
+
+    /// The keys in force, read again first if the file changed.
+    fn current(&self) -> Arc<HashMap<String, VerifyingKey>> {
+        let now = stamp(&self.path);
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if now.is_some() && now != loaded.stamp {
+            // Remember the stamp either way: a bad file is reported once, not on every alert.
+            loaded.stamp = now;
+            match read_keys(&self.path) {
+                Ok(keys) => {
+                    tracing::info!(path = %self.path.display(), keys = keys.len(), "GitHub secret-scanning public keys reloaded");
+                    loaded.keys = Arc::new(keys);
+                }
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "the GitHub secret-scanning public keys file changed but cannot be used; \
+                     keeping the keys read before"
+                ),
+            }
+        }
+        loaded.keys.clone()
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn read_keys(path: &Path) -> Result<HashMap<String, VerifyingKey>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let file: KeysFile = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not GitHub's public-keys JSON ({{\"public_keys\":[{{\"key_identifier\",\"key\"}}]}}): {e}",
+            path.display()
+        )
+    })?;
+    if file.public_keys.is_empty() {
+        return Err(format!("{}: holds no public key", path.display()));
+    }
+    file.public_keys
+        .into_iter()
+        .map(|entry| {
+            let key = VerifyingKey::from_public_key_pem(entry.key.trim()).map_err(|e| {
+                format!(
+                    "{}: key {:?} is not a PEM P-256 public key: {e}",
+                    path.display(),
+                    entry.key_identifier
+                )
+            })?;
+            Ok((entry.key_identifier, key))
+        })
+        .collect()
+}
+
+/// One alert of GitHub's payload.
+#[derive(Deserialize)]
+struct Alert {
+    token: String,
+    #[serde(rename = "type", default)]
+    token_type: String,
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    source: String,
+}
+
+/// A refusal: the status and a short reason, as JSON (never echoing the body).
+fn refuse(status: StatusCode, why: &str) -> Response {
+    tracing::info!(
+        status = status.as_u16(),
+        why,
+        "GitHub secret-scanning alert refused"
+    );
+    (status, Json(json!({ "error": why }))).into_response()
+}
+
+/// Why a body's signature is not good, if it is not.
+fn check_signature(
+    keys: &HashMap<String, VerifyingKey>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), &'static str> {
+    let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(key_id), Some(signature)) = (header(KEY_ID_HEADER), header(SIGNATURE_HEADER)) else {
+        return Err("missing Github-Public-Key-Identifier or Github-Public-Key-Signature");
+    };
+    let key = keys
+        .get(key_id.trim())
+        .ok_or("unknown Github-Public-Key-Identifier")?;
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(signature.trim())
+        .map_err(|_| "Github-Public-Key-Signature is not base64")?;
+    let signature = Signature::from_der(&der)
+        .map_err(|_| "Github-Public-Key-Signature is not a DER signature")?;
+    key.verify(body, &signature)
+        .map_err(|_| "the signature does not match the body")
+}
+
+/// GitHub's `source` and `url` as the audit trail keeps them: no control characters, cut to
+/// the report limit.
+fn clean(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control())
+        .take(EXPOSURE_TEXT_MAX)
+        .collect()
+}
+
+pub(super) async fn alert(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = crate::service::call::request_id(
+        headers
+            .get(crate::service::call::REQUEST_ID)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let span = tracing::info_span!("http", path = super::GITHUB_PATH, request_id = %request_id);
+    async move {
+        let started = Instant::now();
+        let keys = state.github_keys.current();
+        if let Err(why) = check_signature(&keys, &headers, &body) {
+            return refuse(StatusCode::UNAUTHORIZED, why);
+        }
+        let Ok(alerts) = serde_json::from_slice::<Vec<Alert>>(&body) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "the body is not a JSON array of {\"token\",\"type\",\"url\",\"source\"}",
+            );
+        };
+        let who = Provenance {
+            request_id: Some(request_id.clone()),
+            operator: None,
+            peer: Some(peer.0.to_string()),
+        };
+        let mut feedback = Vec::with_capacity(alerts.len());
+        let mut outcomes = Vec::with_capacity(alerts.len());
+        for alert in &alerts {
+            let source = match clean(&alert.source) {
+                s if s.is_empty() => "github".to_owned(),
+                s => clean(&format!("github:{s}")),
+            };
+            let url = clean(&alert.url);
+            let exposure = Exposure {
+                source: &source,
+                url: &url,
+            };
+            let outcome = match state
+                .authority
+                .report_exposed(std::slice::from_ref(&alert.token), exposure, &who)
+                .await
+            {
+                Ok(mut found) => found.pop().unwrap_or(ExposureOutcome::NotAKey),
+                Err(e) => {
+                    // Nothing is lost: GitHub retries, and reporting a key again is harmless.
+                    crate::metrics::exposures(crate::metrics::EXPOSURE_GITHUB, &outcomes);
+                    let status = crate::status::from_error(e);
+                    let code = match status.code() {
+                        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        }
+                        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+                        _ => StatusCode::INTERNAL_SERVER_ERROR,
+                    };
+                    return refuse(code, status.message());
+                }
+            };
+            feedback.push(json!({
+                "token_hash": hex::encode(Sha256::digest(alert.token.as_bytes())),
+                "token_type": alert.token_type,
+                "label": if outcome.is_ours() { "true_positive" } else { "false_positive" },
+            }));
+            outcomes.push(outcome);
+        }
+        crate::metrics::exposures(crate::metrics::EXPOSURE_GITHUB, &outcomes);
+        let revoked = outcomes
+            .iter()
+            .filter(|o| matches!(o, ExposureOutcome::Revoked(_)))
+            .count();
+        let ours = outcomes.iter().filter(|o| o.is_ours()).count();
+        tracing::info!(
+            alerts = alerts.len(),
+            true_positives = ours,
+            revoked,
+            took_ms = started.elapsed().as_millis() as u64,
+            "GitHub secret-scanning alert handled"
+        );
+        (StatusCode::OK, Json(feedback)).into_response()
+    }
+    .instrument(span)
+    .await
+}
