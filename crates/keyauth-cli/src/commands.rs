@@ -41,8 +41,8 @@ pub async fn verify(args: VerifyArgs) -> ExitCode {
 /// What a command prints: stdout, and notes for stderr.
 #[derive(Default)]
 pub(crate) struct Output {
-    stdout: String,
-    notes: Vec<String>,
+    pub(crate) stdout: String,
+    pub(crate) notes: Vec<String>,
 }
 
 pub(crate) fn emit(output: &Output) {

@@ -1,5 +1,6 @@
 //! The operator CLI: `keyauth keys issue|roll|revoke|get|list|events` and `keyauth verify`, a
-//! gRPC client of a running server (the generated `KeyAuthorityServiceClient`), over plaintext
+//! gRPC client of a running server; and `keyauth scan`, which finds keys in files offline (and
+//! with `--report` has the server revoke them) (the generated `KeyAuthorityServiceClient`), over plaintext
 //! (`http://`) or TLS (`https://`, trusting `--ca-cert`, optionally presenting a client
 //! certificate for mTLS).
 //!
@@ -18,11 +19,13 @@ mod commands;
 mod connect;
 mod exit;
 mod render;
+mod scan;
 
 pub use args::{KeysArgs, VerifyArgs};
 pub use commands::{keys, verify};
 pub use exit::{EXIT_DENIED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, exit_code_of};
 pub use render::{event_json, key_json, render_table};
+pub use scan::{ScanArgs, scan};
 
 #[cfg(test)]
 mod tests {

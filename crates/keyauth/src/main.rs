@@ -1,6 +1,6 @@
 //! `keyauth`: the root command. `serve` parses its settings, sets up logging, opens the store,
-//! binds and hands over to `keyauth_server::server::run`; `keys` and `verify` are the operator
-//! CLI (`keyauth-cli`); `gen-seal-key` prints a seal key.
+//! binds and hands over to `keyauth_server::server::run`; `keys`, `verify` and `scan` are the
+//! operator CLI (`keyauth-cli`); `gen-seal-key` prints a seal key.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -34,6 +34,9 @@ enum Command {
     Keys(keyauth_cli::KeysArgs),
     /// Verify a key against a running server (exit 0 valid, 1 not valid).
     Verify(keyauth_cli::VerifyArgs),
+    /// Find keys in files, offline (exit 1 when any is found, 0 when none); --report has the
+    /// server revoke them.
+    Scan(keyauth_cli::ScanArgs),
     /// Print a fresh seal key (64 hex digits) for KEYAUTH_SEAL_KEY / --seal-key-file.
     GenSealKey,
 }
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Keys(args) => runtime.block_on(keyauth_cli::keys(args)),
         Command::Verify(args) => runtime.block_on(keyauth_cli::verify(args)),
+        Command::Scan(args) => runtime.block_on(keyauth_cli::scan(args)),
         Command::GenSealKey => match SealKey::generate_hex() {
             Ok(key) => {
                 println!("{key}");

@@ -100,10 +100,15 @@ impl Leaks {
 
 /// Every audit event of the test application, newest first.
 pub async fn events(app: &TestApp) -> Vec<pb::KeyEvent> {
+    events_of(app, APP).await
+}
+
+/// Every audit event of `application`, newest first.
+pub async fn events_of(app: &TestApp, application: &str) -> Vec<pb::KeyEvent> {
     app.client
         .clone()
         .list_key_events(op(pb::ListKeyEventsRequest {
-            application_id: APP.into(),
+            application_id: application.into(),
             page_size: 1000,
             ..Default::default()
         }))
