@@ -20,6 +20,85 @@ use tonic::{Code, Request};
 use crate::both_stores;
 use crate::helpers::*;
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_speaks_tls_with_the_grpc_certificate() {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, ServerName};
+
+    let github = Github::new();
+    let pki = crate::helpers::pki::Pki::new();
+    let options = Options {
+        http_tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
+        ..github.options()
+    };
+    let Some(app) = spawn_with(Backend::Sqlite, options).await else {
+        return;
+    };
+    let (_, secret) = app
+        .issue(standard(APP, pb::Environment::Live))
+        .await
+        .unwrap();
+    let body = alerts(
+        std::slice::from_ref(&secret),
+        "https://github.com/octo/leaky",
+    );
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(app.http_addr.unwrap())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the TLS handshake with the gRPC port's certificate");
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = hyper::Request::post(GITHUB_PATH)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    for (name, value) in github.signed(&body) {
+        request = request.header(name, value);
+    }
+    let response = sender
+        .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let feedback: Vec<Value> =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(feedback[0]["label"], "true_positive");
+    assert_eq!(
+        error_code(&app.verify(&secret).await),
+        Some("api_key_revoked")
+    );
+
+    // Plaintext is not answered on a TLS listener.
+    let plaintext =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<Full<Bytes>>()
+            .request(
+                hyper::Request::post(format!("http://{}{GITHUB_PATH}", app.http_addr.unwrap()))
+                    .body(Full::new(Bytes::from_static(b"[]")))
+                    .unwrap(),
+            )
+            .await;
+    assert!(plaintext.is_err(), "{plaintext:?}");
+    app.stop().await;
+}
+
 both_stores!(
     a_report_revokes_the_keys_it_proves,
     a_report_needs_the_operator_token_and_sane_limits,

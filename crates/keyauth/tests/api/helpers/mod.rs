@@ -290,6 +290,8 @@ pub struct Options {
     pub ext_authz: ExtAuthzOptions,
     /// GitHub's secret-scanning public keys file: set, the HTTP listener serves on port 0.
     pub github_keys: Option<std::path::PathBuf>,
+    /// The HTTP listener's certificate and key (PEM files): set, it speaks TLS only.
+    pub http_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for Options {
@@ -307,6 +309,7 @@ impl Default for Options {
             verifier_token: None,
             ext_authz: ExtAuthzOptions::default(),
             github_keys: None,
+            http_tls: None,
         }
     }
 }
@@ -372,7 +375,11 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind HTTP");
             HttpOptions {
                 listener: Arc::new(listener),
-                tls: None,
+                tls: options.http_tls.as_ref().map(|(cert, key)| {
+                    keyauth_server::tls::http_server_config(Some(cert), Some(key))
+                        .expect("HTTP TLS settings")
+                        .expect("TLS")
+                }),
                 github_keys: Arc::new(GithubKeys::load(keys).expect("GitHub keys file")),
             }
         }),
