@@ -115,19 +115,27 @@ pub(crate) fn operator<T>(token: &MetadataValue<tonic::metadata::Ascii>, message
 pub(crate) const SECRET_NOTE: &str =
     "the full key above is shown this once: keyauth keeps only a hash of it. Store it now.";
 
-pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
-    let token = match args.admin_token.as_deref().map(str::trim) {
+/// The `authorization` value of the operator token; when there is none, a usage error saying
+/// that `who` (plural: "operator commands") need it.
+pub(crate) fn operator_token(
+    token: Option<&str>,
+    who: &str,
+) -> Result<MetadataValue<tonic::metadata::Ascii>, Failure> {
+    let token = match token.map(str::trim) {
         Some(t) if !t.is_empty() => t,
         _ => {
-            return Err(Failure::Usage(
-                "operator commands need the operator token: pass --admin-token or set KEYAUTH_ADMIN_TOKEN"
-                    .into(),
-            ));
+            return Err(Failure::Usage(format!(
+                "{who} need the operator token: pass --admin-token or set KEYAUTH_ADMIN_TOKEN"
+            )));
         }
     };
-    let token: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
+    format!("Bearer {token}").parse().map_err(|_| {
         Failure::Usage("--admin-token (KEYAUTH_ADMIN_TOKEN) must be printable ASCII".into())
-    })?;
+    })
+}
+
+pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
+    let token = operator_token(args.admin_token.as_deref(), "operator commands")?;
     // Local checks first: a usage error never needs the server.
     let request = prepare(&args.command)?;
     let json = args.connection.json;

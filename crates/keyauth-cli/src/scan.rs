@@ -20,7 +20,7 @@ use serde_json::json;
 use tonic::metadata::MetadataValue;
 
 use crate::args::Connection;
-use crate::commands::{Output, emit, json_output, operator};
+use crate::commands::{Output, emit, json_output, operator, operator_token};
 use crate::connect::connect;
 use crate::exit::{EXIT_DENIED, EXIT_OK, Failure};
 
@@ -114,7 +114,10 @@ async fn run(args: &ScanArgs) -> Result<(Output, bool), Failure> {
         }
     }
     let token = if args.report {
-        Some(operator_token(args.admin_token.as_deref())?)
+        Some(operator_token(
+            args.admin_token.as_deref(),
+            "scan reports (--report)",
+        )?)
     } else {
         None
     };
@@ -127,21 +130,6 @@ async fn run(args: &ScanArgs) -> Result<(Output, bool), Failure> {
     }
     let found = !scan.found.is_empty();
     Ok((render(args, &scan), found))
-}
-
-fn operator_token(token: Option<&str>) -> Result<MetadataValue<tonic::metadata::Ascii>, Failure> {
-    let token = match token.map(str::trim) {
-        Some(t) if !t.is_empty() => t,
-        _ => {
-            return Err(Failure::Usage(
-                "scan --report needs the operator token: pass --admin-token or set KEYAUTH_ADMIN_TOKEN"
-                    .into(),
-            ));
-        }
-    };
-    format!("Bearer {token}").parse().map_err(|_| {
-        Failure::Usage("--admin-token (KEYAUTH_ADMIN_TOKEN) must be printable ASCII".into())
-    })
 }
 
 /// Scans `path`: a file, or a directory recursively. Symbolic links are not followed.

@@ -580,7 +580,9 @@ impl Authority {
         Ok(outcomes)
     }
 
-    /// Revokes one reported key if it is ours and not revoked yet.
+    /// Revokes one reported key if it is ours and not revoked yet. Not `prove`: its negative
+    /// cache and failure window would let a burst of wrong secrets for an id keep the real,
+    /// leaked key from being revoked.
     async fn expose(
         &self,
         key: &PresentedKey,

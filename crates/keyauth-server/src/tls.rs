@@ -26,24 +26,15 @@ pub fn server_config(
     key: Option<&Path>,
     client_ca: Option<&Path>,
 ) -> Result<Option<ServerTlsConfig>, TlsSettingError> {
-    let (cert, key) = match (cert, key) {
-        (None, None) => {
-            return match client_ca {
-                Some(_) => Err(bad(
-                    CLIENT_CA_SETTING,
-                    "needs --tls-cert and --tls-key (client certificates are checked over TLS)",
-                )),
-                None => Ok(None),
-            };
-        }
-        (Some(_), None) => return Err(bad(KEY_SETTING, "--tls-cert is set but --tls-key is not")),
-        (None, Some(_)) => return Err(bad(CERT_SETTING, "--tls-key is set but --tls-cert is not")),
-        (Some(c), Some(k)) => (c, k),
+    let Some(IdentityPems(cert_pem, key_pem)) = identity_pems(cert, key)? else {
+        return match client_ca {
+            Some(_) => Err(bad(
+                CLIENT_CA_SETTING,
+                "needs --tls-cert and --tls-key (client certificates are checked over TLS)",
+            )),
+            None => Ok(None),
+        };
     };
-    let cert_pem = read(cert, CERT_SETTING)?;
-    certificates(&cert_pem, cert, CERT_SETTING)?;
-    let key_pem = read(key, KEY_SETTING)?;
-    private_key(&key_pem, key, KEY_SETTING)?;
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(&cert_pem, &key_pem))
         .timeout(HANDSHAKE_TIMEOUT);
@@ -67,17 +58,9 @@ pub fn http_server_config(
     cert: Option<&Path>,
     key: Option<&Path>,
 ) -> Result<Option<Arc<rustls::ServerConfig>>, TlsSettingError> {
-    let (cert, key) = match (cert, key) {
-        (None, None) => return Ok(None),
-        (Some(_), None) => return Err(bad(KEY_SETTING, "--tls-cert is set but --tls-key is not")),
-        (None, Some(_)) => return Err(bad(CERT_SETTING, "--tls-key is set but --tls-cert is not")),
-        (Some(c), Some(k)) => (c, k),
+    let Some(IdentityPems(cert_pem, key_pem)) = identity_pems(cert, key)? else {
+        return Ok(None);
     };
-    let cert_pem = read(cert, CERT_SETTING)?;
-    certificates(&cert_pem, cert, CERT_SETTING)?;
-    let key_pem = read(key, KEY_SETTING)?;
-    private_key(&key_pem, key, KEY_SETTING)?;
-    // Both were just checked to parse.
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(CERT_SETTING, e.to_string()))?;
@@ -93,6 +76,28 @@ pub fn http_server_config(
     .map_err(|e| bad(CERT_SETTING, format!("with {KEY_SETTING}: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
+}
+
+/// PEM text of a certificate chain and of its private key.
+struct IdentityPems(Vec<u8>, Vec<u8>);
+
+/// The certificate chain and key PEMs of --tls-cert and --tls-key, read and checked; `None`
+/// when neither is set, an error when only one is.
+fn identity_pems(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<Option<IdentityPems>, TlsSettingError> {
+    let (cert, key) = match (cert, key) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(bad(KEY_SETTING, "--tls-cert is set but --tls-key is not")),
+        (None, Some(_)) => return Err(bad(CERT_SETTING, "--tls-key is set but --tls-cert is not")),
+        (Some(c), Some(k)) => (c, k),
+    };
+    let cert_pem = read(cert, CERT_SETTING)?;
+    certificates(&cert_pem, cert, CERT_SETTING)?;
+    let key_pem = read(key, KEY_SETTING)?;
+    private_key(&key_pem, key, KEY_SETTING)?;
+    Ok(Some(IdentityPems(cert_pem, key_pem)))
 }
 
 /// What tonic (rustls) says of `config`, whole cause chain.

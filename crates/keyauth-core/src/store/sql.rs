@@ -445,15 +445,8 @@ where
         idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Option<KeyRecord>, Error> {
         let mut tx = DB::begin_write(&self.pool).await?;
-        let revoked = sqlx::query(REVOKE)
-            .bind(id.as_str())
-            .bind(now.as_micros())
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
-        let changed = DB::rows_affected(&revoked);
-        let current = Self::get(&mut *tx, id).await?;
-        if let (1, Some(key)) = (changed, &current) {
+        let (changed, current) = Self::revoke(&mut *tx, id, now, reason).await?;
+        if let (true, Some(key)) = (changed, &current) {
             Self::event(&mut *tx, EventKind::Revoked, key, None, now, who, None).await?;
         }
         if let Some(key) = &current {
@@ -472,14 +465,8 @@ where
         who: &Provenance,
     ) -> Result<Exposed, Error> {
         let mut tx = DB::begin_write(&self.pool).await?;
-        let revoked = sqlx::query(REVOKE)
-            .bind(id.as_str())
-            .bind(now.as_micros())
-            .bind(reason)
-            .execute(&mut *tx)
-            .await?;
-        let changed = DB::rows_affected(&revoked) == 1;
-        let Some(key) = Self::get(&mut *tx, id).await? else {
+        let (changed, current) = Self::revoke(&mut *tx, id, now, Some(reason)).await?;
+        let Some(key) = current else {
             tx.rollback().await?;
             return Ok(Exposed::NotFound);
         };
@@ -669,6 +656,24 @@ where
             .fetch_optional(conn)
             .await?;
         row.map(KeyRecord::try_from).transpose()
+    }
+
+    /// Sets the revocation if none is set yet: whether it was set now, and the key as it
+    /// stands.
+    async fn revoke(
+        conn: &mut DB::Connection,
+        id: &KeyId,
+        now: Timestamp,
+        reason: Option<&str>,
+    ) -> Result<(bool, Option<KeyRecord>), Error> {
+        let revoked = sqlx::query(REVOKE)
+            .bind(id.as_str())
+            .bind(now.as_micros())
+            .bind(reason)
+            .execute(&mut *conn)
+            .await?;
+        let current = Self::get(conn, id).await?;
+        Ok((DB::rows_affected(&revoked) == 1, current))
     }
 
     async fn insert(conn: &mut DB::Connection, key: &KeyRecord) -> Result<(), Error> {
