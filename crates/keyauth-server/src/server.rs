@@ -250,8 +250,14 @@ pub async fn run(
              unencrypted. Set --tls-cert and --tls-key (KEYAUTH_TLS_CERT, KEYAUTH_TLS_KEY)."
         );
     }
+    let http_addr = options
+        .http
+        .as_ref()
+        .and_then(|http| http.listener.local_addr().ok())
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         %addr,
+        %http_addr,
         store = authority.store().backend(),
         tls = options.tls.is_some(),
         "keyauth serving"

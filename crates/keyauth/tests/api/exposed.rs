@@ -389,14 +389,14 @@ async fn a_report_needs_the_operator_token_and_sane_limits(backend: Backend) {
 // GitHub secret scanning.
 
 /// A GitHub signing key of the test's own, and the public-keys file that lists it.
-struct Github {
+pub struct Github {
     key_id: String,
     signing: SigningKey,
     dir: tempfile::TempDir,
 }
 
 impl Github {
-    fn new() -> Github {
+    pub fn new() -> Github {
         let github = Github {
             key_id: "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a".into(),
             signing: SigningKey::generate(),
@@ -406,7 +406,7 @@ impl Github {
         github
     }
 
-    fn keys_file(&self) -> std::path::PathBuf {
+    pub fn keys_file(&self) -> std::path::PathBuf {
         self.dir.path().join("secret_scanning.json")
     }
 
@@ -449,13 +449,13 @@ impl Github {
         ]
     }
 
-    fn signed(&self, body: &[u8]) -> Headers {
+    pub fn signed(&self, body: &[u8]) -> Headers {
         Github::sign(&self.key_id, &self.signing, body)
     }
 }
 
 /// GitHub's payload: one alert per token.
-fn alerts(tokens: &[String], url: &str) -> Vec<u8> {
+pub fn alerts(tokens: &[String], url: &str) -> Vec<u8> {
     let alerts: Vec<Value> = tokens
         .iter()
         .map(|t| json!({"token": t, "type": "keyauth_api_key", "url": url, "source": "content"}))
@@ -464,17 +464,23 @@ fn alerts(tokens: &[String], url: &str) -> Vec<u8> {
 }
 
 /// HTTP headers, (name, value).
-type Headers = Vec<(String, String)>;
+pub type Headers = Vec<(String, String)>;
 
 /// POSTs `body` to the webhook with `headers`, through a real HTTP client.
 async fn post(app: &TestApp, headers: &[(String, String)], body: Vec<u8>) -> (u16, Vec<u8>) {
+    post_to(app.http_addr.expect("an HTTP listener"), headers, body).await
+}
+
+/// POSTs `body` to the webhook at `addr`.
+pub async fn post_to(
+    addr: std::net::SocketAddr,
+    headers: &[(String, String)],
+    body: Vec<u8>,
+) -> (u16, Vec<u8>) {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Full<Bytes>>();
-    let mut request = hyper::Request::post(format!(
-        "http://{}{GITHUB_PATH}",
-        app.http_addr.expect("an HTTP listener")
-    ))
-    .header("content-type", "application/json");
+    let mut request = hyper::Request::post(format!("http://{addr}{GITHUB_PATH}"))
+        .header("content-type", "application/json");
     for (name, value) in headers {
         request = request.header(name.as_str(), value.as_str());
     }

@@ -71,6 +71,29 @@ fn bad_settings_exit_2_naming_the_setting() {
             .collect()
     };
     let mut cases = cases;
+    // The HTTP listener: each flag needs the other; an unusable keys file; a busy port.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = busy.local_addr().unwrap().to_string();
+    let github = crate::exposed::Github::new();
+    let keys = github.keys_file().display().to_string();
+    cases.extend([
+        (
+            tls(&[("--http-listen", "127.0.0.1:0")]),
+            "--github-scanning-keys",
+        ),
+        (tls(&[("--github-scanning-keys", &keys)]), "--http-listen"),
+        (
+            tls(&[
+                ("--http-listen", "127.0.0.1:0"),
+                ("--github-scanning-keys", "/nonexistent/keys.json"),
+            ]),
+            "--github-scanning-keys",
+        ),
+        (
+            tls(&[("--http-listen", &busy), ("--github-scanning-keys", &keys)]),
+            "--http-listen",
+        ),
+    ]);
     cases.extend([
         (tls(&[("--tls-cert", &cert)]), "--tls-key"),
         (tls(&[("--tls-key", &key)]), "--tls-cert"),
@@ -115,6 +138,70 @@ fn bad_settings_exit_2_naming_the_setting() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let github = crate::exposed::Github::new();
+    let keys = github.keys_file().display().to_string();
+    let server = ServerProcess::start(
+        &db,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--github-scanning-keys",
+            &keys,
+        ],
+    );
+    // The one start-up line names both listeners.
+    let http_addr: std::net::SocketAddr = server
+        .serving
+        .split("http_addr=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut client = server.client().await;
+    let issued = client
+        .issue_key(op(standard("app_1", pb::Environment::Live)))
+        .await
+        .unwrap()
+        .into_inner();
+    register_secret(&issued.secret);
+    let body = crate::exposed::alerts(std::slice::from_ref(&issued.secret), "https://x.test");
+    let (status, answer) = crate::exposed::post_to(http_addr, &github.signed(&body), body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    assert!(String::from_utf8_lossy(&answer).contains("true_positive"));
+    let verdict = client
+        .verify(pb::VerifyRequest {
+            key: issued.secret,
+            required_permissions: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verdict.error.unwrap().code, "api_key_revoked");
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut server = server;
+    let status = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM exits 0 with the HTTP listener too"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,8 @@ pub(crate) struct ServerProcess {
     pub child: Child,
     pub addr: String,
     pub lines: mpsc::Receiver<String>,
+    /// The `keyauth serving` log line.
+    pub serving: String,
 }
 
 impl ServerProcess {
@@ -70,6 +72,7 @@ impl ServerProcess {
             .unwrap();
         ServerProcess {
             addr: addr.to_owned(),
+            serving: serving.clone(),
             child,
             lines,
         }
