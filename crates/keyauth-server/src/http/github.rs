@@ -275,3 +275,43 @@ pub(super) async fn alert(
     .instrument(span)
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example of GitHub's secret-scanning partner documentation (its signature of this
+    /// body under one of its published keys): what GitHub sends verifies here.
+    #[test]
+    fn githubs_documented_signature_verifies() {
+        let key_id = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
+        let pem = "-----BEGIN PUBLIC KEY-----\n\
+                   MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9MJJHnMfn2+H4xL4YaPDA4RpJqUq\n\
+                   kCmRCBnYERxZanmcpzQSXs1X/AljlKkbJ8qpVIW4clayyef9gWhFbNHWAA==\n\
+                   -----END PUBLIC KEY-----\n";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.json");
+        let file =
+            json!({"public_keys": [{"key_identifier": key_id, "key": pem, "is_current": true}]});
+        std::fs::write(&path, file.to_string()).unwrap();
+        let keys = GithubKeys::load(&path).unwrap().current();
+
+        let body = br#"[{"token":"some_token","type":"some_type","url":"some_url"}]"#;
+        let mut headers = HeaderMap::new();
+        headers.insert(KEY_ID_HEADER, key_id.parse().unwrap());
+        headers.insert(
+            SIGNATURE_HEADER,
+            "MEUCIQDKZokqnCjrRtw0tni+2Ltvl/uiMJ1EGumEsp1BsNr32AIgQY1YXD2nlj+XNfGK4rBfkMJ1JDOQcYXxa2sY8FNkrKc="
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(check_signature(&keys, &headers, body), Ok(()));
+        let tampered = br#"[{"token":"some_token","type":"some_type","url":"some_urk"}]"#;
+        assert!(check_signature(&keys, &headers, tampered).is_err());
+        headers.insert(KEY_ID_HEADER, "another-key".parse().unwrap());
+        assert_eq!(
+            check_signature(&keys, &headers, body),
+            Err("unknown Github-Public-Key-Identifier")
+        );
+    }
+}
