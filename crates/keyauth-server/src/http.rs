@@ -12,8 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -54,20 +59,44 @@ struct AppState {
     github_keys: Arc<GithubKeys>,
 }
 
-fn router(state: Arc<AppState>) -> Router {
+fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
     Router::new()
         .route(GITHUB_PATH, post(github::alert))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| async move {
+                within(request_timeout, next.run(request)).await
+            },
+        ))
         .with_state(state)
 }
 
+/// A request still running after `limit` (reading its body included: a client trickling its
+/// body holds no task for longer) is answered 408. Reporting a key again is harmless, so a
+/// sender's retry completes what was cut.
+async fn within(limit: Duration, answer: impl Future<Output = Response>) -> Response {
+    match tokio::time::timeout(limit, answer).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::info!(?limit, "HTTP request timed out");
+            (
+                StatusCode::REQUEST_TIMEOUT,
+                axum::Json(serde_json::json!({ "error": "the request took too long" })),
+            )
+                .into_response()
+        }
+    }
+}
+
 /// Serves `options` until `stop` turns true; then stops accepting and gives open connections
-/// at most `grace` to finish their request.
+/// at most `grace` to finish their request. A request may take `request_timeout` at most (the
+/// gRPC port's `--request-timeout`).
 pub(crate) async fn serve(
     options: HttpOptions,
     authority: Arc<Authority>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
+    request_timeout: Duration,
 ) -> std::io::Result<()> {
     let listener = options.listener.try_clone()?;
     listener.set_nonblocking(true)?;
@@ -75,10 +104,13 @@ pub(crate) async fn serve(
     let addr = listener.local_addr()?;
     let tls = options.tls.clone().map(TlsAcceptor::from);
     tracing::info!(%addr, tls = tls.is_some(), path = GITHUB_PATH, "HTTP listener serving");
-    let app = router(Arc::new(AppState {
-        authority,
-        github_keys: options.github_keys.clone(),
-    }));
+    let app = router(
+        Arc::new(AppState {
+            authority,
+            github_keys: options.github_keys.clone(),
+        }),
+        request_timeout,
+    );
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {

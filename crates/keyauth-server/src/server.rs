@@ -226,6 +226,7 @@ pub async fn run(
             authority.clone(),
             stop_rx,
             options.shutdown_grace,
+            options.limits.request_timeout,
         ))
     });
 

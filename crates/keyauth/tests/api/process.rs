@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use keyauth_proto as pb;
 
 use crate::helpers::process::{ServerProcess, keyauth, wait_for_line};
@@ -153,6 +155,8 @@ async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--github-scanning-keys",
             &keys,
+            "--request-timeout",
+            "1s",
         ],
     );
     // The one start-up line names both listeners.
@@ -186,6 +190,30 @@ async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
         .unwrap()
         .into_inner();
     assert_eq!(verdict.error.unwrap().code, "api_key_revoked");
+
+    // A body that trickles in is cut at --request-timeout: 408, the connection freed.
+    let started = std::time::Instant::now();
+    let mut slow = tokio::net::TcpStream::connect(http_addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST {} HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n[{{\"tok",
+            keyauth_server::http::GITHUB_PATH
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        slow.read_to_end(&mut answer),
+    )
+    .await
+    .expect("answered before the client gave up")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(1));
 
     let killed = Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])
