@@ -167,7 +167,7 @@ async fn verify_requires_the_verifier_token_when_one_is_configured() {
 // Metrics.
 
 /// A port nobody listens on right now.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -176,7 +176,7 @@ fn free_port() -> u16 {
 }
 
 /// GET /metrics over plain HTTP/1.1; returns the body.
-async fn scrape(addr: &str) -> String {
+pub(crate) async fn scrape(addr: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
         .write_all(
@@ -199,7 +199,7 @@ async fn scrape(addr: &str) -> String {
 
 /// The value of the sample of `name` whose labels include every one of `labels`
 /// (`key="value"`), if there is one.
-fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| {

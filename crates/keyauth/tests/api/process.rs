@@ -144,6 +144,8 @@ fn bad_settings_exit_2_naming_the_setting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
+    use crate::operable::{free_port, sample, scrape};
+    let metrics = format!("127.0.0.1:{}", free_port());
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("k.db").display());
     let github = crate::exposed::Github::new();
@@ -157,6 +159,8 @@ async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
             &keys,
             "--request-timeout",
             "1s",
+            "--metrics-listen",
+            &metrics,
         ],
     );
     // The one start-up line names both listeners.
@@ -190,6 +194,33 @@ async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
         .unwrap()
         .into_inner();
     assert_eq!(verdict.error.unwrap().code, "api_key_revoked");
+
+    // The exposures are counted by channel and label; the revocation by channel.
+    client
+        .report_exposed_keys(op(pb::ReportExposedKeysRequest {
+            keys: vec!["not a key".into()],
+            source: "test".into(),
+            url: String::new(),
+        }))
+        .await
+        .unwrap();
+    let text = scrape(&metrics).await;
+    let exposures = "keyauth_exposures_total";
+    for (labels, want) in [
+        ([r#"channel="github""#, r#"label="true_positive""#], 1.0),
+        ([r#"channel="rpc""#, r#"label="false_positive""#], 1.0),
+    ] {
+        assert_eq!(sample(&text, exposures, &labels), Some(want), "{text}");
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "keyauth_exposure_revocations_total",
+            &[r#"channel="github""#]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 
     // A body that trickles in is cut at --request-timeout: 408, the connection freed.
     let started = std::time::Instant::now();
