@@ -79,13 +79,14 @@ async fn within(limit: Duration, answer: impl Future<Output = Response>) -> Resp
         Ok(response) => response,
         Err(_) => {
             tracing::info!(?limit, "HTTP request timed out");
-            (
-                StatusCode::REQUEST_TIMEOUT,
-                axum::Json(serde_json::json!({ "error": "the request took too long" })),
-            )
-                .into_response()
+            refusal(StatusCode::REQUEST_TIMEOUT, "the request took too long")
         }
     }
+}
+
+/// An error answer: the status and `{"error": why}` (never echoing the request).
+fn refusal(status: StatusCode, why: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": why }))).into_response()
 }
 
 /// Serves `options` until `stop` turns true; then stops accepting and gives open connections

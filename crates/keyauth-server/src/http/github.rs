@@ -148,14 +148,14 @@ struct Alert {
     source: String,
 }
 
-/// A refusal: the status and a short reason, as JSON (never echoing the body).
+/// A refused alert, logged.
 fn refuse(status: StatusCode, why: &str) -> Response {
     tracing::info!(
         status = status.as_u16(),
         why,
         "GitHub secret-scanning alert refused"
     );
-    (status, Json(json!({ "error": why }))).into_response()
+    super::refusal(status, why)
 }
 
 /// Why a body's signature is not good, if it is not.
