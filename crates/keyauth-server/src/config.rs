@@ -139,7 +139,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_ARGON2_P_COST", default_value_t = HashParams::DEFAULT.p_cost)]
     pub argon2_p_cost: u32,
 
-    /// argon2 hashes run at once; 0 = one per core.
+    /// argon2 hashes run at once; 0 = one per core but one (at least 1), leaving a core to
+    /// the runtime that answers warm calls.
     #[arg(long, env = "KEYAUTH_HASH_WORKERS", default_value_t = 0)]
     pub hash_workers: usize,
 
@@ -351,7 +352,7 @@ impl ServeArgs {
 
     pub fn hash_workers(&self) -> usize {
         match self.hash_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => default_hash_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
             n => n,
         }
     }
@@ -382,6 +383,13 @@ impl ServeArgs {
             ..StoreOptions::default()
         }
     }
+}
+
+/// The argon2 pool of `--hash-workers 0` on `cores` cores: all but one, at least one. A pool
+/// as wide as the machine lets a burst of cold Verify calls take every core from the runtime,
+/// so warm calls (answered from memory in microseconds) would wait behind argon2.
+pub fn default_hash_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// A duration (see [`parse_duration`]) that is not zero.
@@ -442,6 +450,16 @@ mod tests {
         assert_eq!(args.limits(), Limits::default());
         assert!(args.tls_cert.is_none() && args.metrics_listen.is_none());
         assert!(args.verifier_token().unwrap().is_none());
+    }
+
+    #[test]
+    fn the_hash_pool_leaves_a_core_to_the_runtime() {
+        assert_eq!(default_hash_workers(1), 1);
+        assert_eq!(default_hash_workers(2), 1);
+        assert_eq!(default_hash_workers(8), 7);
+        assert_eq!(parse(&["--hash-workers", "3"]).hash_workers(), 3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse(&[]).hash_workers(), default_hash_workers(cores));
     }
 
     #[test]
