@@ -250,7 +250,7 @@ impl Authority {
             None => None,
         };
         tracing::info!(
-            idempotency_key = idem.key.as_str(),
+            idempotency_key = crate::error::echo(idem.key.as_str()),
             "replaying a stored response"
         );
         Ok(Some(Replay {

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use keyauth_core::error::FieldViolation;
+use keyauth_core::error::{FieldViolation, MAX_VIOLATIONS_SHOWN};
 use keyauth_core::{Error, key};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -16,7 +16,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub const ERROR_DOMAIN: &str = "keyauth";
 
 /// The one builder of a status with details: `reason` as ErrorInfo, then the field
-/// violations (BadRequest) and the retry delay (RetryInfo) when there are any.
+/// violations (BadRequest, the first [`MAX_VIOLATIONS_SHOWN`]) and the retry delay (RetryInfo)
+/// when there are any.
 pub fn detailed(
     code: Code,
     reason: &str,
@@ -29,6 +30,7 @@ pub fn detailed(
         details.set_bad_request(
             violations
                 .into_iter()
+                .take(MAX_VIOLATIONS_SHOWN)
                 .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                 .collect::<Vec<_>>(),
         );
@@ -182,5 +184,27 @@ mod tests {
             status.get_error_details().error_info().unwrap().reason,
             "KEY_REVOKED"
         );
+    }
+
+    #[test]
+    fn many_violations_make_a_small_status() {
+        let err = Error::InvalidArgument(
+            (0..500)
+                .map(|i| {
+                    let resource = keyauth_core::error::echo(&"x".repeat(300));
+                    let description = format!("{resource} is not in the permission catalog");
+                    FieldViolation::new(&format!("required_permissions[{i}].resource"), description)
+                })
+                .collect(),
+        );
+        let status = from_error(err);
+        let http = status.clone().into_http::<tonic::body::Body>();
+        let headers: usize = http
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        // h2 clients refuse a header block of more than a few frames: the whole status stays small.
+        assert!(headers < 8 * 1024, "{headers}");
     }
 }
