@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::cache::{CacheSettings, Lookup, Proven, VerifyCache};
+use crate::cache::{Admission, CacheSettings, Flights, Lookup, Proven, VerifyCache};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
 use crate::key::PresentedKey;
+use crate::key_filter::{KeyFilter, ProbeBudget};
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions, Verdict,
 };
@@ -88,7 +89,24 @@ pub struct Authority {
     contact: StoreContact,
     sealer: Sealer,
     idempotency_ttl: Duration,
+    /// Every key id of the store (a Bloom filter): unknown ids are refused from memory.
+    keys: KeyFilter,
+    /// Ids absent from `keys` that may still be read from the store (a change of another
+    /// instance not yet heard of).
+    probes: ProbeBudget,
+    /// The `key_events` sequence before `keys` was listed: the change follower starts there,
+    /// so no key made meanwhile by another instance escapes the filter.
+    keys_listed_after_event: i64,
+    /// One cold proof or refresh per key id at a time.
+    flights: Flights,
+    /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
+    cold: Arc<tokio::sync::Semaphore>,
 }
+
+/// Ids absent from the key filter read from the store anyway: at most this many at once…
+const PROBE_BURST: u32 = 10;
+/// …and this many a second.
+const PROBES_PER_SECOND: u32 = 10;
 
 /// When the change follower last heard from the store (monotonic). Untracked until the
 /// follower first reports, so an authority used without one never counts as cut off.
@@ -126,6 +144,11 @@ impl Authority {
     ) -> Result<Self, Error> {
         let fresh = crate::key::random_base62(43).map_err(Error::internal)?;
         let page_key = store.setting_or_insert(PAGE_TOKEN_SETTING, &fresh).await?;
+        let keys_listed_after_event = store.latest_event().await?;
+        let keys = KeyFilter::load(store.as_ref()).await?;
+        let (held, capacity, bytes) = keys.stats();
+        tracing::info!(keys = held, capacity, bytes, "key filter built");
+        let cold = Arc::new(tokio::sync::Semaphore::new(cache.max_cold_lookups.max(1)));
         Ok(Authority {
             store,
             hasher,
@@ -140,7 +163,42 @@ impl Authority {
             },
             sealer: Sealer::new(None),
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            keys,
+            probes: ProbeBudget::new(PROBE_BURST, PROBES_PER_SECOND),
+            keys_listed_after_event,
+            flights: Flights::default(),
+            cold,
         })
+    }
+
+    /// The `key_events` sequence the change follower starts after (see `propagation`).
+    pub fn keys_listed_after_event(&self) -> i64 {
+        self.keys_listed_after_event
+    }
+
+    /// A key exists (made by another instance, heard from the change feed).
+    pub fn note_key_exists(&self, id: &KeyId) {
+        self.keys.insert(id);
+        self.cache.forget_unknown(id);
+    }
+
+    /// Rebuilds the key filter if more keys were added than it was sized for (housekeeping).
+    pub async fn maintain_key_filter(&self) -> Result<bool, Error> {
+        if !self.keys.needs_rebuild() {
+            return Ok(false);
+        }
+        self.keys.rebuild(self.store.as_ref()).await?;
+        let (held, capacity, bytes) = self.keys.stats();
+        tracing::info!(keys = held, capacity, bytes, "key filter rebuilt");
+        Ok(true)
+    }
+
+    /// A permit for a cold lookup, or UNAVAILABLE at once when too many are in flight.
+    fn cold_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        self.cold
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded)
     }
 
     /// Enables idempotent replay of secret-bearing responses (with a seal key) and sets how
@@ -271,6 +329,9 @@ impl Authority {
         }
         let issued = self.mint(new, now).await?;
         let write = self.idempotent_write(idem, Some(&issued.key), now)?;
+        // Before the write: once it commits, the key must pass the filter (an id added for a
+        // write that fails costs only a possible false positive).
+        self.keys.insert(&issued.record.id);
         self.store
             .insert_key(&issued.record, who, write.as_ref())
             .await?;
@@ -312,6 +373,7 @@ impl Authority {
         let mut issued = self.mint(new, now).await?;
         issued.record.restricted = old.restricted;
         let write = self.idempotent_write(idem, Some(&issued.key), now)?;
+        self.keys.insert(&issued.record.id);
         let outcome = self
             .store
             .roll_key(
@@ -428,10 +490,18 @@ impl Authority {
                 Some(p) => p,
                 None => return Ok(Verdict::unauthenticated()),
             },
-            Lookup::Miss => match within(deadline, self.prove(&key, now, deadline)).await? {
-                Some(p) => p,
-                None => return Ok(Verdict::unauthenticated()),
-            },
+            Lookup::Miss => {
+                // An id no key has: refused from memory, unless it may be a key another
+                // instance just made (a few such reads a second).
+                if !self.keys.may_contain(&id) && !self.probes.take(now) {
+                    metrics::counter!(crate::metrics::KEY_FILTER_REFUSALS).increment(1);
+                    return Ok(Verdict::unauthenticated());
+                }
+                match within(deadline, self.prove(&key, now, deadline)).await? {
+                    Some(p) => p,
+                    None => return Ok(Verdict::unauthenticated()),
+                }
+            }
         };
         let verdict = Verdict::judge(proven.record.clone(), now, required);
         if verdict.is_valid() {
@@ -440,7 +510,8 @@ impl Authority {
         Ok(verdict)
     }
 
-    /// Cold path: one indexed read, argon2id, then cache.
+    /// Cold path: one indexed read, argon2id, then cache; one at a time per key id, so
+    /// concurrent first calls with one key run argon2 once.
     async fn prove(
         &self,
         key: &PresentedKey,
@@ -448,14 +519,28 @@ impl Authority {
         deadline: Option<Instant>,
     ) -> Result<Option<Arc<Proven>>, Error> {
         let id = key.id();
-        if self.cache.is_unknown(&id, now) || self.cache.too_many_failures(&id, now) {
+        if self.cache.is_unknown(&id, now) {
             return Ok(None);
+        }
+        let _cold = self.cold_permit()?;
+        let _flight = self.flights.join(&id).await;
+        // What the flight before this one found, if any.
+        match self.cache.peek(&id, &key.digest()) {
+            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
+            Lookup::WrongSecret => return Ok(None),
+            _ if self.cache.is_unknown(&id, now) => return Ok(None),
+            _ => {}
+        }
+        if let Admission::Throttled(after) = self.cache.admit_unproven(&id, now) {
+            return Err(Error::KeyIdThrottled(after));
         }
         let generation = self.cache.generation();
         let Some(record) = self.store.get_key(&id).await? else {
             self.cache.mark_unknown(&id, now);
             return Ok(None);
         };
+        // It exists: a probe past the filter found a key made elsewhere.
+        self.keys.insert(&id);
         if record.environment != key.environment() {
             return Ok(None);
         }
@@ -476,11 +561,21 @@ impl Authority {
         ))
     }
 
-    /// Re-reads a proven key's record once its cached copy is older than the TTL.
+    /// Re-reads a proven key's record once its cached copy is older than the TTL; one read
+    /// per key id at a time (concurrent callers use what it read).
     async fn refresh(&self, stale: &Proven, now: Timestamp) -> Result<Option<Arc<Proven>>, Error> {
+        let id = &stale.record.id;
+        let _cold = self.cold_permit()?;
+        let _flight = self.flights.join(id).await;
+        match self.cache.peek(id, &stale.digest()) {
+            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
+            // Dropped or replaced meanwhile (a revoke, a roll): judged afresh.
+            Lookup::WrongSecret => return Ok(None),
+            _ => {}
+        }
         let generation = self.cache.generation();
-        let Some(record) = self.store.get_key(&stale.record.id).await? else {
-            self.cache.forget(&stale.record.id);
+        let Some(record) = self.store.get_key(id).await? else {
+            self.cache.forget(id);
             return Ok(None);
         };
         // The digest stays proven: a key's secret never changes (a roll makes a new key).

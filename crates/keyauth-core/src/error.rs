@@ -49,6 +49,14 @@ pub enum Error {
     #[error("the server is overloaded: too many key verifications are waiting; retry shortly")]
     Overloaded,
 
+    /// Too many wrong secrets for this key id lately: its argon2 tries are rationed (one a
+    /// second) and this attempt did not get one. Retryable: the key is not judged.
+    #[error(
+        "too many failed attempts on this key id: the key was not checked; retry in {} ms",
+        .0.as_millis().max(1)
+    )]
+    KeyIdThrottled(std::time::Duration),
+
     /// The caller's deadline passed before the answer was known.
     #[error("deadline exceeded before the key could be checked")]
     DeadlineExceeded,

@@ -3,7 +3,7 @@
 //!
 //! The layers read in one direction, each using only those above it:
 //! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage` →
-//! `store` → `paging`, `cache` → `authority` → `propagation`.
+//! `store` → `key_filter`, `paging`, `cache` → `authority` → `propagation`.
 
 pub mod authority;
 pub mod cache;
@@ -12,6 +12,7 @@ pub mod clock;
 pub mod error;
 pub mod hashing;
 pub mod key;
+pub mod key_filter;
 pub mod metrics;
 pub mod model;
 pub mod propagation;

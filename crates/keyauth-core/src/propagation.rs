@@ -97,17 +97,8 @@ pub async fn follow_changes(
     mut stop: watch::Receiver<bool>,
 ) {
     let store = authority.store().clone();
-    let mut cursor = loop {
-        match store.latest_event().await {
-            Ok(seq) => break EventCursor::new(seq),
-            Err(e) => tracing::warn!(error = %e, "reading the key event sequence failed; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(options.poll_interval) => {}
-            _ = stop.changed() => return,
-        }
-    };
-    authority.note_store_contact();
+    // From where the key filter was listed: keys other instances made since are added to it.
+    let mut cursor = EventCursor::new(authority.keys_listed_after_event());
     let mut feed: Option<ChangeFeed> = None;
     let mut feed_supported = true;
     let mut poll = tokio::time::interval(options.poll_interval);
@@ -149,15 +140,19 @@ pub async fn follow_changes(
     }
 }
 
-/// Drops the cache entry of an event's key, once per event.
+/// Drops the cache entry of an event's key and adds a new key to the key filter, once per
+/// event.
 fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent) {
     if cursor.apply(event.seq)
         && let Some(id) = &event.key_id
     {
         match event.kind {
             // A new key was proven nowhere yet: only a stale "unknown id" can concern it.
-            Some(EventKind::Issued) => authority.cache().forget_unknown(id),
+            Some(EventKind::Issued) => authority.note_key_exists(id),
             _ => authority.cache().forget(id),
+        }
+        if let Some(new) = &event.related_key_id {
+            authority.note_key_exists(new);
         }
     }
 }

@@ -172,9 +172,15 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_EVENT_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub event_poll_interval: Duration,
 
-    /// Failed secrets per key id per minute before further attempts skip argon2.
+    /// Failed secrets per key id per minute before argon2 is rationed for that id (one try a
+    /// second; the other attempts get UNAVAILABLE with a retry delay, never "invalid").
     #[arg(long, env = "KEYAUTH_FAILURE_LIMIT", default_value_t = 10)]
     pub failure_limit: u32,
+
+    /// Cold Verify lookups (store read, argon2) in flight at most; more get UNAVAILABLE at
+    /// once instead of queueing.
+    #[arg(long, env = "KEYAUTH_MAX_COLD_LOOKUPS", default_value_t = CacheSettings::DEFAULT_MAX_COLD_LOOKUPS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_cold_lookups: usize,
 
     /// How often last-use times are written to the store.
     #[arg(long, env = "KEYAUTH_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
@@ -363,6 +369,7 @@ impl ServeArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.negative_cache_ttl,
             failure_limit: self.failure_limit,
+            max_cold_lookups: self.max_cold_lookups,
             staleness_limit: self.store_staleness_limit,
             ..CacheSettings::default()
         }

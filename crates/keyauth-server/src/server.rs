@@ -333,8 +333,8 @@ async fn probe_store(
     }
 }
 
-/// Housekeeping every `every`, and once more at shutdown: writes last-use times and purges
-/// expired idempotency records.
+/// Housekeeping every `every`, and once more at shutdown: writes last-use times, purges
+/// expired idempotency records, and rebuilds the key filter when it outgrew its size.
 async fn flush_usage(
     authority: Arc<Authority>,
     every: Duration,
@@ -363,6 +363,10 @@ async fn flush_usage(
         }
         if stopping || *stop.borrow() {
             return;
+        }
+        if let Err(e) = authority.maintain_key_filter().await {
+            crate::metrics::background_store_error("key_filter_rebuild");
+            tracing::warn!(error = %e, "rebuilding the key filter failed; will retry")
         }
     }
 }

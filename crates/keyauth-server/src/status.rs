@@ -87,6 +87,12 @@ pub fn from_error(err: Error) -> Status {
             message,
             Duration::from_millis(100),
         ),
+        Error::KeyIdThrottled(after) => retryable(
+            Code::Unavailable,
+            "KEY_ID_THROTTLED",
+            message,
+            after.max(Duration::from_millis(1)),
+        ),
         Error::DeadlineExceeded => plain(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", message),
         Error::StoreUnreachable => store_unavailable(),
         Error::AuditUnavailable(source) => {
@@ -169,6 +175,18 @@ mod tests {
         assert_eq!(status.code(), Code::Internal);
         assert!(!status.message().contains("api_keys"));
         assert!(status.message().starts_with("internal error, incident "));
+    }
+
+    #[test]
+    fn a_throttled_key_id_is_retryable_not_a_denial() {
+        let status = from_error(Error::KeyIdThrottled(Duration::from_millis(400)));
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "KEY_ID_THROTTLED");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(400))
+        );
     }
 
     #[test]

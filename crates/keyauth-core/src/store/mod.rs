@@ -217,6 +217,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes idempotency records expired at `now`; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64, Error>;
 
+    /// How many keys the store holds (sizes the key filter).
+    async fn count_keys(&self) -> Result<u64, Error>;
+
+    /// Key ids in id order, after `after`, at most `limit`: every key, a page at a time (the
+    /// key filter is built from them).
+    async fn key_ids(&self, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyId>, Error>;
+
     /// The highest `key_events` sequence so far (0 when there is none).
     async fn latest_event(&self) -> Result<i64, Error>;
 
@@ -237,6 +244,8 @@ pub struct KeyEvent {
     pub kind: Option<EventKind>,
     /// `None` for events that concern no key (failed operator authentication).
     pub key_id: Option<KeyId>,
+    /// The new key of a roll.
+    pub related_key_id: Option<KeyId>,
 }
 
 /// PostgreSQL notifications of key changes (see migrations/postgres/0002).
@@ -253,22 +262,26 @@ impl ChangeFeed {
         let Some(notification) = self.listener.try_recv().await? else {
             return Ok(None);
         };
-        // "<seq> <event> <key_id>" (migrations/postgres/0003).
+        // "<seq> <event> <key_id>[ <related_key_id>]" (migrations/postgres/0004).
         let mut parts = notification.payload().split(' ');
-        let parsed = match (parts.next(), parts.next(), parts.next()) {
-            (Some(seq), Some(kind), Some(id)) => (|| {
+        let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(seq), Some(kind), Some(id), related) => (|| {
                 Some(KeyEvent {
                     seq: seq.parse().ok()?,
                     kind: Some(EventKind::from_store(kind)?),
                     key_id: Some(KeyId::parse(id, "payload").ok()?),
+                    related_key_id: match related {
+                        Some(r) => Some(KeyId::parse(r, "payload").ok()?),
+                        None => None,
+                    },
                 })
             })(),
             _ => None,
         };
         parsed.map(Some).ok_or_else(|| {
             Error::internal(format!(
-                "malformed key event notification {:?}",
-                notification.payload()
+                "malformed key event notification {}",
+                crate::error::echo(notification.payload())
             ))
         })
     }

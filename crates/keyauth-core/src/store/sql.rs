@@ -91,8 +91,12 @@ const TOUCH: &str = "UPDATE api_keys SET last_used_time = $2 \
      WHERE id = $1 AND (last_used_time IS NULL OR last_used_time < $2)";
 
 const LATEST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS value FROM key_events";
-const EVENTS_AFTER: &str =
-    "SELECT seq, event, key_id FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2";
+const EVENTS_AFTER: &str = "SELECT seq, event, key_id, related_key_id FROM key_events \
+     WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+const COUNT_KEYS: &str = "SELECT COUNT(*) AS value FROM api_keys";
+/// Key ids in id order after `$1` (the primary key's index: no sort).
+const KEY_IDS_AFTER: &str = "SELECT id AS value FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2";
 
 const SETTING_INSERT: &str =
     "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
@@ -262,6 +266,7 @@ struct ChangeRow {
     seq: i64,
     event: String,
     key_id: Option<String>,
+    related_key_id: Option<String>,
 }
 
 impl From<ChangeRow> for KeyEvent {
@@ -270,6 +275,7 @@ impl From<ChangeRow> for KeyEvent {
             seq: row.seq,
             kind: EventKind::from_store(&row.event),
             key_id: row.key_id.map(KeyId::from_store),
+            related_key_id: row.related_key_id.map(KeyId::from_store),
         }
     }
 }
@@ -512,6 +518,25 @@ where
             .fetch_one(&mut *self.pool.acquire().await?)
             .await?;
         Ok(row.value)
+    }
+
+    async fn count_keys(&self) -> Result<u64, Error> {
+        let row: Value<i64> = sqlx::query_as(COUNT_KEYS)
+            .fetch_one(&mut *self.pool.acquire().await?)
+            .await?;
+        Ok(u64::try_from(row.value).unwrap_or(0))
+    }
+
+    async fn key_ids(&self, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyId>, Error> {
+        let rows: Vec<Value<String>> = sqlx::query_as(KEY_IDS_AFTER)
+            .bind(after.map_or("", KeyId::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.pool.acquire().await?)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| KeyId::from_store(r.value))
+            .collect())
     }
 
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<KeyEvent>, Error> {

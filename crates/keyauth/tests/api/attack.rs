@@ -44,3 +44,215 @@ async fn caller_strings_are_echoed_cut(backend: Backend) {
     assert!(details.bad_request().unwrap().field_violations.len() <= 10);
     app.stop().await;
 }
+
+both_stores!(
+    a_guessed_key_id_does_not_lock_its_owner_out,
+    random_key_ids_cost_no_store_read,
+    concurrent_first_verifies_of_one_key_read_the_store_once,
+    concurrent_refreshes_of_one_key_read_the_store_once,
+    too_many_cold_lookups_answer_unavailable_at_once,
+);
+
+/// A wrong secret for `key`'s id, with a valid checksum (it passes parsing).
+fn guess(key: &str, i: usize) -> String {
+    use keyauth_core::key::PresentedKey;
+    let real = PresentedKey::parse(key).unwrap();
+    let secret = format!("{:0>32}", format!("guess{i}"));
+    PresentedKey::from_parts(real.environment(), real.lookup(), &secret)
+        .unwrap()
+        .expose()
+        .to_owned()
+}
+
+async fn a_guessed_key_id_does_not_lock_its_owner_out(backend: Backend) {
+    // The owner's key is not cached on this instance (a restart, another instance): the
+    // attacker knows its public id and sends wrong secrets with valid checksums.
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (_, secret) = app.issue_test_key().await;
+    let mut throttled = 0;
+    for i in 0..50 {
+        match app.verify_with(&guess(&secret, i), vec![]).await {
+            Ok(r) => assert_eq!(error_code(&r), Some("authentication_error")),
+            Err(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                throttled += 1;
+            }
+        }
+    }
+    assert!(throttled >= 30, "argon2 was rationed: {throttled}");
+    // The genuine key, cold: valid, or told to retry; never "invalid".
+    for _ in 0..5 {
+        match app.verify_with(&secret, vec![]).await {
+            Ok(r) => {
+                assert!(r.valid, "{r:?}");
+                break;
+            }
+            Err(status) => {
+                let status = assert_status(
+                    Err::<(), _>(status),
+                    Code::Unavailable,
+                    Some("KEY_ID_THROTTLED"),
+                );
+                let delay = status
+                    .get_error_details()
+                    .retry_info()
+                    .and_then(|r| r.retry_delay)
+                    .expect("a retry delay");
+                assert!(delay <= std::time::Duration::from_secs(1), "{delay:?}");
+                app.clock.advance(delay);
+            }
+        }
+    }
+    assert!(app.verify(&secret).await.valid, "proven and cached now");
+    // The attack goes on: the owner, now cached, is answered from memory.
+    for i in 50..60 {
+        let _ = app.verify_with(&guess(&secret, i), vec![]).await;
+        assert!(app.verify(&secret).await.valid);
+    }
+    app.stop().await;
+}
+
+async fn random_key_ids_cost_no_store_read(backend: Backend) {
+    use keyauth_core::key::PresentedKey;
+    use keyauth_core::model::Environment;
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (_, secret) = app.issue_test_key().await;
+    let reads = app.key_reads();
+    for i in 0..1000 {
+        let env = if i % 2 == 0 {
+            Environment::Test
+        } else {
+            Environment::Live
+        };
+        let random = PresentedKey::generate(env).unwrap();
+        assert_eq!(
+            error_code(&app.verify(random.expose()).await),
+            Some("authentication_error")
+        );
+    }
+    let spent = app.key_reads() - reads;
+    assert!(spent <= 20, "{spent} store reads for 1,000 random ids");
+    // A key issued here passes the filter at once.
+    let (_, fresh) = app.issue_test_key().await;
+    assert!(app.verify(&fresh).await.valid);
+    assert!(app.verify(&secret).await.valid);
+    app.stop().await;
+}
+
+async fn concurrent_first_verifies_of_one_key_read_the_store_once(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (_, secret) = app.issue_test_key().await;
+    let reads = app.key_reads();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (mut client, key) = (app.client.clone(), secret.clone());
+        calls.spawn(async move {
+            client
+                .verify(keyauth_proto::VerifyRequest {
+                    key,
+                    required_permissions: vec![],
+                })
+                .await
+        });
+    }
+    for answer in calls.join_all().await {
+        assert!(answer.unwrap().into_inner().valid);
+    }
+    assert_eq!(app.key_reads() - reads, 1, "one store read, one argon2");
+    app.stop().await;
+}
+
+async fn concurrent_refreshes_of_one_key_read_the_store_once(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (_, secret) = app.issue_test_key().await;
+    assert!(app.verify(&secret).await.valid);
+    app.clock.advance(std::time::Duration::from_secs(31));
+    let reads = app.key_reads();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (mut client, key) = (app.client.clone(), secret.clone());
+        calls.spawn(async move {
+            client
+                .verify(keyauth_proto::VerifyRequest {
+                    key,
+                    required_permissions: vec![],
+                })
+                .await
+        });
+    }
+    for answer in calls.join_all().await {
+        assert!(answer.unwrap().into_inner().valid);
+    }
+    assert_eq!(
+        app.key_reads() - reads,
+        1,
+        "the TTL refresh read the store once"
+    );
+    app.stop().await;
+}
+
+async fn too_many_cold_lookups_answer_unavailable_at_once(backend: Backend) {
+    use keyauth_core::cache::CacheSettings;
+    use keyauth_core::hashing::HashParams;
+    // One cold lookup at a time, a slow hash, no cache: concurrent cold calls are refused at
+    // once (not queued), and no answer is a guess.
+    let options = Options {
+        hash: HashParams {
+            m_cost: 32768,
+            t_cost: 3,
+            p_cost: 1,
+        },
+        hash_queue: 64,
+        cache: CacheSettings {
+            max_bytes: 0,
+            max_cold_lookups: 1,
+            ..CacheSettings::default()
+        },
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(backend, options).await else {
+        return;
+    };
+    let mut secrets = Vec::new();
+    for _ in 0..6 {
+        secrets.push(app.issue_test_key().await.1);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for key in secrets {
+        let mut client = app.client.clone();
+        calls.spawn(async move {
+            client
+                .verify(keyauth_proto::VerifyRequest {
+                    key,
+                    required_permissions: vec![],
+                })
+                .await
+        });
+    }
+    let (mut valid, mut unavailable) = (0, 0);
+    for answer in calls.join_all().await {
+        match answer {
+            Ok(r) => {
+                assert!(r.into_inner().valid);
+                valid += 1;
+            }
+            Err(status) => {
+                assert_status(Err::<(), _>(status), Code::Unavailable, Some("OVERLOADED"));
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(
+        valid >= 1 && unavailable >= 1,
+        "valid {valid}, unavailable {unavailable}"
+    );
+    app.stop().await;
+}
