@@ -157,6 +157,7 @@ mod tests {
                 seconds: 1_830_211_200,
                 nanos: 5,
             }),
+            count: 1,
         };
         let table = render_event_table(std::slice::from_ref(&event));
         let row = table.lines().nth(1).unwrap();

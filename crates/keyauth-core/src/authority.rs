@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::auth_failures::{AuthFailureSettings, AuthFailures};
 use crate::cache::{Admission, CacheSettings, Flights, Lookup, Proven, VerifyCache};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, Timestamp};
@@ -99,6 +100,8 @@ pub struct Authority {
     keys_listed_after_event: i64,
     /// One cold proof or refresh per key id at a time.
     flights: Flights,
+    /// Refused operator calls, counted per peer until written.
+    auth_failures: AuthFailures,
     /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
     cold: Arc<tokio::sync::Semaphore>,
 }
@@ -168,7 +171,14 @@ impl Authority {
             keys_listed_after_event,
             flights: Flights::default(),
             cold,
+            auth_failures: AuthFailures::new(AuthFailureSettings::default()),
         })
+    }
+
+    /// Sets the limit and retention of refused operator calls.
+    pub fn with_auth_failures(mut self, settings: AuthFailureSettings) -> Self {
+        self.auth_failures = AuthFailures::new(settings);
+        self
     }
 
     /// The `key_events` sequence the change follower starts after (see `propagation`).
@@ -635,11 +645,48 @@ impl Authority {
         Ok((events, next))
     }
 
-    /// Records a refused operator call in the audit trail (best effort: logged if it fails).
-    pub async fn record_auth_failure(&self, who: &Provenance) {
-        if let Err(e) = self.store.record_auth_failure(who, self.now()).await {
-            tracing::warn!(error = %e, "recording a failed operator authentication failed");
+    /// Counts a refused operator call of `peer` (its IP address) in memory; written in
+    /// aggregate by [`Authority::flush_auth_failures`]. Past the per-peer limit the refusal
+    /// becomes [`Error::TooManyAuthFailures`] (instead of `refusal`).
+    pub fn note_auth_failure(
+        &self,
+        peer: Option<&str>,
+        request_id: Option<&str>,
+        refusal: Error,
+    ) -> Error {
+        match self
+            .auth_failures
+            .note(peer.unwrap_or("unknown"), request_id, self.now())
+        {
+            Some(wait) => Error::TooManyAuthFailures(wait),
+            None => refusal,
         }
+    }
+
+    /// Writes the refused operator calls counted since the last flush: one row per peer
+    /// (the loudest few; the rest in one row). Returns the calls written.
+    pub async fn flush_auth_failures(&self) -> Result<u64, Error> {
+        let rows = self.auth_failures.take(self.now());
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let calls = rows.iter().map(|r| r.count).sum();
+        if let Err(e) = self.store.record_auth_failures(&rows).await {
+            self.auth_failures.restore(rows);
+            return Err(e);
+        }
+        Ok(calls)
+    }
+
+    /// Deletes refused-operator-call rows older than the retention.
+    pub async fn purge_auth_failures(&self) -> Result<u64, Error> {
+        let retention = self.auth_failures.settings().retention;
+        let before = Timestamp::from_micros(
+            self.now()
+                .as_micros()
+                .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX)),
+        );
+        self.store.purge_auth_failures(before).await
     }
 
     /// Deletes idempotency records past their time.

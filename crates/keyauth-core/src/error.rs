@@ -57,6 +57,11 @@ pub enum Error {
     )]
     KeyIdThrottled(std::time::Duration),
 
+    /// Too many refused operator calls from this peer lately: retry after the delay (with
+    /// the right token).
+    #[error("too many failed operator authentications from this address; retry in {} s", .0.as_secs().max(1))]
+    TooManyAuthFailures(std::time::Duration),
+
     /// The caller's deadline passed before the answer was known.
     #[error("deadline exceeded before the key could be checked")]
     DeadlineExceeded,

@@ -2,9 +2,11 @@
 //! tonic or the proto crate, so the compiler keeps it so).
 //!
 //! The layers read in one direction, each using only those above it:
-//! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage` →
+//! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage`,
+//! `auth_failures` →
 //! `store` → `key_filter`, `paging`, `cache` → `authority` → `propagation`.
 
+pub mod auth_failures;
 pub mod authority;
 pub mod cache;
 pub mod catalog;

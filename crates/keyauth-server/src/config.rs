@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::hashing::HashParams;
 use keyauth_core::store::StoreOptions;
@@ -182,7 +183,16 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_MAX_COLD_LOOKUPS", default_value_t = CacheSettings::DEFAULT_MAX_COLD_LOOKUPS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_cold_lookups: usize,
 
-    /// How often last-use times are written to the store.
+    /// Refused operator calls (wrong or missing operator token) per peer address per minute;
+    /// past it, further refusals are RESOURCE_EXHAUSTED with a retry delay.
+    #[arg(long, env = "KEYAUTH_OPERATOR_FAILURE_LIMIT", default_value_t = AuthFailureSettings::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub operator_failure_limit: u32,
+
+    /// How long the audit trail keeps the rows of refused operator calls.
+    #[arg(long, env = "KEYAUTH_AUTH_FAILURE_RETENTION", default_value = "30d", value_parser = parse_positive_duration)]
+    pub auth_failure_retention: Duration,
+
+    /// How often last-use times (and refused operator calls) are written to the store.
     #[arg(long, env = "KEYAUTH_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub usage_flush_interval: Duration,
 
@@ -302,6 +312,11 @@ impl ServeArgs {
             cache: self.cache(),
             seal_key: seal_key.map(std::sync::Arc::new),
             idempotency_ttl: self.idempotency_ttl,
+            auth_failures: AuthFailureSettings {
+                limit: self.operator_failure_limit,
+                retention: self.auth_failure_retention,
+                ..AuthFailureSettings::default()
+            },
         })
     }
 

@@ -93,6 +93,12 @@ pub fn from_error(err: Error) -> Status {
             message,
             after.max(Duration::from_millis(1)),
         ),
+        Error::TooManyAuthFailures(after) => retryable(
+            Code::ResourceExhausted,
+            "TOO_MANY_AUTH_FAILURES",
+            message,
+            after.max(Duration::from_secs(1)),
+        ),
         Error::DeadlineExceeded => plain(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", message),
         Error::StoreUnreachable => store_unavailable(),
         Error::AuditUnavailable(source) => {

@@ -192,6 +192,7 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
         peer: text(&event.peer),
         request_id: text(&event.request_id),
         event_time: Some(timestamp_out(event.event_time)),
+        count: event.count,
     }
 }
 

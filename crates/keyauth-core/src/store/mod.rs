@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
@@ -105,6 +106,9 @@ pub struct AuditEvent {
     pub peer: Option<String>,
     pub request_id: Option<String>,
     pub event_time: Timestamp,
+    /// How many occurrences the event stands for: refused operator calls are written once
+    /// per peer per interval; 1 for every other event.
+    pub count: u64,
 }
 
 /// Which events ListKeyEvents asks for.
@@ -195,8 +199,12 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
 
-    /// Records a failed operator authentication in the audit trail.
-    async fn record_auth_failure(&self, who: &Provenance, at: Timestamp) -> Result<(), Error>;
+    /// Records refused operator calls in the audit trail, one aggregated row each (in one
+    /// transaction).
+    async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error>;
+
+    /// Deletes refused-operator-call rows older than `before`; returns how many.
+    async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error>;
 
     /// Audit events matching `filter`, newest first, below sequence `before`.
     async fn list_events(

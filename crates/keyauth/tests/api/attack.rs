@@ -256,3 +256,92 @@ async fn too_many_cold_lookups_answer_unavailable_at_once(backend: Backend) {
     );
     app.stop().await;
 }
+
+both_stores!(refused_operator_calls_write_nothing_inline_and_are_limited);
+
+/// The refused-operator-call rows of the audit trail: (peer, request id, occurrences).
+async fn auth_failure_rows(db: &TestDb) -> Vec<(String, Option<String>, i64)> {
+    use sqlx::Connection;
+    const SQL: &str = "SELECT peer, request_id, occurrences FROM key_events \
+                       WHERE event = 'operator_auth_failed' ORDER BY seq";
+    match db {
+        TestDb::Sqlite { .. } => {
+            let mut conn = sqlx::SqliteConnection::connect(&db.url()).await.unwrap();
+            sqlx::query_as(SQL).fetch_all(&mut conn).await.unwrap()
+        }
+        TestDb::Postgres { .. } => {
+            let mut conn = sqlx::PgConnection::connect(&db.url()).await.unwrap();
+            sqlx::query_as(SQL).fetch_all(&mut conn).await.unwrap()
+        }
+    }
+}
+
+async fn refused_operator_calls_write_nothing_inline_and_are_limited(backend: Backend) {
+    use keyauth_proto as pb;
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let (key, _) = app.issue_test_key().await;
+    let limit = keyauth_core::auth_failures::AuthFailureSettings::DEFAULT_LIMIT as usize;
+    let mut codes = Vec::new();
+    for i in 0..limit + 10 {
+        let mut bad = tonic::Request::new(pb::GetKeyRequest {
+            key_id: key.id.clone(),
+        });
+        if i % 2 == 0 {
+            bad.metadata_mut()
+                .insert("authorization", "Bearer wrong".parse().unwrap());
+        }
+        bad.metadata_mut()
+            .insert("x-request-id", format!("req-intruder-{i}").parse().unwrap());
+        let refused = app.client.clone().get_key(bad).await.unwrap_err();
+        if refused.code() == Code::ResourceExhausted {
+            let details = refused.get_error_details();
+            assert_eq!(
+                details.error_info().unwrap().reason,
+                "TOO_MANY_AUTH_FAILURES"
+            );
+            let delay = details.retry_info().unwrap().retry_delay.unwrap();
+            assert!(delay <= std::time::Duration::from_secs(60), "{delay:?}");
+        }
+        codes.push(refused.code());
+    }
+    assert!(codes[..limit].iter().all(|c| *c == Code::Unauthenticated));
+    assert!(codes[limit..].iter().all(|c| *c == Code::ResourceExhausted));
+    // Nothing was written by the refused calls themselves.
+    assert!(auth_failure_rows(&app.db).await.is_empty());
+    // The operator, from the same address, is never refused by the limit.
+    assert_eq!(app.get(&key.id).await.unwrap().id, key.id);
+
+    // The housekeeping task writes one row for the peer, with the count.
+    assert_eq!(
+        app.authority.flush_auth_failures().await.unwrap(),
+        (limit + 10) as u64
+    );
+    let last = format!("req-intruder-{}", limit + 9);
+    assert_eq!(
+        auth_failure_rows(&app.db).await,
+        vec![("127.0.0.1".to_owned(), Some(last), (limit + 10) as i64)]
+    );
+    assert_eq!(app.authority.flush_auth_failures().await.unwrap(), 0);
+    assert_eq!(auth_failure_rows(&app.db).await.len(), 1);
+    // The limit's window passes: refusals are UNAUTHENTICATED again.
+    app.clock.advance(std::time::Duration::from_secs(60));
+    let refused = app
+        .client
+        .clone()
+        .get_key(tonic::Request::new(pb::GetKeyRequest {
+            key_id: key.id.clone(),
+        }))
+        .await;
+    assert_status(refused, Code::Unauthenticated, None);
+
+    // Kept for the retention (30 days), then purged.
+    app.clock
+        .advance(std::time::Duration::from_secs(29 * 24 * 3600));
+    assert_eq!(app.authority.purge_auth_failures().await.unwrap(), 0);
+    app.clock.advance(std::time::Duration::from_secs(24 * 3600));
+    assert_eq!(app.authority.purge_auth_failures().await.unwrap(), 1);
+    assert!(auth_failure_rows(&app.db).await.is_empty());
+    app.stop().await;
+}

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyauth_core::Authority;
+use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::clock::{Clock, Timestamp};
@@ -282,6 +283,7 @@ pub struct Options {
     /// Seal key (hex) enabling idempotent replay of secrets.
     pub seal_key: Option<String>,
     pub idempotency_ttl: Duration,
+    pub auth_failures: AuthFailureSettings,
 }
 
 impl Default for Options {
@@ -296,6 +298,7 @@ impl Default for Options {
             catalog: authority.catalog,
             seal_key: None,
             idempotency_ttl: authority.idempotency_ttl,
+            auth_failures: authority.auth_failures,
         }
     }
 }
@@ -313,6 +316,7 @@ impl Options {
                 .as_deref()
                 .map(|hex| Arc::new(SealKey::parse(hex).unwrap())),
             idempotency_ttl: self.idempotency_ttl,
+            auth_failures: self.auth_failures.clone(),
         }
     }
 }
