@@ -345,3 +345,70 @@ async fn refused_operator_calls_write_nothing_inline_and_are_limited(backend: Ba
     assert!(auth_failure_rows(&app.db).await.is_empty());
     app.stop().await;
 }
+
+both_stores!(the_key_filter_holds_every_page_of_the_store);
+
+async fn the_key_filter_holds_every_page_of_the_store(backend: Backend) {
+    use keyauth_core::hashing::{HashParams, Hasher};
+    use keyauth_core::key::PresentedKey;
+    use keyauth_core::model::{ApplicationId, Environment, KeyRecord, Metadata, Permissions};
+    use keyauth_core::store::Provenance;
+    let cheap = HashParams {
+        m_cost: 8,
+        t_cost: 1,
+        p_cost: 1,
+    };
+    let options = Options {
+        hash: cheap,
+        ..Options::default()
+    };
+    let Some(app) = spawn_with(backend, options.clone()).await else {
+        return;
+    };
+    // 2,500 keys written behind this instance's back (as another instance would): the filter
+    // is read from the store in pages of 1,000.
+    let secret = "S".repeat(32);
+    let hash = Hasher::new(cheap, 1, 1)
+        .unwrap()
+        .hash(secret.as_bytes(), None)
+        .await
+        .unwrap();
+    let mut keys = Vec::new();
+    for i in 0..2500 {
+        let key =
+            PresentedKey::from_parts(Environment::Test, &format!("page{i:08}"), &secret).unwrap();
+        let record = KeyRecord {
+            id: key.id(),
+            application_id: ApplicationId::parse("paged", "application_id").unwrap(),
+            environment: Environment::Test,
+            name: format!("paged {i}"),
+            secret_hash: hash.clone(),
+            redacted: key.redacted(),
+            restricted: false,
+            permissions: Permissions::default(),
+            metadata: Metadata::new(),
+            create_time: app.authority.now(),
+            expire_time: None,
+            revoke_time: None,
+            revoke_reason: None,
+            last_used_time: None,
+            replaced_by: None,
+        };
+        app.authority
+            .store()
+            .insert_key(&record, &Provenance::default(), None)
+            .await
+            .unwrap();
+        keys.push(key.expose().to_owned());
+    }
+    register_secret(&keys[0]);
+    // A restarted instance builds its filter from the store: the keys at every page boundary,
+    // and far more keys than the few absent ids a second it would read anyway, pass it.
+    let db = app.stop().await;
+    let app = spawn_on(db, options).await;
+    let boundaries = [0, 998, 999, 1000, 1001, 1999, 2000, 2001, 2499];
+    for i in (0..2500).step_by(25).chain(boundaries) {
+        assert!(app.verify(&keys[i]).await.valid, "key {i}");
+    }
+    app.stop().await;
+}
