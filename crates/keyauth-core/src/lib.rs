@@ -24,5 +24,8 @@ pub mod store;
 mod paging;
 mod usage;
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use authority::Authority;
 pub use error::Error;
