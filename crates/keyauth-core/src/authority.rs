@@ -532,7 +532,11 @@ impl Authority {
         if self.cache.is_unknown(&id, now) {
             return Ok(None);
         }
-        let _cold = self.cold_permit()?;
+        if let Some(after) = self.cache.is_throttled(&id, now) {
+            return Err(Error::KeyIdThrottled(after));
+        }
+        // Waiting for the id's flight holds no cold-lookup permit: a pile of calls on one id
+        // cannot take the permits of other keys' lookups.
         let _flight = self.flights.join(&id).await;
         // What the flight before this one found, if any.
         match self.cache.peek(&id, &key.digest()) {
@@ -544,6 +548,7 @@ impl Authority {
         if let Admission::Throttled(after) = self.cache.admit_unproven(&id, now) {
             return Err(Error::KeyIdThrottled(after));
         }
+        let _cold = self.cold_permit()?;
         let generation = self.cache.generation();
         let Some(record) = self.store.get_key(&id).await? else {
             self.cache.mark_unknown(&id, now);
@@ -575,7 +580,6 @@ impl Authority {
     /// per key id at a time (concurrent callers use what it read).
     async fn refresh(&self, stale: &Proven, now: Timestamp) -> Result<Option<Arc<Proven>>, Error> {
         let id = &stale.record.id;
-        let _cold = self.cold_permit()?;
         let _flight = self.flights.join(id).await;
         match self.cache.peek(id, &stale.digest()) {
             Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
@@ -583,6 +587,7 @@ impl Authority {
             Lookup::WrongSecret => return Ok(None),
             _ => {}
         }
+        let _cold = self.cold_permit()?;
         let generation = self.cache.generation();
         let Some(record) = self.store.get_key(id).await? else {
             self.cache.forget(id);

@@ -387,6 +387,20 @@ impl VerifyCache {
     /// limit; past it, once per `throttled_try_interval` (the attempt let through is counted
     /// at once, so concurrent callers do not all pass).
     pub fn admit_unproven(&self, id: &KeyId, now: Timestamp) -> Admission {
+        self.judge_unproven(id, now, true)
+    }
+
+    /// [`VerifyCache::admit_unproven`] without taking the try: whether an attempt at `now`
+    /// would be throttled (checked before waiting for the id's flight, so that a pile of
+    /// throttled attempts holds nothing while it waits).
+    pub fn is_throttled(&self, id: &KeyId, now: Timestamp) -> Option<Duration> {
+        match self.judge_unproven(id, now, false) {
+            Admission::Throttled(wait) => Some(wait),
+            Admission::Try => None,
+        }
+    }
+
+    fn judge_unproven(&self, id: &KeyId, now: Timestamp, take: bool) -> Admission {
         let Some(window) = self.failures.get(id) else {
             return Admission::Try;
         };
@@ -402,7 +416,9 @@ impl VerifyCache {
                 Admission::Throttled(interval.saturating_sub(now.since(at)))
             }
             _ => {
-                w.last_try = Some(now);
+                if take {
+                    w.last_try = Some(now);
+                }
                 Admission::Try
             }
         }
@@ -556,7 +572,9 @@ mod tests {
             c.note_failure(&id, secs(10));
         }
         // Past the limit: the first attempt of each second runs, the rest wait.
+        assert_eq!(c.is_throttled(&id, secs(10)), None, "looking takes nothing");
         assert_eq!(c.admit_unproven(&id, secs(10)), Admission::Try);
+        assert_eq!(c.is_throttled(&id, secs(10)), Some(Duration::from_secs(1)));
         assert_eq!(
             c.admit_unproven(&id, secs(10)),
             Admission::Throttled(Duration::from_secs(1))
