@@ -197,10 +197,16 @@ impl Authority {
         if !self.keys.needs_rebuild() {
             return Ok(false);
         }
+        self.rebuild_key_filter().await?;
+        Ok(true)
+    }
+
+    /// Rebuilds the key filter from the store now (keys added meanwhile are kept).
+    pub async fn rebuild_key_filter(&self) -> Result<(), Error> {
         self.keys.rebuild(self.store.as_ref()).await?;
         let (held, capacity, bytes) = self.keys.stats();
         tracing::info!(keys = held, capacity, bytes, "key filter rebuilt");
-        Ok(true)
+        Ok(())
     }
 
     /// A permit for a cold lookup, or UNAVAILABLE at once when too many are in flight.
@@ -339,12 +345,14 @@ impl Authority {
         }
         let issued = self.mint(new, now).await?;
         let write = self.idempotent_write(idem, Some(&issued.key), now)?;
-        // Before the write: once it commits, the key must pass the filter (an id added for a
-        // write that fails costs only a possible false positive).
-        self.keys.insert(&issued.record.id);
         self.store
             .insert_key(&issued.record, who, write.as_ref())
             .await?;
+        // After the commit, not before: a filter rebuild that listed the store before the
+        // commit is under way now, and keeps what is added meanwhile (added before it
+        // started, the key would be in neither its listing nor its additions). The caller
+        // learns the key only from this call's answer, after this line.
+        self.keys.insert(&issued.record.id);
         self.cache.forget(&issued.record.id);
         tracing::info!(key_id = %issued.record.id, application_id = issued.record.application_id.as_str(), "key issued");
         Ok(issued)
@@ -383,7 +391,6 @@ impl Authority {
         let mut issued = self.mint(new, now).await?;
         issued.record.restricted = old.restricted;
         let write = self.idempotent_write(idem, Some(&issued.key), now)?;
-        self.keys.insert(&issued.record.id);
         let outcome = self
             .store
             .roll_key(
@@ -398,6 +405,8 @@ impl Authority {
         self.cache.forget(id);
         match outcome? {
             Rolled::Done { previous } => {
+                // After the commit (see `issue`).
+                self.keys.insert(&issued.record.id);
                 tracing::info!(key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.as_secs(), "key rolled");
                 Ok((issued, previous))
             }

@@ -4,11 +4,13 @@
 //! - Built at start-up from the store (every id, a page at a time), sized for twice the keys
 //!   it holds (at least [`MIN_CAPACITY`]) at a 1% false-positive rate once full; rebuilt (by
 //!   the housekeeping task) when more keys than that were added since.
-//! - Kept current: the authority adds a key before it writes it (issue, roll), and the change
-//!   follower adds the keys other instances made (`issued` events and a roll's new key). A
-//!   filter never answers "absent" for an id added to it: no false negatives.
+//! - Kept current: the authority adds a key once its write committed (issue, roll), and the
+//!   change follower adds the keys other instances made (`issued` events and a roll's new
+//!   key). A filter never answers "absent" for an id added to it: no false negatives.
 //! - A rebuild lists the store while keys keep being added: those added meanwhile are also
 //!   kept aside and folded into the new filter when it replaces the old one, so none is lost.
+//!   This relies on keys being added after their commit: a key committed after the listing
+//!   read past it is added after the rebuild began, so it is kept aside.
 //! - An id the filter does not hold may still have been made a moment ago by another instance
 //!   whose change has not reached this one yet (milliseconds with PostgreSQL notifications).
 //!   [`ProbeBudget`] lets a few such ids per second be read from the store anyway; past it they

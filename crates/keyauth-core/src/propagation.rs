@@ -38,6 +38,9 @@ impl Default for FollowOptions {
     }
 }
 
+/// Key events before the key filter's listing replayed at start-up (see `follow_changes`).
+const STARTUP_REPLAY: i64 = 1000;
+
 /// Which key events this instance has applied.
 #[derive(Debug)]
 struct EventCursor {
@@ -97,8 +100,16 @@ pub async fn follow_changes(
     mut stop: watch::Receiver<bool>,
 ) {
     let store = authority.store().clone();
-    // From where the key filter was listed: keys other instances made since are added to it.
-    let mut cursor = EventCursor::new(authority.keys_listed_after_event());
+    // From a little before where the key filter was listed: keys other instances made since
+    // are added to it. The margin covers changes that took a sequence below the one read
+    // then but had not committed yet (sequences commit out of order): above the watermark,
+    // they are waited for like any gap. Replaying a few old events is harmless.
+    let mut cursor = EventCursor::new(
+        authority
+            .keys_listed_after_event()
+            .saturating_sub(STARTUP_REPLAY)
+            .max(0),
+    );
     let mut feed: Option<ChangeFeed> = None;
     let mut feed_supported = true;
     let mut poll = tokio::time::interval(options.poll_interval);
