@@ -472,6 +472,42 @@ mod tests {
         assert_eq!(args.limits(), Limits::default());
         assert!(args.tls_cert.is_none() && args.metrics_listen.is_none());
         assert!(args.verifier_token().unwrap().is_none());
+        let settings = args.authority_settings().unwrap();
+        assert_eq!(settings.auth_failures.limit, 20);
+        assert_eq!(
+            settings.auth_failures.retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(settings.cache.max_cold_lookups, 128);
+    }
+
+    #[test]
+    fn the_attack_limits_are_set_by_flag() {
+        let args = parse(&[
+            "--operator-failure-limit",
+            "5",
+            "--auth-failure-retention",
+            "7d",
+            "--max-cold-lookups",
+            "16",
+        ]);
+        let settings = args.authority_settings().unwrap();
+        assert_eq!(settings.auth_failures.limit, 5);
+        assert_eq!(
+            settings.auth_failures.retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(settings.cache.max_cold_lookups, 16);
+        for bad in [
+            ["--operator-failure-limit", "0"],
+            ["--max-cold-lookups", "0"],
+            ["--auth-failure-retention", "0s"],
+        ] {
+            assert!(
+                Serve::try_parse_from(std::iter::once("serve").chain(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
