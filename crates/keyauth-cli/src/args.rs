@@ -23,8 +23,8 @@ pub struct Connection {
     )]
     pub server: String,
 
-    /// PEM file of the CA certificate(s) that signed the server's certificate (https only;
-    /// required for https: this build trusts no system or public roots).
+    /// PEM file of the CA certificate(s) that signed the server's certificate (https only).
+    /// Unset: the system's root certificates are trusted.
     #[arg(long, env = "KEYAUTH_CA_CERT", value_name = "PEM", global = true)]
     pub ca_cert: Option<PathBuf>,
 

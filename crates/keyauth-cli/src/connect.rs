@@ -48,6 +48,11 @@ pub(crate) async fn connect(connection: &Connection) -> Result<Client, Failure> 
                     tls::CLIENT_CERT_SETTING,
                     tls::CLIENT_KEY_SETTING
                 )
+            } else if connection.ca_cert.is_none() {
+                format!(
+                    "cannot use the system's root certificates for {server} (give the CA with {})",
+                    tls::CA_CERT_SETTING
+                )
             } else {
                 format!("cannot use these TLS settings for {server}")
             };
@@ -77,14 +82,8 @@ pub(crate) async fn connect(connection: &Connection) -> Result<Client, Failure> 
 pub(crate) fn client_tls(
     connection: &Connection,
 ) -> Result<tonic::transport::ClientTlsConfig, Failure> {
-    // tonic's `tls-native-roots` and `tls-webpki-roots` features are off: without a CA
-    // certificate nothing would be trusted, and every handshake would fail.
-    let Some(ca) = &connection.ca_cert else {
-        return Err(Failure::Usage(format!(
-            "an https:// server needs {}: the PEM file of the CA that signed its certificate (this build trusts no system or public root certificates)",
-            tls::CA_CERT_SETTING
-        )));
-    };
+    // Without --ca-cert the system's root certificates are trusted (as curl and browsers
+    // do); a private CA needs --ca-cert.
     let identity = match (&connection.client_cert, &connection.client_key) {
         (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
         (None, None) => None,
@@ -103,7 +102,7 @@ pub(crate) fn client_tls(
             )));
         }
     };
-    let config =
-        tls::client_config(Some(ca), identity).map_err(|e| Failure::Usage(e.to_string()))?;
+    let config = tls::client_config(connection.ca_cert.as_deref(), identity)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
     Ok(config.timeout(connection.timeout))
 }

@@ -160,6 +160,7 @@ mod tests {
                 seconds: 1_830_211_200,
                 nanos: 5,
             }),
+            count: 1,
             ..Default::default()
         };
         let table = render_event_table(std::slice::from_ref(&event));

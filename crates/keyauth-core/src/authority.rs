@@ -6,12 +6,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::cache::{CacheSettings, Lookup, Proven, VerifyCache};
+use crate::auth_failures::{AuthFailureSettings, AuthFailures};
+use crate::cache::{Admission, CacheSettings, Flights, Lookup, Proven, VerifyCache};
 use crate::catalog::Catalog;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
 use crate::key::{KeyIdOf, PresentedKey};
+use crate::key_filter::{KeyFilter, ProbeBudget};
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions, Verdict,
 };
@@ -117,7 +119,26 @@ pub struct Authority {
     contact: StoreContact,
     sealer: Sealer,
     idempotency_ttl: Duration,
+    /// Every key id of the store (a Bloom filter): unknown ids are refused from memory.
+    keys: KeyFilter,
+    /// Ids absent from `keys` that may still be read from the store (a change of another
+    /// instance not yet heard of).
+    probes: ProbeBudget,
+    /// The `key_events` sequence before `keys` was listed: the change follower starts there,
+    /// so no key made meanwhile by another instance escapes the filter.
+    keys_listed_after_event: i64,
+    /// One cold proof or refresh per key id at a time.
+    flights: Flights,
+    /// Refused operator calls, counted per peer until written.
+    auth_failures: AuthFailures,
+    /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
+    cold: Arc<tokio::sync::Semaphore>,
 }
+
+/// Ids absent from the key filter read from the store anyway: at most this many at once…
+const PROBE_BURST: u32 = 10;
+/// …and this many a second.
+const PROBES_PER_SECOND: u32 = 10;
 
 /// When the change follower last heard from the store (monotonic). Untracked until the
 /// follower first reports, so an authority used without one never counts as cut off.
@@ -155,6 +176,11 @@ impl Authority {
     ) -> Result<Self, Error> {
         let fresh = crate::key::random_base62(43).map_err(Error::internal)?;
         let page_key = store.setting_or_insert(PAGE_TOKEN_SETTING, &fresh).await?;
+        let keys_listed_after_event = store.latest_event().await?;
+        let keys = KeyFilter::load(store.as_ref()).await?;
+        let (held, capacity, bytes) = keys.stats();
+        tracing::info!(keys = held, capacity, bytes, "key filter built");
+        let cold = Arc::new(tokio::sync::Semaphore::new(cache.max_cold_lookups.max(1)));
         Ok(Authority {
             store,
             hasher,
@@ -169,7 +195,55 @@ impl Authority {
             },
             sealer: Sealer::new(None),
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            keys,
+            probes: ProbeBudget::new(PROBE_BURST, PROBES_PER_SECOND),
+            keys_listed_after_event,
+            flights: Flights::default(),
+            cold,
+            auth_failures: AuthFailures::new(AuthFailureSettings::default()),
         })
+    }
+
+    /// Sets the limit and retention of refused operator calls.
+    pub fn with_auth_failures(mut self, settings: AuthFailureSettings) -> Self {
+        self.auth_failures = AuthFailures::new(settings);
+        self
+    }
+
+    /// The `key_events` sequence the change follower starts after (see `propagation`).
+    pub fn keys_listed_after_event(&self) -> i64 {
+        self.keys_listed_after_event
+    }
+
+    /// A key exists (made by another instance, heard from the change feed).
+    pub fn note_key_exists(&self, id: &KeyId) {
+        self.keys.insert(id);
+        self.cache.forget_unknown(id);
+    }
+
+    /// Rebuilds the key filter if more keys were added than it was sized for (housekeeping).
+    pub async fn maintain_key_filter(&self) -> Result<bool, Error> {
+        if !self.keys.needs_rebuild() {
+            return Ok(false);
+        }
+        self.rebuild_key_filter().await?;
+        Ok(true)
+    }
+
+    /// Rebuilds the key filter from the store now (keys added meanwhile are kept).
+    pub async fn rebuild_key_filter(&self) -> Result<(), Error> {
+        self.keys.rebuild(self.store.as_ref()).await?;
+        let (held, capacity, bytes) = self.keys.stats();
+        tracing::info!(keys = held, capacity, bytes, "key filter rebuilt");
+        Ok(())
+    }
+
+    /// A permit for a cold lookup, or UNAVAILABLE at once when too many are in flight.
+    fn cold_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+        self.cold
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded)
     }
 
     /// Enables idempotent replay of secret-bearing responses (with a seal key) and sets how
@@ -279,7 +353,7 @@ impl Authority {
             None => None,
         };
         tracing::info!(
-            idempotency_key = idem.key.as_str(),
+            idempotency_key = crate::error::echo(idem.key.as_str()),
             "replaying a stored response"
         );
         Ok(Some(Replay {
@@ -303,6 +377,11 @@ impl Authority {
         self.store
             .insert_key(&issued.record, who, write.as_ref())
             .await?;
+        // After the commit, not before: a filter rebuild that listed the store before the
+        // commit is under way now, and keeps what is added meanwhile (added before it
+        // started, the key would be in neither its listing nor its additions). The caller
+        // learns the key only from this call's answer, after this line.
+        self.keys.insert(&issued.record.id);
         self.cache.forget(&issued.record.id);
         tracing::info!(key_id = %issued.record.id, application_id = issued.record.application_id.as_str(), "key issued");
         Ok(issued)
@@ -355,6 +434,8 @@ impl Authority {
         self.cache.forget(id);
         match outcome? {
             Rolled::Done { previous } => {
+                // After the commit (see `issue`).
+                self.keys.insert(&issued.record.id);
                 tracing::info!(key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.as_secs(), "key rolled");
                 Ok((issued, previous))
             }
@@ -457,10 +538,18 @@ impl Authority {
                 Some(p) => p,
                 None => return Ok(Verdict::unauthenticated()),
             },
-            Lookup::Miss => match within(deadline, self.prove(&key, now, deadline)).await? {
-                Some(p) => p,
-                None => return Ok(Verdict::unauthenticated()),
-            },
+            Lookup::Miss => {
+                // An id no key has: refused from memory, unless it may be a key another
+                // instance just made (a few such reads a second).
+                if !self.keys.may_contain(&id) && !self.probes.take(now) {
+                    metrics::counter!(crate::metrics::KEY_FILTER_REFUSALS).increment(1);
+                    return Ok(Verdict::unauthenticated());
+                }
+                match within(deadline, self.prove(&key, now, deadline)).await? {
+                    Some(p) => p,
+                    None => return Ok(Verdict::unauthenticated()),
+                }
+            }
         };
         let verdict = Verdict::judge(proven.record.clone(), now, required);
         if verdict.is_valid() {
@@ -469,7 +558,8 @@ impl Authority {
         Ok(verdict)
     }
 
-    /// Cold path: one indexed read, argon2id, then cache.
+    /// Cold path: one indexed read, argon2id, then cache; one at a time per key id, so
+    /// concurrent first calls with one key run argon2 once.
     async fn prove(
         &self,
         key: &PresentedKey,
@@ -477,14 +567,33 @@ impl Authority {
         deadline: Option<Instant>,
     ) -> Result<Option<Arc<Proven>>, Error> {
         let id = key.id();
-        if self.cache.is_unknown(&id, now) || self.cache.too_many_failures(&id, now) {
+        if self.cache.is_unknown(&id, now) {
             return Ok(None);
         }
+        if let Some(after) = self.cache.is_throttled(&id, now) {
+            return Err(Error::KeyIdThrottled(after));
+        }
+        // Waiting for the id's flight holds no cold-lookup permit: a pile of calls on one id
+        // cannot take the permits of other keys' lookups.
+        let _flight = self.flights.join(&id).await;
+        // What the flight before this one found, if any.
+        match self.cache.peek(&id, &key.digest()) {
+            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
+            Lookup::WrongSecret => return Ok(None),
+            _ if self.cache.is_unknown(&id, now) => return Ok(None),
+            _ => {}
+        }
+        if let Admission::Throttled(after) = self.cache.admit_unproven(&id, now) {
+            return Err(Error::KeyIdThrottled(after));
+        }
+        let _cold = self.cold_permit()?;
         let generation = self.cache.generation();
         let Some(record) = self.store.get_key(&id).await? else {
             self.cache.mark_unknown(&id, now);
             return Ok(None);
         };
+        // It exists: a probe past the filter found a key made elsewhere.
+        self.keys.insert(&id);
         if record.environment != key.environment() {
             return Ok(None);
         }
@@ -505,11 +614,21 @@ impl Authority {
         ))
     }
 
-    /// Re-reads a proven key's record once its cached copy is older than the TTL.
+    /// Re-reads a proven key's record once its cached copy is older than the TTL; one read
+    /// per key id at a time (concurrent callers use what it read).
     async fn refresh(&self, stale: &Proven, now: Timestamp) -> Result<Option<Arc<Proven>>, Error> {
+        let id = &stale.record.id;
+        let _flight = self.flights.join(id).await;
+        match self.cache.peek(id, &stale.digest()) {
+            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
+            // Dropped or replaced meanwhile (a revoke, a roll): judged afresh.
+            Lookup::WrongSecret => return Ok(None),
+            _ => {}
+        }
+        let _cold = self.cold_permit()?;
         let generation = self.cache.generation();
-        let Some(record) = self.store.get_key(&stale.record.id).await? else {
-            self.cache.forget(&stale.record.id);
+        let Some(record) = self.store.get_key(id).await? else {
+            self.cache.forget(id);
             return Ok(None);
         };
         // The digest stays proven: a key's secret never changes (a roll makes a new key).
@@ -653,11 +772,48 @@ impl Authority {
         Ok((events, next))
     }
 
-    /// Records a refused operator call in the audit trail (best effort: logged if it fails).
-    pub async fn record_auth_failure(&self, who: &Provenance) {
-        if let Err(e) = self.store.record_auth_failure(who, self.now()).await {
-            tracing::warn!(error = %e, "recording a failed operator authentication failed");
+    /// Counts a refused operator call of `peer` (its IP address) in memory; written in
+    /// aggregate by [`Authority::flush_auth_failures`]. Past the per-peer limit the refusal
+    /// becomes [`Error::TooManyAuthFailures`] (instead of `refusal`).
+    pub fn note_auth_failure(
+        &self,
+        peer: Option<&str>,
+        request_id: Option<&str>,
+        refusal: Error,
+    ) -> Error {
+        match self
+            .auth_failures
+            .note(peer.unwrap_or("unknown"), request_id, self.now())
+        {
+            Some(wait) => Error::TooManyAuthFailures(wait),
+            None => refusal,
         }
+    }
+
+    /// Writes the refused operator calls counted since the last flush: one row per peer
+    /// (the loudest few; the rest in one row). Returns the calls written.
+    pub async fn flush_auth_failures(&self) -> Result<u64, Error> {
+        let rows = self.auth_failures.take(self.now());
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let calls = rows.iter().map(|r| r.count).sum();
+        if let Err(e) = self.store.record_auth_failures(&rows).await {
+            self.auth_failures.restore(rows);
+            return Err(e);
+        }
+        Ok(calls)
+    }
+
+    /// Deletes refused-operator-call rows older than the retention.
+    pub async fn purge_auth_failures(&self) -> Result<u64, Error> {
+        let retention = self.auth_failures.settings().retention;
+        let before = Timestamp::from_micros(
+            self.now()
+                .as_micros()
+                .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX)),
+        );
+        self.store.purge_auth_failures(before).await
     }
 
     /// Deletes idempotency records past their time.

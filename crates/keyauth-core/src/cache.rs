@@ -8,8 +8,12 @@
 //! - **unknown ids**: a short negative cache, so garbage with a valid checksum costs one store
 //!   lookup per id per TTL.
 //! - **failures**: failed secrets per key id in a window; past the limit, unproven attempts on
-//!   that id are refused without argon2. The owner's proven key is answered before this check,
-//!   so an attacker cannot lock the owner out.
+//!   that id get one argon2 try per `throttled_try_interval` (one a second) and the rest a
+//!   retryable refusal ([`Admission::Throttled`]), never "invalid": an attacker who knows a
+//!   key id can slow its owner's first proof on this instance, not refuse it. The owner's
+//!   proven key is answered before this check.
+//! - **flights**: one cold proof or refresh per key id at a time; concurrent callers of the
+//!   same id wait for it and then read what it cached (single flight).
 //!
 //! Holds digests, never keys. Keyed by key id so that revoke and roll drop a key's entry in
 //! O(1); a generation counter stops a cold-path read that raced an invalidation from caching
@@ -39,9 +43,15 @@ pub struct CacheSettings {
     pub ttl: Duration,
     /// How long an unknown key id is remembered.
     pub negative_ttl: Duration,
-    /// Failed secrets per key id within `failure_window` before argon2 is skipped.
+    /// Failed secrets per key id within `failure_window` before argon2 is rationed.
     pub failure_limit: u32,
     pub failure_window: Duration,
+    /// Past the failure limit, one unproven attempt per id per this interval still runs
+    /// argon2; the others are refused as retryable.
+    pub throttled_try_interval: Duration,
+    /// Cold lookups (store read, argon2) in flight at most; past it Verify answers
+    /// UNAVAILABLE at once instead of queueing.
+    pub max_cold_lookups: usize,
     /// How long the store may go unheard from (see `propagation`) before cached answers stop
     /// and Verify answers UNAVAILABLE.
     pub staleness_limit: Duration,
@@ -50,6 +60,7 @@ pub struct CacheSettings {
 impl CacheSettings {
     /// 100 MiB: about 150,000 typical keys (a name, a few permissions, little metadata).
     pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
+    pub const DEFAULT_MAX_COLD_LOOKUPS: usize = 128;
 }
 
 impl Default for CacheSettings {
@@ -60,6 +71,8 @@ impl Default for CacheSettings {
             negative_ttl: Duration::from_secs(10),
             failure_limit: 10,
             failure_window: Duration::from_secs(60),
+            throttled_try_interval: Duration::from_secs(1),
+            max_cold_lookups: Self::DEFAULT_MAX_COLD_LOOKUPS,
             staleness_limit: Duration::from_secs(10),
         }
     }
@@ -148,6 +161,86 @@ impl Lifecycle<KeyId, Arc<Proven>> for CountEvictions {
 struct FailureWindow {
     start: Timestamp,
     count: u32,
+    /// The last unproven attempt let through once past the limit.
+    last_try: Option<Timestamp>,
+}
+
+/// Whether an unproven attempt on a key id may run argon2.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admission {
+    Try,
+    /// Too many failures on this id: retry after this long.
+    Throttled(Duration),
+}
+
+/// One cold proof or refresh per key id at a time.
+#[derive(Default)]
+pub struct Flights {
+    running: Mutex<std::collections::HashMap<KeyId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A place in the flight of one key id; held while waiting and while running.
+struct Ticket<'a> {
+    flights: &'a Flights,
+    id: KeyId,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut running = self
+            .flights
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        drop(self.lock.take());
+        // The map's own reference is the last one: nobody runs or waits for this id.
+        if running
+            .get(&self.id)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            running.remove(&self.id);
+        }
+    }
+}
+
+/// The flight of one key id: while it is held, no other caller proves or refreshes that id.
+pub struct Flight<'a> {
+    // Declared first: the lock is released before the ticket cleans up.
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _ticket: Ticket<'a>,
+}
+
+impl Flights {
+    /// Waits for the running flight of `id`, if any, and starts the next one.
+    pub async fn join(&self, id: &KeyId) -> Flight<'_> {
+        let lock = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.clone())
+            .or_default()
+            .clone();
+        let ticket = Ticket {
+            flights: self,
+            id: id.clone(),
+            lock: Some(lock.clone()),
+        };
+        let guard = lock.lock_owned().await;
+        Flight {
+            _guard: guard,
+            _ticket: ticket,
+        }
+    }
+
+    /// Key ids with a flight running or waited for.
+    pub fn len(&self) -> usize {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 pub struct VerifyCache {
@@ -198,13 +291,23 @@ impl VerifyCache {
     }
 
     pub fn lookup(&self, id: &KeyId, digest: &KeyDigest) -> Lookup {
-        let (lookup, result) = match self.proven.get(id) {
-            Some(p) if digests_match(&p.digest, digest) => (Lookup::Proven(p), "hit"),
-            Some(_) => (Lookup::WrongSecret, "wrong_secret"),
-            None => (Lookup::Miss, "miss"),
+        let lookup = self.peek(id, digest);
+        let result = match lookup {
+            Lookup::Proven(_) => "hit",
+            Lookup::WrongSecret => "wrong_secret",
+            Lookup::Miss => "miss",
         };
         metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => result).increment(1);
         lookup
+    }
+
+    /// [`VerifyCache::lookup`] without counting it (a second look after waiting for a flight).
+    pub fn peek(&self, id: &KeyId, digest: &KeyDigest) -> Lookup {
+        match self.proven.get(id) {
+            Some(p) if digests_match(&p.digest, digest) => Lookup::Proven(p),
+            Some(_) => Lookup::WrongSecret,
+            None => Lookup::Miss,
+        }
     }
 
     pub fn staleness_limit(&self) -> Duration {
@@ -280,13 +383,45 @@ impl VerifyCache {
         self.unknown.insert(id.clone(), now);
     }
 
-    /// Whether unproven attempts on `id` have failed too often within the window.
-    pub fn too_many_failures(&self, id: &KeyId, now: Timestamp) -> bool {
-        self.failures.get(id).is_some_and(|w| {
-            let w = w.lock().unwrap_or_else(|e| e.into_inner());
-            younger(w.start, now, self.settings.failure_window)
-                && w.count >= self.settings.failure_limit
-        })
+    /// Whether an unproven attempt on `id` may run argon2 at `now`: yes below the failure
+    /// limit; past it, once per `throttled_try_interval` (the attempt let through is counted
+    /// at once, so concurrent callers do not all pass).
+    pub fn admit_unproven(&self, id: &KeyId, now: Timestamp) -> Admission {
+        self.judge_unproven(id, now, true)
+    }
+
+    /// [`VerifyCache::admit_unproven`] without taking the try: whether an attempt at `now`
+    /// would be throttled (checked before waiting for the id's flight, so that a pile of
+    /// throttled attempts holds nothing while it waits).
+    pub fn is_throttled(&self, id: &KeyId, now: Timestamp) -> Option<Duration> {
+        match self.judge_unproven(id, now, false) {
+            Admission::Throttled(wait) => Some(wait),
+            Admission::Try => None,
+        }
+    }
+
+    fn judge_unproven(&self, id: &KeyId, now: Timestamp, take: bool) -> Admission {
+        let Some(window) = self.failures.get(id) else {
+            return Admission::Try;
+        };
+        let mut w = window.lock().unwrap_or_else(|e| e.into_inner());
+        if !younger(w.start, now, self.settings.failure_window)
+            || w.count < self.settings.failure_limit
+        {
+            return Admission::Try;
+        }
+        let interval = self.settings.throttled_try_interval;
+        match w.last_try {
+            Some(at) if younger(at, now, interval) => {
+                Admission::Throttled(interval.saturating_sub(now.since(at)))
+            }
+            _ => {
+                if take {
+                    w.last_try = Some(now);
+                }
+                Admission::Try
+            }
+        }
     }
 
     /// Counts a failed secret for `id`; a window older than `failure_window` starts over.
@@ -297,6 +432,7 @@ impl VerifyCache {
                 let fresh = Arc::new(Mutex::new(FailureWindow {
                     start: now,
                     count: 0,
+                    last_try: None,
                 }));
                 self.failures.insert(id.clone(), fresh.clone());
                 fresh
@@ -307,6 +443,7 @@ impl VerifyCache {
             *w = FailureWindow {
                 start: now,
                 count: 0,
+                last_try: None,
             };
         }
         w.count = w.count.saturating_add(1);
@@ -422,26 +559,75 @@ mod tests {
     }
 
     #[test]
-    fn failures_block_after_the_limit_and_the_window_expires() {
+    fn past_the_limit_one_try_a_second_and_the_window_expires() {
         let c = VerifyCache::new(CacheSettings {
             failure_limit: 3,
             failure_window: Duration::from_secs(60),
+            throttled_try_interval: Duration::from_secs(1),
             ..CacheSettings::default()
         });
         let id = KeyId::from_store("key_a".into());
         for _ in 0..3 {
-            assert!(!c.too_many_failures(&id, secs(10)));
+            assert_eq!(c.admit_unproven(&id, secs(10)), Admission::Try);
             c.note_failure(&id, secs(10));
         }
-        assert!(c.too_many_failures(&id, secs(10)));
-        assert!(
-            c.too_many_failures(&id, secs(69)),
-            "still inside the window"
+        // Past the limit: the first attempt of each second runs, the rest wait.
+        assert_eq!(c.is_throttled(&id, secs(10)), None, "looking takes nothing");
+        assert_eq!(c.admit_unproven(&id, secs(10)), Admission::Try);
+        assert_eq!(c.is_throttled(&id, secs(10)), Some(Duration::from_secs(1)));
+        assert_eq!(
+            c.admit_unproven(&id, secs(10)),
+            Admission::Throttled(Duration::from_secs(1))
         );
-        assert!(!c.too_many_failures(&id, secs(70)), "the window has passed");
-        // A failure after the window starts a new one.
+        assert_eq!(
+            c.admit_unproven(&id, Timestamp::from_micros(10_600_000)),
+            Admission::Throttled(Duration::from_millis(400))
+        );
+        assert_eq!(c.admit_unproven(&id, secs(11)), Admission::Try);
+        assert_eq!(c.admit_unproven(&id, secs(69)), Admission::Try);
+        assert!(matches!(
+            c.admit_unproven(&id, secs(69)),
+            Admission::Throttled(_)
+        ));
+        // The window has passed: every attempt runs again.
+        assert_eq!(c.admit_unproven(&id, secs(70)), Admission::Try);
+        assert_eq!(c.admit_unproven(&id, secs(70)), Admission::Try);
         c.note_failure(&id, secs(71));
-        assert!(!c.too_many_failures(&id, secs(71)));
+        assert_eq!(c.admit_unproven(&id, secs(71)), Admission::Try);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_flight_per_key_id_at_a_time() {
+        let flights = Arc::new(Flights::default());
+        let running = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..20 {
+            let (flights, running, most) = (flights.clone(), running.clone(), most.clone());
+            tasks.spawn(async move {
+                let _flight = flights.join(&KeyId::from_store("key_a".into())).await;
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+        // Another id is not held up by them.
+        let other = flights.join(&KeyId::from_store("key_b".into())).await;
+        drop(other);
+        tasks.join_all().await;
+        assert_eq!(most.load(Ordering::SeqCst), 1);
+        assert!(flights.is_empty(), "finished flights leave nothing behind");
+        // A waiter that gives up leaves nothing behind either.
+        let held = flights.join(&KeyId::from_store("key_c".into())).await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(5),
+            flights.join(&KeyId::from_store("key_c".into())),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        drop(held);
+        assert!(flights.is_empty());
     }
 
     #[test]

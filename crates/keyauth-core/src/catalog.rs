@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, FieldViolation, echo};
 use crate::model::Permissions;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,14 +70,19 @@ impl Catalog {
         let mut resources = BTreeMap::new();
         for (resource, actions) in file.resources {
             if !is_name(&resource) {
-                return Err(format!("resource {resource:?}: use 1 to 64 of a-z 0-9 _ -"));
+                return Err(format!(
+                    "resource {}: use 1 to 64 of a-z 0-9 _ -",
+                    echo(&resource)
+                ));
             }
             if actions.is_empty() {
-                return Err(format!("resource {resource:?} lists no action"));
+                return Err(format!("resource {} lists no action", echo(&resource)));
             }
             if let Some(bad) = actions.iter().find(|a| !is_name(a)) {
                 return Err(format!(
-                    "resource {resource:?}: action {bad:?}: use 1 to 64 of a-z 0-9 _ -"
+                    "resource {}: action {}: use 1 to 64 of a-z 0-9 _ -",
+                    echo(&resource),
+                    echo(bad)
                 ));
             }
             resources.insert(resource, actions.into_iter().collect());
@@ -113,7 +118,10 @@ impl Catalog {
             let description = if resource.is_empty() {
                 "is required".to_owned()
             } else {
-                format!("{resource:?} is not in the permission catalog (known: {known})")
+                format!(
+                    "{} is not in the permission catalog (known: {known})",
+                    echo(resource)
+                )
             };
             return Some(vec![FieldViolation::new(
                 &format!("{at}resource"),
@@ -133,7 +141,11 @@ impl Catalog {
                 let known = allowed.iter().cloned().collect::<Vec<_>>().join(", ");
                 out.push(FieldViolation::new(
                     &field,
-                    format!("{action:?} is not an action of {resource:?} (known: {known})"),
+                    format!(
+                        "{} is not an action of {} (known: {known})",
+                        echo(action),
+                        echo(resource)
+                    ),
                 ));
             }
         }
@@ -222,6 +234,21 @@ mod tests {
             panic!()
         };
         assert_eq!(v[0].field, "permissions[0].actions");
+    }
+
+    #[test]
+    fn unknown_names_are_echoed_cut() {
+        let c = Catalog::built_in();
+        let huge = "x".repeat(200_000);
+        for (resource, action) in [(huge.as_str(), "read"), ("patients", huge.as_str())] {
+            let Err(Error::InvalidArgument(v)) = c.check(resource, action, "") else {
+                panic!("accepted")
+            };
+            assert!(v[0].description.len() < 400, "{}", v[0].description.len());
+            assert!(v[0].description.contains("…(cut, 200000 bytes)"));
+        }
+        let err = Catalog::from_toml(&format!("[resources]\n{huge} = [\"read\"]\n")).unwrap_err();
+        assert!(err.len() < 400, "{}", err.len());
     }
 
     #[test]

@@ -49,6 +49,19 @@ pub enum Error {
     #[error("the server is overloaded: too many key verifications are waiting; retry shortly")]
     Overloaded,
 
+    /// Too many wrong secrets for this key id lately: its argon2 tries are rationed (one a
+    /// second) and this attempt did not get one. Retryable: the key is not judged.
+    #[error(
+        "too many failed attempts on this key id: the key was not checked; retry in {} ms",
+        .0.as_millis().max(1)
+    )]
+    KeyIdThrottled(std::time::Duration),
+
+    /// Too many refused operator calls from this peer lately: retry after the delay (with
+    /// the right token).
+    #[error("too many failed operator authentications from this address; retry in {} s", .0.as_secs().max(1))]
+    TooManyAuthFailures(std::time::Duration),
+
     /// The caller's deadline passed before the answer was known.
     #[error("deadline exceeded before the key could be checked")]
     DeadlineExceeded,
@@ -85,12 +98,37 @@ pub enum Error {
     Internal(String),
 }
 
+/// Characters of a caller's string an error message or a log field shows at most.
+pub const ECHO_MAX_CHARS: usize = 64;
+
+/// Field violations an error message (and the status's BadRequest details) lists at most.
+pub const MAX_VIOLATIONS_SHOWN: usize = 10;
+
+/// A caller's string as an error message or a log field may show it: quoted and escaped like
+/// `{:?}`, and cut after [`ECHO_MAX_CHARS`] characters, marked `…(cut, N bytes)`. The one way
+/// caller input reaches a message, so that no request can make an answer or a log line as
+/// large as itself.
+pub fn echo(s: &str) -> String {
+    match s.char_indices().nth(ECHO_MAX_CHARS) {
+        None => format!("{s:?}"),
+        Some((end, _)) => format!("{:?}…(cut, {} bytes)", &s[..end], s.len()),
+    }
+}
+
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
+    let mut text = violations
         .iter()
+        .take(MAX_VIOLATIONS_SHOWN)
         .map(|v| format!("{} {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > MAX_VIOLATIONS_SHOWN {
+        text.push_str(&format!(
+            "; and {} more",
+            violations.len() - MAX_VIOLATIONS_SHOWN
+        ));
+    }
+    text
 }
 
 impl Error {
@@ -161,6 +199,32 @@ mod tests {
             Error::merge([Error::invalid("x", "y"), Error::Overloaded]),
             Error::Overloaded
         ));
+    }
+
+    #[test]
+    fn echo_cuts_long_strings() {
+        assert_eq!(echo("patients"), "\"patients\"");
+        let exact = "a".repeat(ECHO_MAX_CHARS);
+        assert_eq!(echo(&exact), format!("\"{exact}\""));
+        let long = "é".repeat(100_000);
+        let shown = echo(&long);
+        assert!(shown.len() < 200, "{}", shown.len());
+        assert!(shown.ends_with("…(cut, 200000 bytes)"), "{shown}");
+        assert!(shown.starts_with(&format!("\"{}\"", "é".repeat(ECHO_MAX_CHARS))));
+        // Control characters are escaped, never written raw into a log line.
+        assert_eq!(echo("a\nb"), "\"a\\nb\"");
+    }
+
+    #[test]
+    fn messages_list_a_bounded_number_of_violations() {
+        let many = Error::InvalidArgument(
+            (0..1000)
+                .map(|i| FieldViolation::new(&format!("f{i}"), "bad"))
+                .collect(),
+        );
+        let message = many.to_string();
+        assert!(message.ends_with("; and 990 more"), "{message}");
+        assert!(message.len() < 400, "{}", message.len());
     }
 
     #[test]

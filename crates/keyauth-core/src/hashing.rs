@@ -3,16 +3,27 @@
 //! The pool runs at most `workers` hashes at once (one per core by default) and lets at most
 //! `max_waiting` more wait; past that a call fails at once with [`Error::Overloaded`]
 //! (UNAVAILABLE, retryable) instead of queueing past its caller's deadline.
+//!
+//! argon2id needs `m_cost` KiB of working memory per hash (4 MiB by default). Allocated and
+//! freed per hash, those blocks end up in the allocator's per-thread arenas of whichever
+//! blocking threads ran a hash, and stay resident there. A verification instead borrows a
+//! block buffer from [`BlockPool`], one per worker at most (the permits bound how many are in
+//! use), wiped after each use: the memory argon2 keeps is `workers × m_cost`, once. A
+//! verification recomputes the raw hash with the PHC string's salt and parameters and
+//! compares it in constant time (`subtle`); a new hash (issue, roll) is computed the same way
+//! with a fresh salt and written as a PHC string.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
+use std::sync::Mutex;
+
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
+use subtle::ConstantTimeEq;
 use tokio::sync::Semaphore;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::Error;
 
@@ -47,12 +58,123 @@ pub struct Hasher {
     permits: Arc<Semaphore>,
     waiting: AtomicUsize,
     max_waiting: usize,
+    blocks: Arc<BlockPool>,
+}
+
+/// Reusable argon2 block buffers: at most one per worker is ever out (the permits), so the
+/// pool holds at most `workers` of them.
+pub struct BlockPool {
+    free: Mutex<Vec<Vec<Block>>>,
+    /// Buffers larger than this many blocks (a hash with a much larger `m_cost` than ours)
+    /// are used once and freed.
+    keep_up_to: usize,
+}
+
+impl BlockPool {
+    fn new(params: &Params) -> Self {
+        BlockPool {
+            free: Mutex::new(Vec::new()),
+            keep_up_to: params.block_count().max(16 * 1024),
+        }
+    }
+
+    /// Runs `work` on `count` blocks of a pooled buffer, wiped afterwards.
+    fn with<T>(&self, count: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+        let pooled = count <= self.keep_up_to;
+        let mut buffer = if pooled {
+            self.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        if buffer.len() < count {
+            buffer.resize(count, Block::default());
+        }
+        let out = work(&mut buffer[..count]);
+        // argon2's memory is derived from the secret: wipe it before it waits for reuse.
+        buffer[..count].iter_mut().for_each(Zeroize::zeroize);
+        if pooled {
+            self.free
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(buffer);
+        }
+        out
+    }
+
+    /// Buffers waiting for reuse (for tests).
+    pub fn idle(&self) -> usize {
+        self.free.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// An argon2id PHC string of `secret` under `params` and a fresh salt, computed in `pool`'s
+/// memory.
+fn hash_phc(pool: &BlockPool, params: &Params, secret: &[u8]) -> Result<String, Error> {
+    use argon2::password_hash::phc::{Output, ParamsString, Salt};
+    use rand::TryRng;
+    let mut salt = [0u8; SALT_LEN];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut salt)
+        .map_err(Error::internal)?;
+    let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    let mut out = Zeroizing::new(vec![
+        0u8;
+        params
+            .output_len()
+            .unwrap_or(Params::DEFAULT_OUTPUT_LEN)
+    ]);
+    pool.with(params.block_count(), |blocks| {
+        argon2.hash_password_into_with_memory(secret, &salt, &mut out, blocks)
+    })
+    .map_err(Error::internal)?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params).map_err(Error::internal)?,
+        salt: Some(Salt::new(&salt).map_err(Error::internal)?),
+        hash: Some(Output::new(&out).map_err(Error::internal)?),
+    };
+    Ok(phc.to_string())
+}
+
+/// Salt bytes of a new hash (the PHC recommendation).
+const SALT_LEN: usize = 16;
+
+/// Whether `secret` hashes to the PHC string's hash under its own salt and parameters,
+/// computed in `pool`'s memory and compared in constant time.
+fn verify_phc(pool: &BlockPool, secret: &[u8], phc: &str) -> Result<bool, Error> {
+    let hash = PasswordHash::new(phc).map_err(Error::internal)?;
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return Err(Error::internal("a stored PHC string has no salt or hash"));
+    };
+    let algorithm = Algorithm::try_from(hash.algorithm.as_str()).map_err(Error::internal)?;
+    let version = hash
+        .version
+        .map(Version::try_from)
+        .transpose()
+        .map_err(Error::internal)?
+        .unwrap_or_default();
+    let params = Params::try_from(&hash).map_err(Error::internal)?;
+    let argon2 = Argon2::new(algorithm, version, params.clone());
+    let expected = expected.as_bytes();
+    let mut computed = Zeroizing::new(vec![0u8; expected.len()]);
+    pool.with(params.block_count(), |blocks| {
+        argon2.hash_password_into_with_memory(secret, salt.as_ref(), &mut computed, blocks)
+    })
+    .map_err(Error::internal)?;
+    Ok(bool::from(computed.as_slice().ct_eq(expected)))
 }
 
 impl Hasher {
     pub fn new(params: HashParams, workers: usize, max_waiting: usize) -> Result<Self, String> {
+        let params = params.validate()?;
         Ok(Hasher {
-            params: params.validate()?,
+            blocks: Arc::new(BlockPool::new(&params)),
+            params,
             workers: workers.max(1),
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
@@ -63,11 +185,9 @@ impl Hasher {
     /// Hashes a secret into a PHC string with a fresh random salt.
     pub async fn hash(&self, secret: &[u8], deadline: Option<Instant>) -> Result<String, Error> {
         let params = self.params.clone();
+        let blocks = self.blocks.clone();
         self.run(secret, deadline, move |secret| {
-            Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-                .hash_password(secret)
-                .map(|h| h.to_string())
-                .map_err(Error::internal)
+            hash_phc(&blocks, &params, secret)
         })
         .await
     }
@@ -80,9 +200,9 @@ impl Hasher {
         deadline: Option<Instant>,
     ) -> Result<bool, Error> {
         let phc = phc.to_owned();
+        let blocks = self.blocks.clone();
         self.run(secret, deadline, move |secret| {
-            let hash = PasswordHash::new(&phc).map_err(Error::internal)?;
-            Ok(Argon2::default().verify_password(secret, &hash).is_ok())
+            verify_phc(&blocks, secret, &phc)
         })
         .await
     }
@@ -152,6 +272,63 @@ mod tests {
         assert!(!phc.contains("secret-part"));
         assert!(h.verify(b"secret-part", &phc, None).await.unwrap());
         assert!(!h.verify(b"secret-parT", &phc, None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn verification_reuses_one_buffer_per_worker_and_agrees_with_the_crate() {
+        use argon2::password_hash::PasswordVerifier;
+        let h = Hasher::new(HashParams::DEFAULT, 2, 8).unwrap();
+        let phc = h.hash(b"secret-part", None).await.unwrap();
+        assert_ne!(
+            phc,
+            h.hash(b"secret-part", None).await.unwrap(),
+            "fresh salts"
+        );
+        for _ in 0..10 {
+            assert!(h.verify(b"secret-part", &phc, None).await.unwrap());
+            assert!(!h.verify(b"secret-parx", &phc, None).await.unwrap());
+        }
+        assert_eq!(h.blocks.idle(), 1, "one buffer, reused");
+        // The same verdicts as the argon2 crate's own verifier.
+        let parsed = PasswordHash::new(&phc).unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"secret-part", &parsed)
+                .is_ok()
+        );
+        assert!(
+            Argon2::default()
+                .verify_password(b"secret-parx", &parsed)
+                .is_err()
+        );
+        // Malformed stored strings are errors, not verdicts.
+        assert!(h.verify(b"s", "not a phc string", None).await.is_err());
+        assert!(
+            h.verify(b"s", "$argon2id$v=19$m=4096,t=1,p=1$c2FsdHNhbHQ", None)
+                .await
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn pooled_buffers_are_wiped_and_bounded() {
+        let pool = BlockPool::new(&HashParams::DEFAULT.validate().unwrap());
+        pool.with(8, |blocks| {
+            for b in blocks.iter_mut() {
+                *b = {
+                    let mut x = Block::new();
+                    x.as_mut()[0] = 7;
+                    x
+                }
+            }
+        });
+        pool.with(8, |blocks| {
+            assert!(blocks.iter().all(|b| b.as_ref()[0] == 0))
+        });
+        assert_eq!(pool.idle(), 1);
+        // A much larger buffer than ours is not kept.
+        pool.with(pool.keep_up_to + 1, |_| ());
+        assert_eq!(pool.idle(), 1);
     }
 
     #[tokio::test]

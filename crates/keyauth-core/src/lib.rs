@@ -2,9 +2,11 @@
 //! tonic or the proto crate, so the compiler keeps it so).
 //!
 //! The layers read in one direction, each using only those above it:
-//! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage` →
-//! `store` → `paging`, `cache` → `authority` → `propagation`.
+//! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage`,
+//! `auth_failures` →
+//! `store` → `key_filter`, `paging`, `cache` → `authority` → `propagation`.
 
+pub mod auth_failures;
 pub mod authority;
 pub mod cache;
 pub mod catalog;
@@ -12,6 +14,7 @@ pub mod clock;
 pub mod error;
 pub mod hashing;
 pub mod key;
+pub mod key_filter;
 pub mod metrics;
 pub mod model;
 pub mod propagation;
@@ -20,6 +23,9 @@ pub mod store;
 
 mod paging;
 mod usage;
+
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use authority::Authority;
 pub use error::Error;

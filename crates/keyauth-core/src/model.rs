@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::clock::Timestamp;
-use crate::error::{Error, FieldViolation};
+use crate::error::{Error, FieldViolation, echo};
 
 pub use keyauth_key::{Environment, LOOKUP_LEN};
 
@@ -137,7 +137,7 @@ pub fn check_metadata(metadata: &Metadata, field: &str) -> Result<(), Error> {
     }
     let mut violations = Vec::new();
     for (k, v) in metadata {
-        let at = format!("{field}[{k:?}]");
+        let at = format!("{field}[{}]", echo(k));
         if k.is_empty() {
             violations.push(FieldViolation::new(&at, "key must not be empty"));
         }

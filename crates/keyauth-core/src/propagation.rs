@@ -38,6 +38,9 @@ impl Default for FollowOptions {
     }
 }
 
+/// Key events before the key filter's listing replayed at start-up (see `follow_changes`).
+const STARTUP_REPLAY: i64 = 1000;
+
 /// Which key events this instance has applied.
 #[derive(Debug)]
 struct EventCursor {
@@ -97,17 +100,16 @@ pub async fn follow_changes(
     mut stop: watch::Receiver<bool>,
 ) {
     let store = authority.store().clone();
-    let mut cursor = loop {
-        match store.latest_event().await {
-            Ok(seq) => break EventCursor::new(seq),
-            Err(e) => tracing::warn!(error = %e, "reading the key event sequence failed; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(options.poll_interval) => {}
-            _ = stop.changed() => return,
-        }
-    };
-    authority.note_store_contact();
+    // From a little before where the key filter was listed: keys other instances made since
+    // are added to it. The margin covers changes that took a sequence below the one read
+    // then but had not committed yet (sequences commit out of order): above the watermark,
+    // they are waited for like any gap. Replaying a few old events is harmless.
+    let mut cursor = EventCursor::new(
+        authority
+            .keys_listed_after_event()
+            .saturating_sub(STARTUP_REPLAY)
+            .max(0),
+    );
     let mut feed: Option<ChangeFeed> = None;
     let mut feed_supported = true;
     let mut poll = tokio::time::interval(options.poll_interval);
@@ -149,15 +151,19 @@ pub async fn follow_changes(
     }
 }
 
-/// Drops the cache entry of an event's key, once per event.
+/// Drops the cache entry of an event's key and adds a new key to the key filter, once per
+/// event.
 fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent) {
     if cursor.apply(event.seq)
         && let Some(id) = &event.key_id
     {
         match event.kind {
             // A new key was proven nowhere yet: only a stale "unknown id" can concern it.
-            Some(EventKind::Issued) => authority.cache().forget_unknown(id),
+            Some(EventKind::Issued) => authority.note_key_exists(id),
             _ => authority.cache().forget(id),
+        }
+        if let Some(new) = &event.related_key_id {
+            authority.note_key_exists(new);
         }
     }
 }

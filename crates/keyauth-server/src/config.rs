@@ -13,6 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::hashing::HashParams;
 use keyauth_core::store::StoreOptions;
@@ -142,7 +143,8 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_ARGON2_P_COST", default_value_t = HashParams::DEFAULT.p_cost)]
     pub argon2_p_cost: u32,
 
-    /// argon2 hashes run at once; 0 = one per core.
+    /// argon2 hashes run at once; 0 = one per core but one (at least 1), leaving a core to
+    /// the runtime that answers warm calls.
     #[arg(long, env = "KEYAUTH_HASH_WORKERS", default_value_t = 0)]
     pub hash_workers: usize,
 
@@ -174,11 +176,26 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_EVENT_POLL_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub event_poll_interval: Duration,
 
-    /// Failed secrets per key id per minute before further attempts skip argon2.
+    /// Failed secrets per key id per minute before argon2 is rationed for that id (one try a
+    /// second; the other attempts get UNAVAILABLE with a retry delay, never "invalid").
     #[arg(long, env = "KEYAUTH_FAILURE_LIMIT", default_value_t = 10)]
     pub failure_limit: u32,
 
-    /// How often last-use times are written to the store.
+    /// Cold Verify lookups (store read, argon2) in flight at most; more get UNAVAILABLE at
+    /// once instead of queueing.
+    #[arg(long, env = "KEYAUTH_MAX_COLD_LOOKUPS", default_value_t = CacheSettings::DEFAULT_MAX_COLD_LOOKUPS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_cold_lookups: usize,
+
+    /// Refused operator calls (wrong or missing operator token) per peer address per minute;
+    /// past it, further refusals are RESOURCE_EXHAUSTED with a retry delay.
+    #[arg(long, env = "KEYAUTH_OPERATOR_FAILURE_LIMIT", default_value_t = AuthFailureSettings::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..))]
+    pub operator_failure_limit: u32,
+
+    /// How long the audit trail keeps the rows of refused operator calls.
+    #[arg(long, env = "KEYAUTH_AUTH_FAILURE_RETENTION", default_value = "30d", value_parser = parse_positive_duration)]
+    pub auth_failure_retention: Duration,
+
+    /// How often last-use times (and refused operator calls) are written to the store.
     #[arg(long, env = "KEYAUTH_USAGE_FLUSH_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub usage_flush_interval: Duration,
 
@@ -320,6 +337,11 @@ impl ServeArgs {
             cache: self.cache(),
             seal_key: seal_key.map(std::sync::Arc::new),
             idempotency_ttl: self.idempotency_ttl,
+            auth_failures: AuthFailureSettings {
+                limit: self.operator_failure_limit,
+                retention: self.auth_failure_retention,
+                ..AuthFailureSettings::default()
+            },
         })
     }
 
@@ -411,7 +433,7 @@ impl ServeArgs {
 
     pub fn hash_workers(&self) -> usize {
         match self.hash_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => default_hash_workers(std::thread::available_parallelism().map_or(1, |n| n.get())),
             n => n,
         }
     }
@@ -422,6 +444,7 @@ impl ServeArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.negative_cache_ttl,
             failure_limit: self.failure_limit,
+            max_cold_lookups: self.max_cold_lookups,
             staleness_limit: self.store_staleness_limit,
             ..CacheSettings::default()
         }
@@ -442,6 +465,13 @@ impl ServeArgs {
             ..StoreOptions::default()
         }
     }
+}
+
+/// The argon2 pool of `--hash-workers 0` on `cores` cores: all but one, at least one. A pool
+/// as wide as the machine lets a burst of cold Verify calls take every core from the runtime,
+/// so warm calls (answered from memory in microseconds) would wait behind argon2.
+pub fn default_hash_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
 }
 
 /// A duration (see [`parse_duration`]) that is not zero.
@@ -502,6 +532,52 @@ mod tests {
         assert_eq!(args.limits(), Limits::default());
         assert!(args.tls_cert.is_none() && args.metrics_listen.is_none());
         assert!(args.verifier_token().unwrap().is_none());
+        let settings = args.authority_settings().unwrap();
+        assert_eq!(settings.auth_failures.limit, 20);
+        assert_eq!(
+            settings.auth_failures.retention,
+            Duration::from_secs(30 * 24 * 3600)
+        );
+        assert_eq!(settings.cache.max_cold_lookups, 128);
+    }
+
+    #[test]
+    fn the_attack_limits_are_set_by_flag() {
+        let args = parse(&[
+            "--operator-failure-limit",
+            "5",
+            "--auth-failure-retention",
+            "7d",
+            "--max-cold-lookups",
+            "16",
+        ]);
+        let settings = args.authority_settings().unwrap();
+        assert_eq!(settings.auth_failures.limit, 5);
+        assert_eq!(
+            settings.auth_failures.retention,
+            Duration::from_secs(7 * 24 * 3600)
+        );
+        assert_eq!(settings.cache.max_cold_lookups, 16);
+        for bad in [
+            ["--operator-failure-limit", "0"],
+            ["--max-cold-lookups", "0"],
+            ["--auth-failure-retention", "0s"],
+        ] {
+            assert!(
+                Serve::try_parse_from(std::iter::once("serve").chain(bad)).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hash_pool_leaves_a_core_to_the_runtime() {
+        assert_eq!(default_hash_workers(1), 1);
+        assert_eq!(default_hash_workers(2), 1);
+        assert_eq!(default_hash_workers(8), 7);
+        assert_eq!(parse(&["--hash-workers", "3"]).hash_workers(), 3);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(parse(&[]).hash_workers(), default_hash_workers(cores));
     }
 
     #[test]

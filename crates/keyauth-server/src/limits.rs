@@ -3,7 +3,10 @@
 //!
 //! - a request larger than `max_request_bytes` is refused by tonic's decoder with
 //!   `OUT_OF_RANGE`; gRPC says `RESOURCE_EXHAUSTED` (and so do we, with ErrorInfo
-//!   `REQUEST_TOO_LARGE`);
+//!   `REQUEST_TOO_LARGE`). Tonic gives no typed signal for it (only its message text), so this
+//!   layer watches the request body itself: [`FrameWatch`] reads the 5-byte gRPC frame header
+//!   of each message as the decoder is fed, and flags a declared length past the limit. The
+//!   refusal is ours when that flag is set and the answer is `OUT_OF_RANGE`;
 //! - metadata larger than `max_header_list_bytes` is refused here with `RESOURCE_EXHAUSTED`
 //!   (`HEADERS_TOO_LARGE`). HTTP/2 itself is told a limit four times larger: past that, h2
 //!   answers HTTP 431 before any gRPC code runs, which clients can only report as `UNKNOWN`;
@@ -14,10 +17,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tonic::codegen::{Service, http};
+use http_body::{Body, Frame, SizeHint};
+use tonic::codegen::{Bytes, Service, http};
 use tonic::{Code, Status};
 use tower_layer::Layer;
 
@@ -93,9 +99,9 @@ pub struct LimitsService<S> {
 
 type Answer<E> = Result<http::Response<tonic::body::Body>, E>;
 
-impl<S, B> Service<http::Request<B>> for LimitsService<S>
+impl<S> Service<http::Request<tonic::body::Body>> for LimitsService<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<tonic::body::Body>;
@@ -106,7 +112,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let rpc = crate::metrics::rpc_of_path(request.uri().path());
         let limits = self.limits;
         let started = Instant::now();
@@ -124,10 +130,19 @@ where
             }
             return Box::pin(async move { Ok(refused.into_http()) });
         }
+        let oversized = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| {
+            tonic::body::Body::new(FrameWatch {
+                inner: body,
+                limit: limits.max_request_bytes,
+                header: FrameHeader::default(),
+                oversized: oversized.clone(),
+            })
+        });
         let answer = self.inner.call(request);
         Box::pin(async move {
             let refused = match tokio::time::timeout(limits.request_timeout, answer).await {
-                Ok(Ok(response)) if is_too_large(&response) => {
+                Ok(Ok(response)) if is_too_large(&response, &oversized) => {
                     tracing::info!(
                         rpc,
                         limit = limits.max_request_bytes,
@@ -191,13 +206,98 @@ fn headers_too_large(limit: u32) -> Status {
     )
 }
 
-/// Whether tonic refused the request message as larger than the decoding limit.
-fn is_too_large(response: &http::Response<tonic::body::Body>) -> bool {
-    response.extensions().get::<Status>().is_some_and(|s| {
-        s.code() == Code::OutOfRange
-            && s.message()
-                .starts_with("Error, decoded message length too large")
-    })
+/// Whether the request was refused as larger than the decoding limit: a message declared
+/// longer than the limit was seen (the same limit tonic's decoder applies) and the answer is
+/// the decoder's `OUT_OF_RANGE`. (Health and reflection keep tonic's larger default limit: a
+/// large request they accept is answered as they answer it.)
+fn is_too_large(response: &http::Response<tonic::body::Body>, oversized: &AtomicBool) -> bool {
+    oversized.load(Ordering::SeqCst)
+        && response
+            .extensions()
+            .get::<Status>()
+            .is_some_and(|s| s.code() == Code::OutOfRange)
+}
+
+/// Where a request body is in its gRPC framing: each message is a 5-byte header (compressed
+/// flag, big-endian u32 length) and that many bytes.
+#[derive(Default)]
+struct FrameHeader {
+    bytes: [u8; 5],
+    have: usize,
+    /// Bytes of the current message still to pass.
+    skip: u64,
+}
+
+impl FrameHeader {
+    /// Reads `data`, the next bytes of the body; true if a message declares more than `limit`
+    /// bytes.
+    fn feed(&mut self, mut data: &[u8], limit: usize) -> bool {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = data
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = data.len().min(5 - self.have);
+            self.bytes[self.have..self.have + n].copy_from_slice(&data[..n]);
+            self.have += n;
+            data = &data[n..];
+            if self.have == 5 {
+                self.have = 0;
+                let len = u32::from_be_bytes([
+                    self.bytes[1],
+                    self.bytes[2],
+                    self.bytes[3],
+                    self.bytes[4],
+                ]);
+                if len as usize > limit {
+                    return true;
+                }
+                self.skip = u64::from(len);
+            }
+        }
+        false
+    }
+}
+
+/// A request body passed through unchanged, its frame headers read on the way (see
+/// [`FrameHeader`]).
+struct FrameWatch {
+    inner: tonic::body::Body,
+    limit: usize,
+    header: FrameHeader,
+    oversized: Arc<AtomicBool>,
+}
+
+impl Body for FrameWatch {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && this.header.feed(data, this.limit)
+        {
+            this.oversized.store(true, Ordering::SeqCst);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 fn too_large(limit: usize) -> Status {
@@ -217,4 +317,34 @@ fn timed_out(timeout: Duration) -> Status {
             timeout.as_millis()
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut f = vec![0u8];
+        f.extend(len.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn frame_headers_are_read_across_chunks() {
+        // A message within the limit, then one past it, split at every byte.
+        let mut body = frame(3);
+        body.extend(b"abc");
+        body.extend(frame(101));
+        for split in 0..body.len() {
+            let mut h = FrameHeader::default();
+            let (a, b) = body.split_at(split);
+            let seen = h.feed(a, 100) | h.feed(b, 100);
+            assert!(seen, "split at {split}");
+        }
+        let mut h = FrameHeader::default();
+        let mut ok = frame(100);
+        ok.extend(vec![0; 100]);
+        ok.extend(frame(0));
+        assert!(!h.feed(&ok, 100), "exactly the limit is accepted");
+    }
 }

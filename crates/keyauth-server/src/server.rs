@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::clock::Clock;
@@ -48,6 +49,8 @@ pub struct AuthoritySettings {
     /// Seals the secrets kept for idempotent replay; `None` refuses such replays.
     pub seal_key: Option<Arc<SealKey>>,
     pub idempotency_ttl: Duration,
+    /// The limit and retention of refused operator calls.
+    pub auth_failures: AuthFailureSettings,
 }
 
 impl Default for AuthoritySettings {
@@ -60,6 +63,7 @@ impl Default for AuthoritySettings {
             cache: CacheSettings::default(),
             seal_key: None,
             idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
+            auth_failures: AuthFailureSettings::default(),
         }
     }
 }
@@ -77,7 +81,8 @@ pub async fn authority(
         .with_idempotency(
             Sealer::new(settings.seal_key.as_deref()),
             settings.idempotency_ttl,
-        );
+        )
+        .with_auth_failures(settings.auth_failures);
     Ok(Arc::new(authority))
 }
 
@@ -370,8 +375,10 @@ async fn probe_store(
     }
 }
 
-/// Housekeeping every `every`, and once more at shutdown: writes last-use times and purges
-/// expired idempotency records.
+/// Housekeeping every `every`, and once more at shutdown: writes last-use times and the
+/// refused operator calls counted since (one row per peer), purges expired idempotency
+/// records and refused-call rows past their retention, and rebuilds the key filter when it
+/// outgrew its size.
 async fn flush_usage(
     authority: Arc<Authority>,
     every: Duration,
@@ -390,6 +397,21 @@ async fn flush_usage(
                 tracing::warn!(error = %e, "writing last-use times failed; will retry")
             }
         }
+        match authority.flush_auth_failures().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                calls = n,
+                "refused operator calls written to the audit trail"
+            ),
+            Err(e) => {
+                crate::metrics::background_store_error("auth_failure_flush");
+                tracing::warn!(error = %e, "writing refused operator calls failed; will retry")
+            }
+        }
+        if let Err(e) = authority.purge_auth_failures().await {
+            crate::metrics::background_store_error("auth_failure_purge");
+            tracing::warn!(error = %e, "purging refused operator calls failed; will retry")
+        }
         match authority.purge_idempotency().await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(records = n, "expired idempotency records purged"),
@@ -400,6 +422,10 @@ async fn flush_usage(
         }
         if stopping || *stop.borrow() {
             return;
+        }
+        if let Err(e) = authority.maintain_key_filter().await {
+            crate::metrics::background_store_error("key_filter_rebuild");
+            tracing::warn!(error = %e, "rebuilding the key filter failed; will retry")
         }
     }
 }

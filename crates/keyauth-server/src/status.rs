@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use keyauth_core::error::FieldViolation;
+use keyauth_core::error::{FieldViolation, MAX_VIOLATIONS_SHOWN};
 use keyauth_core::{Error, key};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -16,7 +16,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 pub const ERROR_DOMAIN: &str = "keyauth";
 
 /// The one builder of a status with details: `reason` as ErrorInfo, then the field
-/// violations (BadRequest) and the retry delay (RetryInfo) when there are any.
+/// violations (BadRequest, the first [`MAX_VIOLATIONS_SHOWN`]) and the retry delay (RetryInfo)
+/// when there are any.
 pub fn detailed(
     code: Code,
     reason: &str,
@@ -29,6 +30,7 @@ pub fn detailed(
         details.set_bad_request(
             violations
                 .into_iter()
+                .take(MAX_VIOLATIONS_SHOWN)
                 .map(|v| tonic_types::FieldViolation::new(v.field, v.description))
                 .collect::<Vec<_>>(),
         );
@@ -84,6 +86,18 @@ pub fn from_error(err: Error) -> Status {
             "OVERLOADED",
             message,
             Duration::from_millis(100),
+        ),
+        Error::KeyIdThrottled(after) => retryable(
+            Code::Unavailable,
+            "KEY_ID_THROTTLED",
+            message,
+            after.max(Duration::from_millis(1)),
+        ),
+        Error::TooManyAuthFailures(after) => retryable(
+            Code::ResourceExhausted,
+            "TOO_MANY_AUTH_FAILURES",
+            message,
+            after.max(Duration::from_secs(1)),
         ),
         Error::DeadlineExceeded => plain(Code::DeadlineExceeded, "DEADLINE_EXCEEDED", message),
         Error::StoreUnreachable => store_unavailable(),
@@ -170,6 +184,18 @@ mod tests {
     }
 
     #[test]
+    fn a_throttled_key_id_is_retryable_not_a_denial() {
+        let status = from_error(Error::KeyIdThrottled(Duration::from_millis(400)));
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "KEY_ID_THROTTLED");
+        assert_eq!(
+            details.retry_info().unwrap().retry_delay,
+            Some(Duration::from_millis(400))
+        );
+    }
+
+    #[test]
     fn unreachable_store_is_unavailable_and_retryable() {
         let status = from_error(Error::Store(sqlx::Error::PoolTimedOut));
         assert_eq!(status.code(), Code::Unavailable);
@@ -182,5 +208,27 @@ mod tests {
             status.get_error_details().error_info().unwrap().reason,
             "KEY_REVOKED"
         );
+    }
+
+    #[test]
+    fn many_violations_make_a_small_status() {
+        let err = Error::InvalidArgument(
+            (0..500)
+                .map(|i| {
+                    let resource = keyauth_core::error::echo(&"x".repeat(300));
+                    let description = format!("{resource} is not in the permission catalog");
+                    FieldViolation::new(&format!("required_permissions[{i}].resource"), description)
+                })
+                .collect(),
+        );
+        let status = from_error(err);
+        let http = status.clone().into_http::<tonic::body::Body>();
+        let headers: usize = http
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        // h2 clients refuse a header block of more than a few frames: the whole status stays small.
+        assert!(headers < 8 * 1024, "{headers}");
     }
 }

@@ -195,6 +195,7 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
         event_time: Some(timestamp_out(event.event_time)),
         source: text(&event.source),
         url: text(&event.url),
+        count: event.count,
     }
 }
 

@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
+use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
@@ -113,6 +114,9 @@ pub struct AuditEvent {
     pub source: Option<String>,
     /// Exposed: where the key was found.
     pub url: Option<String>,
+    /// How many occurrences the event stands for: refused operator calls are written once
+    /// per peer per interval; 1 for every other event.
+    pub count: u64,
 }
 
 /// Which events ListKeyEvents asks for.
@@ -234,8 +238,12 @@ pub trait Store: Send + Sync + 'static {
     /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
 
-    /// Records a failed operator authentication in the audit trail.
-    async fn record_auth_failure(&self, who: &Provenance, at: Timestamp) -> Result<(), Error>;
+    /// Records refused operator calls in the audit trail, one aggregated row each (in one
+    /// transaction).
+    async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error>;
+
+    /// Deletes refused-operator-call rows older than `before`; returns how many.
+    async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error>;
 
     /// Audit events matching `filter`, newest first, below sequence `before`.
     async fn list_events(
@@ -255,6 +263,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes idempotency records expired at `now`; returns how many.
     async fn purge_idempotency(&self, now: Timestamp) -> Result<u64, Error>;
+
+    /// How many keys the store holds (sizes the key filter).
+    async fn count_keys(&self) -> Result<u64, Error>;
+
+    /// Key ids in id order, after `after`, at most `limit`: every key, a page at a time (the
+    /// key filter is built from them).
+    async fn key_ids(&self, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyId>, Error>;
 
     /// The highest `key_events` sequence so far (0 when there is none).
     async fn latest_event(&self) -> Result<i64, Error>;
@@ -276,6 +291,8 @@ pub struct KeyEvent {
     pub kind: Option<EventKind>,
     /// `None` for events that concern no key (failed operator authentication).
     pub key_id: Option<KeyId>,
+    /// The new key of a roll.
+    pub related_key_id: Option<KeyId>,
 }
 
 /// PostgreSQL notifications of key changes (see migrations/postgres/0002).
@@ -292,22 +309,26 @@ impl ChangeFeed {
         let Some(notification) = self.listener.try_recv().await? else {
             return Ok(None);
         };
-        // "<seq> <event> <key_id>" (migrations/postgres/0003).
+        // "<seq> <event> <key_id>[ <related_key_id>]" (migrations/postgres/0004).
         let mut parts = notification.payload().split(' ');
-        let parsed = match (parts.next(), parts.next(), parts.next()) {
-            (Some(seq), Some(kind), Some(id)) => (|| {
+        let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(seq), Some(kind), Some(id), related) => (|| {
                 Some(KeyEvent {
                     seq: seq.parse().ok()?,
                     kind: Some(EventKind::from_store(kind)?),
                     key_id: Some(KeyId::parse(id, "payload").ok()?),
+                    related_key_id: match related {
+                        Some(r) => Some(KeyId::parse(r, "payload").ok()?),
+                        None => None,
+                    },
                 })
             })(),
             _ => None,
         };
         parsed.map(Some).ok_or_else(|| {
             Error::internal(format!(
-                "malformed key event notification {:?}",
-                notification.payload()
+                "malformed key event notification {}",
+                crate::error::echo(notification.payload())
             ))
         })
     }

@@ -19,6 +19,7 @@ use super::{
     AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter, EventKind, Exposed,
     Exposure, IdempotencyRecord, IdempotentWrite, KeyEvent, Provenance, Rolled, Store,
 };
+use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
@@ -68,10 +69,10 @@ const INSERT_EVENT: &str = "INSERT INTO key_events \
      source, url) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 const EVENT_COLUMNS_BY_KEY: &str = "SELECT seq, event, key_id, related_key_id, application_id, \
-     operator, peer, request_id, event_time, source, url FROM key_events \
+     operator, peer, request_id, event_time, source, url, occurrences FROM key_events \
      WHERE (key_id = $1 OR related_key_id = $1) AND seq < $2 ORDER BY seq DESC LIMIT $3";
 const EVENT_COLUMNS_BY_APPLICATION: &str = "SELECT seq, event, key_id, related_key_id, \
-     application_id, operator, peer, request_id, event_time, source, url FROM key_events \
+     application_id, operator, peer, request_id, event_time, source, url, occurrences FROM key_events \
      WHERE application_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
 
 /// Takes the (operator, key) slot unless a live record holds it: an expired record not yet
@@ -90,9 +91,17 @@ const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency_records WHERE expire_ti
 const TOUCH: &str = "UPDATE api_keys SET last_used_time = $2 \
      WHERE id = $1 AND (last_used_time IS NULL OR last_used_time < $2)";
 
+const INSERT_AUTH_FAILURES: &str = "INSERT INTO key_events \
+     (event, peer, request_id, event_time, occurrences) VALUES ($1, $2, $3, $4, $5)";
+const PURGE_AUTH_FAILURES: &str = "DELETE FROM key_events WHERE event = $1 AND event_time < $2";
+
 const LATEST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS value FROM key_events";
-const EVENTS_AFTER: &str =
-    "SELECT seq, event, key_id FROM key_events WHERE seq > $1 ORDER BY seq LIMIT $2";
+const EVENTS_AFTER: &str = "SELECT seq, event, key_id, related_key_id FROM key_events \
+     WHERE seq > $1 ORDER BY seq LIMIT $2";
+
+const COUNT_KEYS: &str = "SELECT COUNT(*) AS value FROM api_keys";
+/// Key ids in id order after `$1` (the primary key's index: no sort).
+const KEY_IDS_AFTER: &str = "SELECT id AS value FROM api_keys WHERE id > $1 ORDER BY id LIMIT $2";
 
 const SETTING_INSERT: &str =
     "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
@@ -238,6 +247,7 @@ struct EventRow {
     event_time: i64,
     source: Option<String>,
     url: Option<String>,
+    occurrences: Option<i64>,
 }
 
 impl TryFrom<EventRow> for AuditEvent {
@@ -256,6 +266,7 @@ impl TryFrom<EventRow> for AuditEvent {
             event_time: Timestamp::from_micros(row.event_time),
             source: row.source,
             url: row.url,
+            count: row.occurrences.map_or(1, |n| u64::try_from(n).unwrap_or(0)),
         })
     }
 }
@@ -266,6 +277,7 @@ struct ChangeRow {
     seq: i64,
     event: String,
     key_id: Option<String>,
+    related_key_id: Option<String>,
 }
 
 impl From<ChangeRow> for KeyEvent {
@@ -274,6 +286,7 @@ impl From<ChangeRow> for KeyEvent {
             seq: row.seq,
             kind: EventKind::from_store(&row.event),
             key_id: row.key_id.map(KeyId::from_store),
+            related_key_id: row.related_key_id.map(KeyId::from_store),
         }
     }
 }
@@ -553,6 +566,25 @@ where
         Ok(row.value)
     }
 
+    async fn count_keys(&self) -> Result<u64, Error> {
+        let row: Value<i64> = sqlx::query_as(COUNT_KEYS)
+            .fetch_one(&mut *self.pool.acquire().await?)
+            .await?;
+        Ok(u64::try_from(row.value).unwrap_or(0))
+    }
+
+    async fn key_ids(&self, after: Option<&KeyId>, limit: u32) -> Result<Vec<KeyId>, Error> {
+        let rows: Vec<Value<String>> = sqlx::query_as(KEY_IDS_AFTER)
+            .bind(after.map_or("", KeyId::as_str))
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.pool.acquire().await?)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| KeyId::from_store(r.value))
+            .collect())
+    }
+
     async fn events_after(&self, after: i64, limit: u32) -> Result<Vec<KeyEvent>, Error> {
         let rows: Vec<ChangeRow> = sqlx::query_as(EVENTS_AFTER)
             .bind(after)
@@ -562,22 +594,30 @@ where
         Ok(rows.into_iter().map(KeyEvent::from).collect())
     }
 
-    async fn record_auth_failure(&self, who: &Provenance, at: Timestamp) -> Result<(), Error> {
-        sqlx::query(INSERT_EVENT)
-            .bind(EventKind::OperatorAuthFailed.as_str())
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .bind(who.peer.as_deref())
-            .bind(who.request_id.as_deref())
-            .bind(at.as_micros())
-            .bind(None::<&str>)
-            .bind(None::<&str>)
-            .execute(&mut *self.pool.acquire().await?)
-            .await
-            .map_err(audit_failed)?;
+    async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        for row in rows {
+            sqlx::query(INSERT_AUTH_FAILURES)
+                .bind(EventKind::OperatorAuthFailed.as_str())
+                .bind(row.peer.as_str())
+                .bind(row.last_request_id.as_deref())
+                .bind(row.at.as_micros())
+                .bind(i64::try_from(row.count).unwrap_or(i64::MAX))
+                .execute(&mut *tx)
+                .await
+                .map_err(audit_failed)?;
+        }
+        tx.commit().await.map_err(audit_failed)?;
         Ok(())
+    }
+
+    async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error> {
+        let done = sqlx::query(PURGE_AUTH_FAILURES)
+            .bind(EventKind::OperatorAuthFailed.as_str())
+            .bind(before.as_micros())
+            .execute(&mut *self.pool.acquire().await?)
+            .await?;
+        Ok(DB::rows_affected(&done))
     }
 
     async fn list_events(

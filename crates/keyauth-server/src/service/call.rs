@@ -1,6 +1,14 @@
 //! The per-call plumbing every handler shares: request id in and out, a tracing span, the
-//! token check (a refused operator call recorded in the audit trail), the caller's deadline,
-//! the error mapping and the metrics; and the one sequence of an idempotent change.
+//! token check (a refused operator call counted per peer for the audit trail and the limit),
+//! the caller's deadline, the error mapping and the metrics; and the one sequence of an
+//! idempotent change.
+//!
+//! The tokens are checked here, after tonic has decoded the request message, not in a tower
+//! layer before the body is read: the generated service decodes the body before it calls the
+//! handler, and moving the check into `limits` would split the refusal (its audit counting,
+//! its status details, the request id and span) from the call plumbing that owns them. What
+//! an unauthenticated caller can make the server read is bounded by `--max-request-bytes`
+//! and `--request-timeout`, and decoding costs no I/O.
 
 use std::time::{Duration, Instant};
 
@@ -84,9 +92,15 @@ impl KeyAuthorityApi {
                 Access::Operator => {
                     match self.operators.check(request.metadata()) {
                         Ok(operator) => provenance.operator = Some(operator),
-                        Err(e) => {
-                            self.authority.record_auth_failure(&provenance).await;
-                            return Err(e);
+                        Err(refused) => {
+                            // Counted in memory, written in aggregate by the housekeeping
+                            // task: a refused call writes nothing itself.
+                            let peer = request.remote_addr().map(|a| a.ip().to_string());
+                            return Err(self.authority.note_auth_failure(
+                                peer.as_deref(),
+                                Some(&request_id),
+                                refused,
+                            ));
                         }
                     }
                     request

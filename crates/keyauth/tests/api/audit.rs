@@ -462,6 +462,8 @@ async fn every_change_is_in_the_audit_trail(backend: Backend) {
         .await;
     assert_status(neither, Code::InvalidArgument, None);
 
+    // Written in aggregate by the housekeeping task (run here at once).
+    assert_eq!(app.authority.flush_auth_failures().await.unwrap(), 1);
     let dump = String::from_utf8_lossy(&app.db.dump().await).into_owned();
     assert!(dump.contains("operator_auth_failed") && dump.contains("req-intruder"));
     assert!(!dump.contains(ADMIN_TOKEN), "no operator token at rest");

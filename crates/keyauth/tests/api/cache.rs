@@ -171,26 +171,33 @@ async fn the_failure_limiter_spares_the_owner(backend: Backend) {
                 &format!("{i}").repeat(32),
             )
             .unwrap();
-            assert_eq!(
-                error_code(&app.verify(wrong.expose()).await),
-                Some("authentication_error")
-            );
+            // Past the limit an attempt may be told to retry instead: never "valid".
+            match app.verify_with(wrong.expose(), vec![]).await {
+                Ok(r) => assert_eq!(error_code(&r), Some("authentication_error")),
+                Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+            }
         }
     }
     // The attacker's attempts on the cached key cost nothing; the owner still gets in.
     assert!(app.verify(&secret).await.valid);
-    // On the uncached key, argon2 stopped after the limit: at most 3 store reads + proofs
-    // were spent, and the owner of that key is refused until the window passes (documented).
+    // On the uncached key, argon2 is rationed after the limit: this second's one try went to
+    // the attacker, so the owner is told to retry (never "invalid"), without a store read.
     let reads = app.key_reads();
-    assert_eq!(
-        error_code(&app.verify(&cold_secret).await),
-        Some("authentication_error")
+    let throttled = assert_status(
+        app.verify_with(&cold_secret, vec![]).await,
+        Code::Unavailable,
+        Some("KEY_ID_THROTTLED"),
     );
+    use tonic_types::StatusExt;
+    assert!(throttled.get_error_details().retry_info().is_some());
     assert_eq!(
         app.key_reads(),
         reads,
-        "limited ids skip the store and argon2"
+        "throttled ids skip the store and argon2"
     );
+    // A second later the owner's try runs argon2, and the key is valid.
+    app.clock.advance(Duration::from_secs(1));
+    assert!(app.verify(&cold_secret).await.valid);
     app.stop().await;
 }
 

@@ -4,6 +4,7 @@
 mod helpers;
 mod instances;
 
+mod attack;
 mod audit;
 mod cache;
 mod cli;

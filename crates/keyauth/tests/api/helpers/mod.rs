@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keyauth_core::Authority;
+use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::clock::{Clock, Timestamp};
@@ -292,6 +293,7 @@ pub struct Options {
     pub github_keys: Option<std::path::PathBuf>,
     /// The HTTP listener's certificate and key (PEM files): set, it speaks TLS only.
     pub http_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub auth_failures: AuthFailureSettings,
 }
 
 impl Default for Options {
@@ -310,6 +312,7 @@ impl Default for Options {
             ext_authz: ExtAuthzOptions::default(),
             github_keys: None,
             http_tls: None,
+            auth_failures: authority.auth_failures,
         }
     }
 }
@@ -327,6 +330,7 @@ impl Options {
                 .as_deref()
                 .map(|hex| Arc::new(SealKey::parse(hex).unwrap())),
             idempotency_ttl: self.idempotency_ttl,
+            auth_failures: self.auth_failures.clone(),
         }
     }
 }
