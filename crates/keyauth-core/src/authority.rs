@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::cache::{CacheSettings, Lookup, Proven, VerifyCache};
 use crate::catalog::Catalog;
+use crate::changes::ChangeHub;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
@@ -88,6 +89,7 @@ pub struct Authority {
     contact: StoreContact,
     sealer: Sealer,
     idempotency_ttl: Duration,
+    changes: ChangeHub,
 }
 
 /// When the change follower last heard from the store (monotonic). Untracked until the
@@ -140,6 +142,7 @@ impl Authority {
             },
             sealer: Sealer::new(None),
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            changes: ChangeHub::default(),
         })
     }
 
@@ -165,6 +168,18 @@ impl Authority {
 
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
+    }
+
+    /// Keeps `backlog` changes for watchers that have not read them yet (default
+    /// [`crate::changes::HUB_CAPACITY`]); a watcher further behind is reset.
+    pub fn with_change_backlog(mut self, backlog: usize) -> Self {
+        self.changes = ChangeHub::new(backlog);
+        self
+    }
+
+    /// Key changes as watchers see them (fed by the change follower).
+    pub fn changes(&self) -> &ChangeHub {
+        &self.changes
     }
 
     pub fn now(&self) -> Timestamp {
@@ -275,6 +290,7 @@ impl Authority {
             .insert_key(&issued.record, who, write.as_ref())
             .await?;
         self.cache.forget(&issued.record.id);
+        self.changes.note_commit();
         tracing::info!(key_id = %issued.record.id, application_id = issued.record.application_id.as_str(), "key issued");
         Ok(issued)
     }
@@ -326,6 +342,7 @@ impl Authority {
         self.cache.forget(id);
         match outcome? {
             Rolled::Done { previous } => {
+                self.changes.note_commit();
                 tracing::info!(key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.as_secs(), "key rolled");
                 Ok((issued, previous))
             }
@@ -352,6 +369,7 @@ impl Authority {
             .await;
         self.cache.forget(id);
         let record = outcome?.ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
+        self.changes.note_commit();
         tracing::info!(key_id = %id, "key revoked");
         // As stored: an idempotent retry replays exactly this.
         Ok(record)

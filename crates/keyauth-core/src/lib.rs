@@ -3,11 +3,12 @@
 //!
 //! The layers read in one direction, each using only those above it:
 //! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage` →
-//! `store` → `paging`, `cache` → `authority` → `propagation`.
+//! `store` → `paging`, `cache`, `changes` → `authority` → `propagation`.
 
 pub mod authority;
 pub mod cache;
 pub mod catalog;
+pub mod changes;
 pub mod clock;
 pub mod error;
 pub mod hashing;

@@ -118,6 +118,7 @@ pub fn rpc_of_path(path: &str) -> Option<&'static str> {
         "GetKey",
         "ListKeys",
         "ListKeyEvents",
+        "WatchKeyChanges",
     ];
     let method = path.strip_prefix("/keyauth.v1.KeyAuthorityService/")?;
     Some(

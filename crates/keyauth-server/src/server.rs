@@ -32,7 +32,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::limits::{Limits, LimitsLayer};
-use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
+use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, WatchOptions};
 
 /// How the `Authority` is made: everything but the store and the clock.
 #[derive(Clone, Debug)]
@@ -47,6 +47,8 @@ pub struct AuthoritySettings {
     /// Seals the secrets kept for idempotent replay; `None` refuses such replays.
     pub seal_key: Option<Arc<SealKey>>,
     pub idempotency_ttl: Duration,
+    /// Key changes kept for watchers that have not read them yet.
+    pub watch_backlog: usize,
 }
 
 impl Default for AuthoritySettings {
@@ -59,6 +61,7 @@ impl Default for AuthoritySettings {
             cache: CacheSettings::default(),
             seal_key: None,
             idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
+            watch_backlog: keyauth_core::changes::HUB_CAPACITY,
         }
     }
 }
@@ -76,7 +79,8 @@ pub async fn authority(
         .with_idempotency(
             Sealer::new(settings.seal_key.as_deref()),
             settings.idempotency_ttl,
-        );
+        )
+        .with_change_backlog(settings.watch_backlog);
     Ok(Arc::new(authority))
 }
 
@@ -135,6 +139,8 @@ pub struct ServeOptions {
     pub limits: Limits,
     /// Envoy ext_authz: the route table and whether `authorization` is stripped.
     pub ext_authz: ExtAuthzOptions,
+    /// WatchKeyChanges: heartbeat and stream limit.
+    pub watch: WatchOptions,
 }
 
 impl Default for ServeOptions {
@@ -149,6 +155,7 @@ impl Default for ServeOptions {
             verifiers: OperatorAuth::verifier(None),
             limits: Limits::default(),
             ext_authz: ExtAuthzOptions::default(),
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -180,11 +187,15 @@ pub async fn run(
         .build_v1alpha()
         .map_err(Error::internal)?;
 
-    let api = KeyAuthorityServiceServer::new(KeyAuthorityApi::new(
-        authority.clone(),
-        options.operators.clone(),
-        options.verifiers.clone(),
-    ))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = KeyAuthorityServiceServer::new(
+        KeyAuthorityApi::new(
+            authority.clone(),
+            options.operators.clone(),
+            options.verifiers.clone(),
+        )
+        .with_watch(options.watch.clone(), stop_rx.clone()),
+    )
     .max_decoding_message_size(options.limits.max_request_bytes);
     // envoy-types ships no file descriptor set, so reflection does not list this service.
     let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
@@ -198,7 +209,6 @@ pub async fn run(
         builder = builder.tls_config(tls).map_err(Error::internal)?;
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn(probe_store(
         authority.clone(),
         reporter.clone(),

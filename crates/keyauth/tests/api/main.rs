@@ -6,6 +6,7 @@ mod instances;
 
 mod audit;
 mod cache;
+mod caller;
 mod cli;
 mod ext_authz;
 mod issue;

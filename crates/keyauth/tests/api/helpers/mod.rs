@@ -19,7 +19,7 @@ use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth_server::ext_authz::ExtAuthzOptions;
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
-use keyauth_server::service::OperatorAuth;
+use keyauth_server::service::{OperatorAuth, WatchOptions};
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -287,6 +287,12 @@ pub struct Options {
     pub verifier_token: Option<String>,
     /// Envoy ext_authz: the route table and whether `authorization` is stripped.
     pub ext_authz: ExtAuthzOptions,
+    /// WatchKeyChanges: heartbeat (fast in tests) and stream limit.
+    pub watch: WatchOptions,
+    /// Key changes kept for slow watchers.
+    pub watch_backlog: usize,
+    /// Where to listen; `None`: any free port.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -303,6 +309,12 @@ impl Default for Options {
             idempotency_ttl: authority.idempotency_ttl,
             verifier_token: None,
             ext_authz: ExtAuthzOptions::default(),
+            watch: WatchOptions {
+                heartbeat: Duration::from_millis(200),
+                ..WatchOptions::default()
+            },
+            listen: None,
+            watch_backlog: authority.watch_backlog,
         }
     }
 }
@@ -320,6 +332,7 @@ impl Options {
                 .as_deref()
                 .map(|hex| Arc::new(SealKey::parse(hex).unwrap())),
             idempotency_ttl: self.idempotency_ttl,
+            watch_backlog: self.watch_backlog,
         }
     }
 }
@@ -362,10 +375,13 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         operators: OperatorAuth::new(options.admin_token.as_deref()),
         verifiers: OperatorAuth::verifier(options.verifier_token.as_deref()),
         ext_authz: options.ext_authz.clone(),
+        watch: options.watch.clone(),
         ..ServeOptions::default()
     };
     let running = server::start(
-        "127.0.0.1:0".parse().unwrap(),
+        options
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
         authority.clone(),
         serve_options,
     )
