@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crate::auth_failures::{AuthFailureSettings, AuthFailures};
 use crate::cache::{Admission, CacheSettings, Flights, Lookup, Proven, VerifyCache};
 use crate::catalog::Catalog;
+use crate::changes::ChangeHub;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
@@ -133,6 +134,7 @@ pub struct Authority {
     auth_failures: AuthFailures,
     /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
     cold: Arc<tokio::sync::Semaphore>,
+    changes: ChangeHub,
 }
 
 /// Ids absent from the key filter read from the store anyway: at most this many at once…
@@ -201,6 +203,7 @@ impl Authority {
             flights: Flights::default(),
             cold,
             auth_failures: AuthFailures::new(AuthFailureSettings::default()),
+            changes: ChangeHub::default(),
         })
     }
 
@@ -268,6 +271,18 @@ impl Authority {
 
     pub fn hasher(&self) -> &Hasher {
         &self.hasher
+    }
+
+    /// Keeps `backlog` changes for watchers that have not read them yet (default
+    /// [`crate::changes::HUB_CAPACITY`]); a watcher further behind is reset.
+    pub fn with_change_backlog(mut self, backlog: usize) -> Self {
+        self.changes = ChangeHub::new(backlog);
+        self
+    }
+
+    /// Key changes as watchers see them (fed by the change follower).
+    pub fn changes(&self) -> &ChangeHub {
+        &self.changes
     }
 
     pub fn now(&self) -> Timestamp {
@@ -383,6 +398,7 @@ impl Authority {
         // learns the key only from this call's answer, after this line.
         self.keys.insert(&issued.record.id);
         self.cache.forget(&issued.record.id);
+        self.changes.note_commit();
         tracing::info!(key_id = %issued.record.id, application_id = issued.record.application_id.as_str(), "key issued");
         Ok(issued)
     }
@@ -436,6 +452,7 @@ impl Authority {
             Rolled::Done { previous } => {
                 // After the commit (see `issue`).
                 self.keys.insert(&issued.record.id);
+                self.changes.note_commit();
                 tracing::info!(key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.as_secs(), "key rolled");
                 Ok((issued, previous))
             }
@@ -462,6 +479,7 @@ impl Authority {
             .await;
         self.cache.forget(id);
         let record = outcome?.ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
+        self.changes.note_commit();
         tracing::info!(key_id = %id, "key revoked");
         // As stored: an idempotent retry replays exactly this.
         Ok(record)

@@ -33,15 +33,7 @@ struct CatalogFile {
     resources: BTreeMap<String, Vec<String>>,
 }
 
-const BUILT_IN: &[(&str, &[&str])] = &[
-    ("patients", &["read", "write", "delete"]),
-    ("encounters", &["read", "write"]),
-    ("observations", &["read", "write"]),
-    ("prescriptions", &["read", "write"]),
-    ("diagnoses", &["read", "write"]),
-    ("appointments", &["read", "write", "delete"]),
-    ("ai", &["read", "write"]),
-];
+use keyauth_key::BUILT_IN_CATALOG as BUILT_IN;
 
 fn is_name(s: &str) -> bool {
     !s.is_empty()

@@ -4,12 +4,13 @@
 //! The layers read in one direction, each using only those above it:
 //! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage`,
 //! `auth_failures` →
-//! `store` → `key_filter`, `paging`, `cache` → `authority` → `propagation`.
+//! `store` → `key_filter`, `paging`, `cache`, `changes` → `authority` → `propagation`.
 
 pub mod auth_failures;
 pub mod authority;
 pub mod cache;
 pub mod catalog;
+pub mod changes;
 pub mod clock;
 pub mod error;
 pub mod hashing;

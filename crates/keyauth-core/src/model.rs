@@ -7,7 +7,7 @@ use std::fmt;
 use crate::clock::Timestamp;
 use crate::error::{Error, FieldViolation, echo};
 
-pub use keyauth_key::{Environment, LOOKUP_LEN};
+pub use keyauth_key::{Denial, Environment, LOOKUP_LEN};
 
 /// A key id, `key_<lookup>`: public, stable, the primary key of the store.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -317,52 +317,6 @@ impl KeyRecord {
     /// Whether the key holds `action` on `resource`; both are known to be in the catalog.
     pub fn allows(&self, resource: &str, action: &str) -> bool {
         !self.restricted || self.permissions.allows(resource, action)
-    }
-}
-
-/// Why a presented key is refused: the REST API's error codes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Denial {
-    /// Missing, malformed, bad checksum, unknown, or wrong secret.
-    AuthenticationError,
-    /// Secret proven, key revoked.
-    Revoked,
-    /// Secret proven, past `expire_time`.
-    Expired,
-    /// Secret proven, key valid, a required permission missing.
-    InsufficientPermissions,
-}
-
-impl Denial {
-    pub fn code(self) -> &'static str {
-        match self {
-            Denial::AuthenticationError => "authentication_error",
-            Denial::Revoked => "api_key_revoked",
-            Denial::Expired => "api_key_expired",
-            Denial::InsufficientPermissions => "insufficient_permissions",
-        }
-    }
-
-    pub fn message(self) -> &'static str {
-        match self {
-            Denial::AuthenticationError => "Invalid API key provided",
-            Denial::Revoked => "This API key has been revoked",
-            Denial::Expired => "This API key has expired",
-            Denial::InsufficientPermissions => {
-                "This API key does not have the permissions required for this request"
-            }
-        }
-    }
-
-    pub fn error_type(self) -> &'static str {
-        "invalid_request_error"
-    }
-
-    pub fn http_status(self) -> i32 {
-        match self {
-            Denial::InsufficientPermissions => 403,
-            _ => 401,
-        }
     }
 }
 

@@ -8,6 +8,11 @@
 //!   answers again) and the poll runs at once.
 //! - Each successful poll tells the authority the store answered; past the staleness limit
 //!   without one, Verify stops answering from memory (`UNAVAILABLE`).
+//! - Each newly applied change is published to the authority's [`ChangeHub`] for the watch
+//!   streams (`WatchKeyChanges`), and a change committed on this instance wakes the follower at
+//!   once, so that its watchers hear of it within milliseconds, not at the next poll.
+//!
+//! [`ChangeHub`]: crate::changes::ChangeHub
 //!
 //! Sequences can commit out of order (and a rolled-back transaction leaves a gap for ever), so
 //! the cursor remembers which sequences above its watermark it has applied, and steps over a
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::authority::Authority;
+use crate::changes::Change;
 use crate::error::Error;
 use crate::store::{ChangeFeed, EventKind, KeyEvent};
 
@@ -110,6 +116,7 @@ pub async fn follow_changes(
             .saturating_sub(STARTUP_REPLAY)
             .max(0),
     );
+    authority.changes().set_watermark(cursor.watermark);
     let mut feed: Option<ChangeFeed> = None;
     let mut feed_supported = true;
     let mut poll = tokio::time::interval(options.poll_interval);
@@ -132,10 +139,11 @@ pub async fn follow_changes(
         tokio::select! {
             _ = stop.changed() => return,
             _ = poll.tick() => catch_up(&authority, &mut cursor, &options).await,
+            _ = authority.changes().committed() => catch_up(&authority, &mut cursor, &options).await,
             event = next_event(&mut feed) => match event {
                 Ok(Some(event)) => {
-                    apply(&authority, &mut cursor, &event);
-                    cursor.advance(Instant::now(), options.gap_horizon);
+                    apply(&authority, &mut cursor, &event).await;
+                    advance(&authority, &mut cursor, &options);
                 }
                 lost => {
                     if let Err(e) = lost {
@@ -151,21 +159,47 @@ pub async fn follow_changes(
     }
 }
 
-/// Drops the cache entry of an event's key and adds a new key to the key filter, once per
-/// event.
-fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent) {
-    if cursor.apply(event.seq)
-        && let Some(id) = &event.key_id
-    {
-        match event.kind {
-            // A new key was proven nowhere yet: only a stale "unknown id" can concern it.
-            Some(EventKind::Issued) => authority.note_key_exists(id),
-            _ => authority.cache().forget(id),
-        }
-        if let Some(new) = &event.related_key_id {
-            authority.note_key_exists(new);
-        }
+/// Drops the cache entry of an event's key, adds a new key to the key filter, and publishes
+/// the change to watchers, once per event.
+async fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent) {
+    if !cursor.apply(event.seq) {
+        return;
     }
+    let (Some(id), Some(kind)) = (&event.key_id, event.kind) else {
+        return;
+    };
+    match kind {
+        // A new key was proven nowhere yet: only a stale "unknown id" can concern it.
+        EventKind::Issued => authority.note_key_exists(id),
+        _ => authority.cache().forget(id),
+    }
+    if let Some(new) = &event.related_key_id {
+        authority.note_key_exists(new);
+    }
+    if !authority.changes().has_watchers() {
+        return;
+    }
+    let mut change = Change {
+        seq: event.seq,
+        kind,
+        key_id: id.clone(),
+        related_key_id: event.related_key_id.clone(),
+        expire_time: None,
+    };
+    // A roll is worth a read: watchers learn the old key's new expiry.
+    if kind == EventKind::Rolled
+        && let Ok(Some(record)) = authority.store().get_key(id).await
+    {
+        change.related_key_id = record.replaced_by.or(change.related_key_id);
+        change.expire_time = record.expire_time;
+    }
+    authority.changes().publish(change);
+}
+
+/// Moves the cursor on and tells watchers how far every change has been published.
+fn advance(authority: &Authority, cursor: &mut EventCursor, options: &FollowOptions) {
+    cursor.advance(Instant::now(), options.gap_horizon);
+    authority.changes().set_watermark(cursor.watermark);
 }
 
 async fn next_event(feed: &mut Option<ChangeFeed>) -> Result<Option<KeyEvent>, Error> {
@@ -188,10 +222,10 @@ async fn catch_up(authority: &Authority, cursor: &mut EventCursor, options: &Fol
                 authority.note_store_contact();
                 let full = events.len() == BATCH as usize;
                 for event in &events {
-                    apply(authority, cursor, event);
+                    apply(authority, cursor, event).await;
                 }
                 let before = cursor.watermark;
-                cursor.advance(Instant::now(), options.gap_horizon);
+                advance(authority, cursor, options);
                 if !full || cursor.watermark == before {
                     return;
                 }

@@ -44,6 +44,66 @@ impl Environment {
     }
 }
 
+/// Why a presented key is refused: the REST API's error codes and messages (the seed's error
+/// body), the same whether keyauth or a caller's in-process `Verifier` judged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// Missing, malformed, bad checksum, unknown, or wrong secret.
+    AuthenticationError,
+    /// Secret proven, key revoked.
+    Revoked,
+    /// Secret proven, past `expire_time`.
+    Expired,
+    /// Secret proven, key valid, a required permission missing.
+    InsufficientPermissions,
+}
+
+impl Denial {
+    pub fn code(self) -> &'static str {
+        match self {
+            Denial::AuthenticationError => "authentication_error",
+            Denial::Revoked => "api_key_revoked",
+            Denial::Expired => "api_key_expired",
+            Denial::InsufficientPermissions => "insufficient_permissions",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Denial::AuthenticationError => "Invalid API key provided",
+            Denial::Revoked => "This API key has been revoked",
+            Denial::Expired => "This API key has expired",
+            Denial::InsufficientPermissions => {
+                "This API key does not have the permissions required for this request"
+            }
+        }
+    }
+
+    pub fn error_type(self) -> &'static str {
+        "invalid_request_error"
+    }
+
+    pub fn http_status(self) -> i32 {
+        match self {
+            Denial::InsufficientPermissions => 403,
+            _ => 401,
+        }
+    }
+}
+
+/// The product's built-in permission catalog (DESIGN §2): each resource with the actions it
+/// allows. The server can replace it (`--catalog`); callers that judge permissions themselves
+/// (the in-process `Verifier`) start from it.
+pub const BUILT_IN_CATALOG: &[(&str, &[&str])] = &[
+    ("patients", &["read", "write", "delete"]),
+    ("encounters", &["read", "write"]),
+    ("observations", &["read", "write"]),
+    ("prescriptions", &["read", "write"]),
+    ("diagnoses", &["read", "write"]),
+    ("appointments", &["read", "write", "delete"]),
+    ("ai", &["read", "write"]),
+];
+
 /// Length of a key's public lookup part, the tail of its id (`key_<lookup>`).
 pub const LOOKUP_LEN: usize = 12;
 

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use clap::{Args, ValueEnum};
 use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
@@ -28,7 +29,7 @@ use crate::ext_authz::ExtAuthzOptions;
 use crate::http::{GithubKeys, HttpOptions};
 use crate::limits::Limits;
 use crate::server::{AuthoritySettings, ServeOptions};
-use crate::service::OperatorAuth;
+use crate::service::{OperatorAuth, WatchOptions};
 
 /// A setting that cannot be used: which one (flag and environment variable), and why. `main`
 /// prints it and exits with code 2.
@@ -278,6 +279,19 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
+    /// WatchKeyChanges: a heartbeat after this long without a message.
+    #[arg(long, env = "KEYAUTH_WATCH_HEARTBEAT", default_value = "2s", value_parser = parse_positive_duration)]
+    pub watch_heartbeat: Duration,
+
+    /// WatchKeyChanges: key changes kept for watchers that have not read them yet; a watcher
+    /// further behind is sent a reset and closed.
+    #[arg(long, env = "KEYAUTH_WATCH_BACKLOG", default_value_t = keyauth_core::changes::HUB_CAPACITY, value_parser = clap::value_parser!(u64).range(1..1_000_000).map(|n| n as usize))]
+    pub watch_backlog: usize,
+
+    /// WatchKeyChanges streams open at once at most; more are refused RESOURCE_EXHAUSTED.
+    #[arg(long, env = "KEYAUTH_MAX_WATCH_STREAMS", default_value_t = 1024)]
+    pub max_watch_streams: usize,
+
     /// Route table (TOML) for Envoy ext_authz Check: `[[route]]` entries (`method`, `path`,
     /// `resource`, `action`; `*` is one path segment, a trailing `**` the rest) naming the
     /// permission a request needs, tried before the default `/api/v1/<resource>…` mapping.
@@ -342,6 +356,7 @@ impl ServeArgs {
                 retention: self.auth_failure_retention,
                 ..AuthFailureSettings::default()
             },
+            watch_backlog: self.watch_backlog,
         })
     }
 
@@ -385,6 +400,10 @@ impl ServeArgs {
                 strip_authorization: self.ext_authz_strip_authorization,
             },
             http: self.http_options()?,
+            watch: WatchOptions {
+                heartbeat: self.watch_heartbeat,
+                max_streams: self.max_watch_streams,
+            },
         })
     }
 

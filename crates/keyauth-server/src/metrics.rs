@@ -154,6 +154,7 @@ pub fn rpc_of_path(path: &str) -> Option<&'static str> {
         "ListKeys",
         "ListKeyEvents",
         "ReportExposedKeys",
+        "WatchKeyChanges",
     ];
     let method = path.strip_prefix("/keyauth.v1.KeyAuthorityService/")?;
     Some(

@@ -34,7 +34,7 @@ use tonic_health::server::HealthReporter;
 use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
-use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth};
+use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, WatchOptions};
 
 /// How the `Authority` is made: everything but the store and the clock.
 #[derive(Clone, Debug)]
@@ -51,6 +51,8 @@ pub struct AuthoritySettings {
     pub idempotency_ttl: Duration,
     /// The limit and retention of refused operator calls.
     pub auth_failures: AuthFailureSettings,
+    /// Key changes kept for watchers that have not read them yet.
+    pub watch_backlog: usize,
 }
 
 impl Default for AuthoritySettings {
@@ -64,6 +66,7 @@ impl Default for AuthoritySettings {
             seal_key: None,
             idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
             auth_failures: AuthFailureSettings::default(),
+            watch_backlog: keyauth_core::changes::HUB_CAPACITY,
         }
     }
 }
@@ -82,7 +85,8 @@ pub async fn authority(
             Sealer::new(settings.seal_key.as_deref()),
             settings.idempotency_ttl,
         )
-        .with_auth_failures(settings.auth_failures);
+        .with_auth_failures(settings.auth_failures)
+        .with_change_backlog(settings.watch_backlog);
     Ok(Arc::new(authority))
 }
 
@@ -143,6 +147,8 @@ pub struct ServeOptions {
     pub ext_authz: ExtAuthzOptions,
     /// The HTTP listener for webhooks (GitHub secret scanning); `None`: no HTTP listener.
     pub http: Option<HttpOptions>,
+    /// WatchKeyChanges: heartbeat and stream limit.
+    pub watch: WatchOptions,
 }
 
 impl Default for ServeOptions {
@@ -158,6 +164,7 @@ impl Default for ServeOptions {
             limits: Limits::default(),
             ext_authz: ExtAuthzOptions::default(),
             http: None,
+            watch: WatchOptions::default(),
         }
     }
 }
@@ -189,11 +196,15 @@ pub async fn run(
         .build_v1alpha()
         .map_err(Error::internal)?;
 
-    let api = KeyAuthorityServiceServer::new(KeyAuthorityApi::new(
-        authority.clone(),
-        options.operators.clone(),
-        options.verifiers.clone(),
-    ))
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let api = KeyAuthorityServiceServer::new(
+        KeyAuthorityApi::new(
+            authority.clone(),
+            options.operators.clone(),
+            options.verifiers.clone(),
+        )
+        .with_watch(options.watch.clone(), stop_rx.clone()),
+    )
     .max_decoding_message_size(options.limits.max_request_bytes);
     // envoy-types ships no file descriptor set, so reflection does not list this service.
     let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
@@ -207,7 +218,6 @@ pub async fn run(
         builder = builder.tls_config(tls).map_err(Error::internal)?;
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let probe = tokio::spawn(probe_store(
         authority.clone(),
         reporter.clone(),

@@ -166,14 +166,18 @@ pub fn key_out(record: &KeyRecord, now: Timestamp) -> pb::ApiKey {
     }
 }
 
-pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
-    let kind = match event.kind {
+pub fn event_type_out(kind: EventKind) -> pb::KeyEventType {
+    match kind {
         EventKind::Issued => pb::KeyEventType::Issued,
         EventKind::Rolled => pb::KeyEventType::Rolled,
         EventKind::Revoked => pb::KeyEventType::Revoked,
         EventKind::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
         EventKind::Exposed => pb::KeyEventType::Exposed,
-    };
+    }
+}
+
+pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
+    let kind = event_type_out(event.kind);
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
     pb::KeyEvent {
         sequence: event.seq,

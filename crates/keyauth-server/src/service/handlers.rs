@@ -38,6 +38,15 @@ fn page_size(value: i32) -> Result<u32, Error> {
 
 #[tonic::async_trait]
 impl KeyAuthorityService for KeyAuthorityApi {
+    type WatchKeyChangesStream = super::watch::ChangeStream;
+
+    async fn watch_key_changes(
+        &self,
+        request: Request<pb::WatchKeyChangesRequest>,
+    ) -> Result<Response<Self::WatchKeyChangesStream>, Status> {
+        self.watch_changes(request).await
+    }
+
     async fn issue_key(
         &self,
         request: Request<pb::IssueKeyRequest>,

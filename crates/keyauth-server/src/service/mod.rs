@@ -3,15 +3,19 @@
 //! - `auth`: the operator and verifier tokens;
 //! - `call`: the per-call plumbing (request id, span, token check, deadline, error mapping,
 //!   metrics) and the one sequence of an idempotent change;
-//! - `handlers`: one `Authority` call per RPC, translated through `wire`.
+//! - `handlers`: one `Authority` call per RPC, translated through `wire`;
+//! - `watch`: the WatchKeyChanges streams.
 
 mod auth;
 pub(crate) mod call;
 mod handlers;
+mod watch;
 
 use std::sync::Arc;
 
 use keyauth_core::Authority;
+
+pub use watch::WatchOptions;
 
 pub use auth::OperatorAuth;
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
@@ -20,6 +24,7 @@ pub struct KeyAuthorityApi {
     authority: Arc<Authority>,
     operators: OperatorAuth,
     verifiers: OperatorAuth,
+    watch: watch::Watchers,
 }
 
 impl KeyAuthorityApi {
@@ -33,6 +38,20 @@ impl KeyAuthorityApi {
             authority,
             operators,
             verifiers,
+            watch: watch::Watchers::new(WatchOptions::default(), None),
+        }
+    }
+
+    /// Watch streams: their limits, and the server's stop signal (streams end with it, so
+    /// that a shutdown drains).
+    pub fn with_watch(
+        self,
+        options: WatchOptions,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        KeyAuthorityApi {
+            watch: watch::Watchers::new(options, Some(stop)),
+            ..self
         }
     }
 }

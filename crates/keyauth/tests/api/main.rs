@@ -7,6 +7,7 @@ mod instances;
 mod attack;
 mod audit;
 mod cache;
+mod caller;
 mod cli;
 mod exposed;
 mod ext_authz;

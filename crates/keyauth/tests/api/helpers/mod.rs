@@ -21,7 +21,7 @@ use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth_server::ext_authz::ExtAuthzOptions;
 use keyauth_server::http::{GithubKeys, HttpOptions};
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
-use keyauth_server::service::OperatorAuth;
+use keyauth_server::service::{OperatorAuth, WatchOptions};
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -294,6 +294,12 @@ pub struct Options {
     /// The HTTP listener's certificate and key (PEM files): set, it speaks TLS only.
     pub http_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub auth_failures: AuthFailureSettings,
+    /// WatchKeyChanges: heartbeat (fast in tests) and stream limit.
+    pub watch: WatchOptions,
+    /// Key changes kept for slow watchers.
+    pub watch_backlog: usize,
+    /// Where to listen; `None`: any free port.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for Options {
@@ -313,6 +319,12 @@ impl Default for Options {
             github_keys: None,
             http_tls: None,
             auth_failures: authority.auth_failures,
+            watch: WatchOptions {
+                heartbeat: Duration::from_millis(200),
+                ..WatchOptions::default()
+            },
+            listen: None,
+            watch_backlog: authority.watch_backlog,
         }
     }
 }
@@ -331,6 +343,7 @@ impl Options {
                 .map(|hex| Arc::new(SealKey::parse(hex).unwrap())),
             idempotency_ttl: self.idempotency_ttl,
             auth_failures: self.auth_failures.clone(),
+            watch_backlog: self.watch_backlog,
         }
     }
 }
@@ -387,6 +400,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
                 github_keys: Arc::new(GithubKeys::load(keys).expect("GitHub keys file")),
             }
         }),
+        watch: options.watch.clone(),
         ..ServeOptions::default()
     };
     let http_addr = serve_options
@@ -394,7 +408,9 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         .as_ref()
         .map(|http| http.listener.local_addr().unwrap());
     let running = server::start(
-        "127.0.0.1:0".parse().unwrap(),
+        options
+            .listen
+            .unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()),
         authority.clone(),
         serve_options,
     )
