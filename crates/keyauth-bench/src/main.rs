@@ -58,6 +58,8 @@ use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
 use keyauth_server::service::OperatorAuth;
 
+mod caller;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
 
@@ -107,6 +109,16 @@ struct Args {
     /// Proven keys the memory phase caches.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     rss_keys: u32,
+
+    /// Run only the caller's view (keyauth-client): in-process verify, the REST endpoint with
+    /// and without the tower layer, revocation latency seen by the caller (across two
+    /// instances too when KEYAUTH_BENCH_DATABASE_URL names a PostgreSQL database).
+    #[arg(long, conflicts_with_all = ["rss", "skip_rss"])]
+    caller: bool,
+
+    /// Keys revoked to measure the revocation latency seen by the caller.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    revocations: u32,
 
     /// argon2id memory cost (KiB) of the memory phase's keys. The default (8) keeps the phase
     /// about the cache; 4096 (the server's default) shows what hashing itself keeps resident.
@@ -166,6 +178,16 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<()> {
+    if args.caller {
+        return caller::run(caller::CallerSettings {
+            seconds: args.seconds,
+            rounds: args.rounds,
+            concurrency: args.concurrency,
+            revocations: args.revocations as usize,
+            postgres: std::env::var("KEYAUTH_BENCH_DATABASE_URL").ok(),
+        })
+        .await;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut settings = Settings {
         seconds: args.seconds,

@@ -360,7 +360,7 @@ async fn the_verifier_answers_from_memory_and_hears_revocations(backend: Backend
     );
     wait_until(|| verifier.cached() >= 1, "the second key is cached").await;
     let listen = app.addr;
-    let db = app.stop().await;
+    let db = app.stop_only().await;
     assert!(
         verifier
             .verify(&other_secret, &[])
