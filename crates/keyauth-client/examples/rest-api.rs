@@ -67,7 +67,7 @@ fn known(resource: &str) -> bool {
 async fn list(
     State(records): State<Records>,
     Path(resource): Path<String>,
-    Extension(key): Extension<VerifiedKey>,
+    Extension(key): Extension<Arc<VerifiedKey>>,
 ) -> Response {
     if !known(&resource) {
         return not_found("No such resource");
@@ -96,7 +96,7 @@ async fn list(
 async fn create(
     State(records): State<Records>,
     Path(resource): Path<String>,
-    Extension(key): Extension<VerifiedKey>,
+    Extension(key): Extension<Arc<VerifiedKey>>,
     body: Option<Json<Value>>,
 ) -> Response {
     if !known(&resource) {

@@ -229,10 +229,10 @@ where
             .to_owned();
         Box::pin(async move {
             let required = match &requirement {
-                Requirement::Permission(p) => vec![p.clone()],
-                Requirement::Unmapped | Requirement::Unknown(_) => Vec::new(),
+                Requirement::Permission(p) => std::slice::from_ref(p),
+                Requirement::Unmapped | Requirement::Unknown(_) => &[],
             };
-            let verdict = match shared.verifier.verify(&presented, &required).await {
+            let verdict = match shared.verifier.verify(&presented, required).await {
                 Ok(verdict) => verdict,
                 Err(unavailable) => {
                     tracing::warn!(error = %unavailable, "key check unavailable; answering 503");
@@ -243,7 +243,7 @@ where
                     ));
                 }
             };
-            let key: VerifiedKey = match (verdict.denial, verdict.key) {
+            let key: Arc<VerifiedKey> = match (verdict.denial, verdict.key) {
                 (Some(denial), _) => return Ok(denied(denial, &id)),
                 (None, None) => return Ok(denied(Denial::AuthenticationError, &id)),
                 (None, Some(key)) => key,

@@ -100,8 +100,15 @@ fn segments(path: &str) -> Option<Vec<&str>> {
     if rest.is_empty() {
         return Some(Vec::new());
     }
-    let lower = rest.to_ascii_lowercase();
-    if rest.contains('\\') || ["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e)) {
+    // `%2f`, `%5c` or `%2e` in any case, without allocating.
+    let encoded_separator = rest.as_bytes().windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                (w[1], w[2].to_ascii_lowercase()),
+                (b'2', b'f' | b'e') | (b'5', b'c')
+            )
+    });
+    if rest.contains('\\') || encoded_separator {
         return None;
     }
     let segments: Vec<&str> = rest.split('/').collect();

@@ -17,9 +17,9 @@
 //!   RPC once (the server checks it against its catalog; a permission outside it is an
 //!   `INVALID_ARGUMENT` there, and [`Unavailable`] with that status here).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use keyauth_key::{Denial, PresentedKey, digests_match};
@@ -89,7 +89,7 @@ impl VerifiedKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
     /// Present whenever the secret was proven (also when the key is then refused).
-    pub key: Option<VerifiedKey>,
+    pub key: Option<Arc<VerifiedKey>>,
     /// Why the key is refused; `None` when it is valid for the request.
     pub denial: Option<Denial>,
 }
@@ -132,7 +132,7 @@ impl Default for VerifierOptions {
 /// A key keyauth proved, as kept here.
 struct Entry {
     digest: [u8; 32],
-    key: VerifiedKey,
+    key: Arc<VerifiedKey>,
     /// Microseconds since the epoch.
     expire_micros: Option<i64>,
     revoked: bool,
@@ -152,7 +152,7 @@ impl Entry {
                 .sum::<usize>();
         Entry {
             digest,
-            key: verified,
+            key: Arc::new(verified),
             expire_micros: key.expire_time.as_ref().map(micros),
             revoked: key.revoke_time.is_some(),
             weight: (bytes as u64).max(floor),
@@ -212,8 +212,9 @@ struct State {
     origin: Instant,
     /// Milliseconds since `origin` (plus one) of the last message of the stream; 0: none.
     heard_ms: AtomicU64,
-    /// Required permissions the server has accepted (so they are in its catalog).
-    known_permissions: Mutex<HashSet<(String, String)>>,
+    /// Required permissions the server has accepted (so they are in its catalog): resource →
+    /// actions.
+    known_permissions: RwLock<HashMap<String, HashSet<String>>>,
     options: VerifierOptions,
     entry_floor: u64,
 }
@@ -253,27 +254,36 @@ impl State {
     }
 
     fn knows(&self, required: &[Permission]) -> bool {
+        if required.is_empty() {
+            return true;
+        }
         let known = self
             .known_permissions
-            .lock()
+            .read()
             .unwrap_or_else(|e| e.into_inner());
-        required
-            .iter()
-            .all(|p| known.contains(&(p.resource.clone(), p.action.clone())))
+        required.iter().all(|p| {
+            known
+                .get(&p.resource)
+                .is_some_and(|actions| actions.contains(&p.action))
+        })
     }
 
     fn learn(&self, required: &[Permission]) {
+        if self.knows(required) {
+            return;
+        }
         let mut known = self
             .known_permissions
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner());
         // A catalog has a few dozen pairs; the bound only stops a caller inventing names.
-        if known.len() < 10_000 {
-            known.extend(
-                required
-                    .iter()
-                    .map(|p| (p.resource.clone(), p.action.clone())),
-            );
+        if known.len() < 1_000 {
+            for p in required {
+                known
+                    .entry(p.resource.clone())
+                    .or_default()
+                    .insert(p.action.clone());
+            }
         }
     }
 }
@@ -315,7 +325,7 @@ impl Verifier {
             generation: AtomicU64::new(0),
             origin: Instant::now(),
             heard_ms: AtomicU64::new(0),
-            known_permissions: Mutex::new(HashSet::new()),
+            known_permissions: RwLock::new(HashMap::new()),
             options,
             entry_floor,
         });

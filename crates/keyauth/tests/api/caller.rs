@@ -394,7 +394,11 @@ fn app_behind(verifier: Verifier) -> Router {
     Router::new()
         .route(
             "/api/v1/patients",
-            get(|axum::Extension(key): axum::Extension<VerifiedKey>| async move { key.id }),
+            get(
+                |axum::Extension(key): axum::Extension<std::sync::Arc<VerifiedKey>>| async move {
+                    key.id.clone()
+                },
+            ),
         )
         .route("/health", get(|| async { "ok" }))
         .layer(KeyAuthLayer::new(verifier))
