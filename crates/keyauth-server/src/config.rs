@@ -227,6 +227,20 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_SEAL_KEY_FILE")]
     pub seal_key_file: Option<PathBuf>,
 
+    /// The seal key before a rotation: replays sealed under it still open, new seals use the
+    /// current key. Drop it once --idempotency-ttl has passed since the rotation.
+    #[arg(
+        long,
+        env = "KEYAUTH_SEAL_KEY_PREVIOUS",
+        hide_env_values = true,
+        conflicts_with = "seal_key_previous_file"
+    )]
+    pub seal_key_previous: Option<Secret>,
+
+    /// File holding the previous seal key, instead of KEYAUTH_SEAL_KEY_PREVIOUS.
+    #[arg(long, env = "KEYAUTH_SEAL_KEY_PREVIOUS_FILE")]
+    pub seal_key_previous_file: Option<PathBuf>,
+
     /// How long responses of calls made with an idempotency key are kept for replay.
     #[arg(long, env = "KEYAUTH_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
@@ -343,6 +357,21 @@ impl ServeArgs {
             ),
             (None, None) => None,
         };
+        let seal_key_previous = match (&self.seal_key_previous, &self.seal_key_previous_file) {
+            (Some(text), _) => Some(
+                SealKey::parse(text.expose())
+                    .map_err(setting("--seal-key-previous (KEYAUTH_SEAL_KEY_PREVIOUS)"))?,
+            ),
+            (None, Some(path)) => Some(SealKey::load(path).map_err(setting(
+                "--seal-key-previous-file (KEYAUTH_SEAL_KEY_PREVIOUS_FILE)",
+            ))?),
+            (None, None) => None,
+        };
+        if seal_key_previous.is_some() && seal_key.is_none() {
+            return Err(setting("--seal-key-previous (KEYAUTH_SEAL_KEY_PREVIOUS)")(
+                "needs a current seal key (--seal-key or --seal-key-file) to seal with".into(),
+            ));
+        }
         Ok(AuthoritySettings {
             catalog,
             hash: self.hash_params(),
@@ -350,6 +379,7 @@ impl ServeArgs {
             hash_queue: self.hash_queue,
             cache: self.cache(),
             seal_key: seal_key.map(std::sync::Arc::new),
+            seal_key_previous: seal_key_previous.map(std::sync::Arc::new),
             idempotency_ttl: self.idempotency_ttl,
             auth_failures: AuthFailureSettings {
                 limit: self.operator_failure_limit,
