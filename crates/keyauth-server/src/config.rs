@@ -661,6 +661,35 @@ mod tests {
     }
 
     #[test]
+    fn a_previous_seal_key_opens_only_beside_a_current_one() {
+        let old = keyauth_core::sealing::SealKey::generate_hex().unwrap();
+        let new = keyauth_core::sealing::SealKey::generate_hex().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("previous.key");
+        std::fs::write(&file, format!("{old}\n")).unwrap();
+        let args = parse(&[
+            "--seal-key",
+            &new,
+            "--seal-key-previous-file",
+            file.to_str().unwrap(),
+        ]);
+        let settings = args.authority_settings().unwrap();
+        assert!(settings.seal_key.is_some() && settings.seal_key_previous.is_some());
+        let args = parse(&["--seal-key", &new, "--seal-key-previous", &old]);
+        assert!(
+            args.authority_settings()
+                .unwrap()
+                .seal_key_previous
+                .is_some()
+        );
+        let alone = parse(&["--seal-key-previous", &old]);
+        let err = alone.authority_settings().unwrap_err();
+        assert!(err.setting.contains("KEYAUTH_SEAL_KEY_PREVIOUS"), "{err}");
+        let bad = parse(&["--seal-key", &new, "--seal-key-previous", "abcd"]);
+        assert!(bad.authority_settings().is_err());
+    }
+
+    #[test]
     fn the_http_listener_needs_github_keys() {
         assert!(parse(&[]).serve_options().unwrap().http.is_none());
         for lone in [

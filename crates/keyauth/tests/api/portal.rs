@@ -21,6 +21,7 @@ both_stores!(
     events_of_the_whole_authority,
     a_rolled_key_keeps_its_lifetime,
     a_replay_opens_after_a_seal_key_rotation,
+    watchers_hear_of_an_update,
 );
 
 fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
@@ -937,4 +938,85 @@ async fn a_replay_opens_after_a_seal_key_rotation(backend: Backend) {
             .is_err()
     );
     dropped.stop().await;
+}
+
+async fn watchers_hear_of_an_update(backend: Backend) {
+    use keyauth_client::routes::Permission;
+    use keyauth_client::{Client, Denial, Verifier, VerifierOptions};
+    use keyauth_proto::watch_key_changes_response::Event;
+
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let client = Client::builder(format!("http://{}", app.addr))
+        .connect_lazy()
+        .unwrap();
+    let mut stream = client.watch_key_changes(None).await.unwrap();
+    let verifier = Verifier::new(
+        client,
+        VerifierOptions {
+            staleness_limit: Duration::from_secs(4),
+            ..VerifierOptions::default()
+        },
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !verifier.is_fresh() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verifier hears the stream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (key, secret) = app
+        .issue(pb::IssueKeyRequest {
+            permissions: vec![permission("patients", &["read", "write"])],
+            ..standard("app_watch", pb::Environment::Live)
+        })
+        .await
+        .unwrap();
+    let write = [Permission::new("patients", "write")];
+    assert!(verifier.verify(&secret, &write).await.unwrap().is_valid());
+    assert_eq!(verifier.cached(), 1);
+
+    update(
+        &app,
+        pb::ApiKey {
+            id: key.id.clone(),
+            permissions: vec![permission("patients", &["read"])],
+            ..Default::default()
+        },
+        &["permissions"],
+    )
+    .await
+    .unwrap();
+    // The stream tells the change…
+    let change = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("a message within 5 s")
+            .unwrap()
+            .unwrap();
+        if let Some(Event::Change(change)) = message.event
+            && change.r#type == pb::KeyEventType::Updated as i32
+        {
+            break change;
+        }
+    };
+    assert_eq!(change.key_id, key.id);
+    // …and the in-process verifier drops the key: the removed permission is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = verifier.verify(&secret, &write).await.unwrap();
+        if v.denial == Some(Denial::InsufficientPermissions) {
+            break;
+        }
+        assert!(v.is_valid());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verifier still allows the removed permission"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(verifier);
+    app.stop().await;
 }
