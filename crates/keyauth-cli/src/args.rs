@@ -238,6 +238,11 @@ pub struct RollArgs {
     /// Unset: the server's default, 24 hours.
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
+
+    /// When the new key stops working, RFC 3339. Unset: when the old key would have (never,
+    /// if it had no expiry).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub expires: Option<prost_types::Timestamp>,
 }
 
 #[derive(Clone, Debug, Args)]
@@ -286,8 +291,34 @@ pub struct PageArgs {
     pub all: bool,
 }
 
+/// An audit event type, as `--type` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum EventType {
+    Issued,
+    Rolled,
+    Revoked,
+    Updated,
+    Exposed,
+    OperatorAuthFailed,
+}
+
+impl EventType {
+    pub fn pb(self) -> pb::KeyEventType {
+        match self {
+            EventType::Issued => pb::KeyEventType::Issued,
+            EventType::Rolled => pb::KeyEventType::Rolled,
+            EventType::Revoked => pb::KeyEventType::Revoked,
+            EventType::Updated => pb::KeyEventType::Updated,
+            EventType::Exposed => pb::KeyEventType::Exposed,
+            EventType::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
+        }
+    }
+}
+
+/// Neither --key nor --app: every event of the authority.
 #[derive(Clone, Debug, Args)]
-#[command(group(ArgGroup::new("filter").required(true).args(["key_id", "application"])))]
+#[command(group(ArgGroup::new("filter").required(false).args(["key_id", "application"])))]
 pub struct EventsArgs {
     /// Events of this key (`key_…`), including a roll that replaced it or that it came from.
     #[arg(long = "key", value_name = "KEY_ID")]
@@ -296,6 +327,18 @@ pub struct EventsArgs {
     /// Events of this application's keys.
     #[arg(long = "app", value_name = "APP")]
     pub application: Option<String>,
+
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub types: Vec<EventType>,
+
+    /// Only events at or after this time, RFC 3339.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub since: Option<prost_types::Timestamp>,
+
+    /// Only events before this time, RFC 3339.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    pub until: Option<prost_types::Timestamp>,
 
     #[command(flatten)]
     pub page: PageArgs,

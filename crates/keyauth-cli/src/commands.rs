@@ -277,6 +277,7 @@ pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
                         .map_err(|_| Failure::Usage(format!("--grace {g:?} is too long")))
                 })
                 .transpose()?,
+            expire_time: a.expires,
         }),
         KeysCommand::Revoke(a) => Prepared::Revoke(pb::RevokeKeyRequest {
             key_id: a.key_id.clone(),
@@ -300,6 +301,9 @@ pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
                 application_id: a.application.clone().unwrap_or_default(),
                 page_size: a.page.page_size.unwrap_or(0),
                 page_token: a.page.page_token.clone().unwrap_or_default(),
+                types: a.types.iter().map(|t| t.pb().into()).collect(),
+                start_time: a.since,
+                end_time: a.until,
             },
             all: a.page.all,
         },

@@ -141,7 +141,18 @@ mod tests {
         };
         assert!(parse(&["--key", "key_1"]).is_ok());
         assert!(parse(&["--app", "app_1", "--all"]).is_ok());
-        assert!(parse(&[]).is_err());
+        assert!(parse(&[]).is_ok(), "no filter: every event");
+        assert!(parse(&["--type", "updated", "--type", "operator_auth_failed"]).is_ok());
+        assert!(
+            parse(&[
+                "--since",
+                "2026-01-01T00:00:00Z",
+                "--until",
+                "2026-02-01T00:00:00Z"
+            ])
+            .is_ok()
+        );
+        assert!(parse(&["--type", "nonsense"]).is_err());
         assert!(parse(&["--key", "key_1", "--app", "app_1"]).is_err());
     }
 

@@ -28,6 +28,7 @@ pub(crate) fn event_type_name(value: i32) -> &'static str {
         Ok(pb::KeyEventType::Revoked) => "revoked",
         Ok(pb::KeyEventType::OperatorAuthFailed) => "operator_auth_failed",
         Ok(pb::KeyEventType::Exposed) => "exposed",
+        Ok(pb::KeyEventType::Updated) => "updated",
         _ => "unspecified",
     }
 }
@@ -121,6 +122,7 @@ pub fn event_json(event: &pb::KeyEvent) -> Value {
         "event_time": time_json(event.event_time.as_ref()),
         "source": empty_as_null(&event.source),
         "url": empty_as_null(&event.url),
+        "changed_paths": event.changed_paths,
     })
 }
 

@@ -22,8 +22,8 @@ use crate::model::{REASON_MAX, check_text};
 use crate::paging::PageTokens;
 use crate::sealing::{IdempotencyKey, Sealer};
 use crate::store::{
-    AuditEvent, Changed, Cursor, EventFilter, Exposed, Exposure, IdempotentWrite, Provenance,
-    Rolled, Store,
+    ApplicationSummary, AuditEvent, Changed, Cursor, EventFilter, EventQuery, Exposed, Exposure,
+    IdempotentWrite, KeyUpdate, Provenance, Rolled, Store, Updated,
 };
 use crate::usage::UsageRecorder;
 
@@ -403,11 +403,14 @@ impl Authority {
         Ok(issued)
     }
 
-    /// Rolls `id`: returns the new key and the old key as it now stands.
+    /// Rolls `id`: returns the new key and the old key as it now stands. The new key expires
+    /// at `expire_time` if given (in the future), else when the old key would have: a roll
+    /// never extends a key's lifetime by itself.
     pub async fn roll(
         &self,
         id: &KeyId,
         grace: Option<Duration>,
+        expire_time: Option<Timestamp>,
         who: &Provenance,
         idem: Option<&Idempotency<'_>>,
     ) -> Result<(Issued, KeyRecord), Error> {
@@ -418,19 +421,22 @@ impl Authority {
                 "must be at most 7 days (604800s)",
             ));
         }
+        let now = self.now();
+        if expire_time.is_some_and(|e| e <= now) {
+            return Err(Error::invalid("expire_time", "must be in the future"));
+        }
         let old = self
             .store
             .get_key(id)
             .await?
             .ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
-        let now = self.now();
         refuse_roll(&old, now)?;
         let new = NewKey {
             application_id: old.application_id.clone(),
             environment: old.environment,
             name: old.name.clone(),
             permissions: old.permissions.clone(),
-            expire_time: None,
+            expire_time: expire_time.or(old.expire_time),
             metadata: old.metadata.clone(),
         };
         let mut issued = self.mint(new, now).await?;
@@ -483,6 +489,88 @@ impl Authority {
         tracing::info!(key_id = %id, "key revoked");
         // As stored: an idempotent retry replays exactly this.
         Ok(record)
+    }
+
+    /// Changes a key's name, metadata, permissions or expiry (UpdateKey), with an `updated`
+    /// event; every cache of this instance forgets the key before this returns (other
+    /// instances hear of it through the event). A revoked key is refused, and so is a new
+    /// expiry for a rolled key (its expiry is the end of its grace period).
+    pub async fn update(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+        who: &Provenance,
+        idem: Option<&Idempotency<'_>>,
+    ) -> Result<KeyRecord, Error> {
+        let now = self.now();
+        if update.paths().is_empty() {
+            return Err(Error::invalid("update_mask", "names no field to update"));
+        }
+        if let Some(Some(t)) = update.expire_time
+            && t <= now
+        {
+            return Err(Error::invalid("key.expire_time", "must be in the future"));
+        }
+        let write = self.idempotent_write(idem, None, now)?;
+        let outcome = self
+            .store
+            .update_key(id, update, now, who, write.as_ref())
+            .await;
+        self.cache.forget(id);
+        match outcome? {
+            Updated::Done(record) => {
+                self.changes.note_commit();
+                tracing::info!(key_id = %id, paths = ?update.paths(), "key updated");
+                Ok(record)
+            }
+            Updated::NotFound => Err(Error::KeyNotFound(id.to_string())),
+            Updated::Refused(current) if current.revoke_time.is_some() => {
+                Err(Error::FailedPrecondition {
+                    reason: "KEY_REVOKED",
+                    message: format!("key {id} cannot be updated: it is revoked"),
+                })
+            }
+            Updated::Refused(current) => Err(Error::FailedPrecondition {
+                reason: "KEY_ALREADY_ROLLED",
+                message: format!(
+                    "the expiry of key {id} cannot be changed: it was rolled to {} and expires \
+                     at the end of its grace period",
+                    current
+                        .replaced_by
+                        .as_ref()
+                        .map_or_else(String::new, ToString::to_string)
+                ),
+            }),
+        }
+    }
+
+    /// Applications that have keys, by id, with their key counts per environment and state
+    /// at now, a page at a time.
+    pub async fn list_applications(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<ApplicationSummary>, String), Error> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = match page_token {
+            "" => None,
+            token => Some(self.page_tokens.open_applications(token)?),
+        };
+        let mut apps = self
+            .store
+            .list_applications(after.as_ref(), size + 1, self.now())
+            .await?;
+        let next = if apps.len() > size as usize {
+            apps.truncate(size as usize);
+            let last = apps.last().expect("a full page has a last application");
+            self.page_tokens.issue_applications(&last.application_id)
+        } else {
+            String::new()
+        };
+        Ok((apps, next))
     }
 
     pub async fn get(&self, id: &KeyId) -> Result<KeyRecord, Error> {
@@ -760,10 +848,11 @@ impl Authority {
         })
     }
 
-    /// Audit events of a key or an application, newest first, a page at a time.
+    /// Audit events of a key, an application or the whole authority (of some types, in a time
+    /// range), newest first, a page at a time. A page token holds for the same query only.
     pub async fn list_events(
         &self,
-        filter: &EventFilter,
+        query: &EventQuery,
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<AuditEvent>, String), Error> {
@@ -771,15 +860,31 @@ impl Authority {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let scope = match filter {
+        if let (Some(start), Some(end)) = (query.start, query.end)
+            && end <= start
+        {
+            return Err(Error::invalid("end_time", "must be after start_time"));
+        }
+        let mut scope = match &query.filter {
             EventFilter::Key(id) => format!("key:{id}"),
             EventFilter::Application(app) => format!("app:{}", app.as_str()),
+            EventFilter::All => "all".to_owned(),
         };
+        let mut kinds: Vec<&str> = query.kinds.iter().map(|k| k.as_str()).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        let micros = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.as_micros().to_string());
+        scope.push_str(&format!(
+            "\0{}\0{}\0{}",
+            kinds.join(","),
+            micros(query.start),
+            micros(query.end)
+        ));
         let before = match page_token {
             "" => i64::MAX,
             token => self.page_tokens.open_events(&scope, token)?,
         };
-        let mut events = self.store.list_events(filter, before, size + 1).await?;
+        let mut events = self.store.list_events(query, before, size + 1).await?;
         let next = if events.len() > size as usize {
             events.truncate(size as usize);
             let last = events.last().expect("a full page has a last event");

@@ -43,6 +43,13 @@ fn is_name(s: &str) -> bool {
 }
 
 impl Catalog {
+    /// Every resource with its actions, both sorted.
+    pub fn resources(&self) -> impl Iterator<Item = (&str, impl Iterator<Item = &str>)> {
+        self.resources
+            .iter()
+            .map(|(r, actions)| (r.as_str(), actions.iter().map(String::as_str)))
+    }
+
     /// The seed's catalog.
     pub fn built_in() -> Self {
         Catalog {

@@ -1,4 +1,4 @@
-//! Opaque ListKeys page tokens: the cursor (create_time, id) and the filters it was issued
+//! Opaque page tokens (ListKeys, ListKeyEvents, ListApplications): the cursor (create_time, id) and the filters it was issued
 //! for, signed with HMAC-SHA256 under a key kept in the store (so every instance accepts every
 //! instance's tokens). A forged, garbled or re-filtered token is refused.
 
@@ -101,6 +101,16 @@ impl PageTokens {
             .parse()
             .map_err(|_| Error::InvalidPageToken)
     }
+
+    /// ListApplications: resumes after application `after`.
+    pub fn issue_applications(&self, after: &ApplicationId) -> String {
+        self.seal("applications", after.as_str())
+    }
+
+    pub fn open_applications(&self, token: &str) -> Result<ApplicationId, Error> {
+        let payload = self.unseal("applications", token)?;
+        ApplicationId::parse(&payload, "page_token").map_err(|_| Error::InvalidPageToken)
+    }
 }
 
 #[cfg(test)]
@@ -137,5 +147,9 @@ mod tests {
             tokens.open(&app, None, &events).is_err(),
             "an events token is no keys token"
         );
+        let apps = tokens.issue_applications(&app);
+        assert_eq!(tokens.open_applications(&apps).unwrap(), app);
+        assert!(tokens.open_applications(&events).is_err());
+        assert!(tokens.open(&app, None, &apps).is_err());
     }
 }

@@ -95,15 +95,31 @@ impl SealKey {
 }
 
 /// Seals and opens stored secrets; without a key it refuses, never stores plaintext.
+///
+/// Rotation: the previous key (if given) still opens what it sealed; everything new is sealed
+/// under the current key. Once the idempotency TTL has passed since the rotation, nothing
+/// sealed under the previous key is left and it can be dropped.
 pub struct Sealer {
     cipher: Option<XChaCha20Poly1305>,
+    previous: Option<XChaCha20Poly1305>,
+}
+
+fn cipher_of(key: &SealKey) -> XChaCha20Poly1305 {
+    XChaCha20Poly1305::new_from_slice(&key.0[..]).expect("32-byte key")
 }
 
 impl Sealer {
     pub fn new(key: Option<&SealKey>) -> Self {
         Sealer {
-            cipher: key.map(|k| XChaCha20Poly1305::new_from_slice(&k.0[..]).expect("32-byte key")),
+            cipher: key.map(cipher_of),
+            previous: None,
         }
+    }
+
+    /// Also opens (never seals) what `previous` sealed: the key before a rotation.
+    pub fn with_previous(mut self, previous: Option<&SealKey>) -> Self {
+        self.previous = previous.map(cipher_of);
+        self
     }
 
     fn cipher(&self) -> Result<&XChaCha20Poly1305, Error> {
@@ -145,7 +161,7 @@ impl Sealer {
         }
         let (nonce, body) = bytes.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(Error::internal)?;
-        let plain = Zeroizing::new(
+        let open = |cipher: &XChaCha20Poly1305| {
             cipher
                 .decrypt(
                     &XNonce::from(nonce),
@@ -154,8 +170,16 @@ impl Sealer {
                         aad: context,
                     },
                 )
-                .map_err(|_| {
-                    Error::internal("a sealed secret does not open: was the seal key changed?")
+                .ok()
+        };
+        let plain = Zeroizing::new(
+            open(cipher)
+                .or_else(|| self.previous.as_ref().and_then(open))
+                .ok_or_else(|| {
+                    Error::internal(
+                        "a sealed secret does not open: was the seal key changed without \
+                         giving the old one as the previous seal key?",
+                    )
                 })?,
         );
         String::from_utf8(plain.to_vec()).map_err(Error::internal)
@@ -193,6 +217,27 @@ mod tests {
             &SealKey::parse(&SealKey::generate_hex().unwrap()).unwrap(),
         ));
         assert!(other.open(&sealed, b"ctx").is_err());
+    }
+
+    #[test]
+    fn the_previous_key_still_opens_after_a_rotation() {
+        let old = SealKey::parse(&SealKey::generate_hex().unwrap()).unwrap();
+        let new = SealKey::parse(&SealKey::generate_hex().unwrap()).unwrap();
+        let sealed_before = Sealer::new(Some(&old)).seal("sk_test_a", b"ctx").unwrap();
+        let rotated = Sealer::new(Some(&new)).with_previous(Some(&old));
+        assert_eq!(rotated.open(&sealed_before, b"ctx").unwrap(), "sk_test_a");
+        let sealed_after = rotated.seal("sk_test_b", b"ctx").unwrap();
+        assert_eq!(
+            Sealer::new(Some(&new)).open(&sealed_after, b"ctx").unwrap(),
+            "sk_test_b",
+            "new seals use the current key"
+        );
+        assert!(Sealer::new(Some(&old)).open(&sealed_after, b"ctx").is_err());
+        assert!(
+            Sealer::new(Some(&new))
+                .open(&sealed_before, b"ctx")
+                .is_err()
+        );
     }
 
     #[test]

@@ -227,6 +227,20 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_SEAL_KEY_FILE")]
     pub seal_key_file: Option<PathBuf>,
 
+    /// The seal key before a rotation: replays sealed under it still open, new seals use the
+    /// current key. Drop it once --idempotency-ttl has passed since the rotation.
+    #[arg(
+        long,
+        env = "KEYAUTH_SEAL_KEY_PREVIOUS",
+        hide_env_values = true,
+        conflicts_with = "seal_key_previous_file"
+    )]
+    pub seal_key_previous: Option<Secret>,
+
+    /// File holding the previous seal key, instead of KEYAUTH_SEAL_KEY_PREVIOUS.
+    #[arg(long, env = "KEYAUTH_SEAL_KEY_PREVIOUS_FILE")]
+    pub seal_key_previous_file: Option<PathBuf>,
+
     /// How long responses of calls made with an idempotency key are kept for replay.
     #[arg(long, env = "KEYAUTH_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
@@ -343,6 +357,21 @@ impl ServeArgs {
             ),
             (None, None) => None,
         };
+        let seal_key_previous = match (&self.seal_key_previous, &self.seal_key_previous_file) {
+            (Some(text), _) => Some(
+                SealKey::parse(text.expose())
+                    .map_err(setting("--seal-key-previous (KEYAUTH_SEAL_KEY_PREVIOUS)"))?,
+            ),
+            (None, Some(path)) => Some(SealKey::load(path).map_err(setting(
+                "--seal-key-previous-file (KEYAUTH_SEAL_KEY_PREVIOUS_FILE)",
+            ))?),
+            (None, None) => None,
+        };
+        if seal_key_previous.is_some() && seal_key.is_none() {
+            return Err(setting("--seal-key-previous (KEYAUTH_SEAL_KEY_PREVIOUS)")(
+                "needs a current seal key (--seal-key or --seal-key-file) to seal with".into(),
+            ));
+        }
         Ok(AuthoritySettings {
             catalog,
             hash: self.hash_params(),
@@ -350,6 +379,7 @@ impl ServeArgs {
             hash_queue: self.hash_queue,
             cache: self.cache(),
             seal_key: seal_key.map(std::sync::Arc::new),
+            seal_key_previous: seal_key_previous.map(std::sync::Arc::new),
             idempotency_ttl: self.idempotency_ttl,
             auth_failures: AuthFailureSettings {
                 limit: self.operator_failure_limit,
@@ -628,6 +658,35 @@ mod tests {
         let err = args.serve_options().unwrap_err();
         assert_eq!(err.setting, "--ext-authz-routes (KEYAUTH_EXT_AUTHZ_ROUTES)");
         assert!(err.why.contains("routes.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_previous_seal_key_opens_only_beside_a_current_one() {
+        let old = keyauth_core::sealing::SealKey::generate_hex().unwrap();
+        let new = keyauth_core::sealing::SealKey::generate_hex().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("previous.key");
+        std::fs::write(&file, format!("{old}\n")).unwrap();
+        let args = parse(&[
+            "--seal-key",
+            &new,
+            "--seal-key-previous-file",
+            file.to_str().unwrap(),
+        ]);
+        let settings = args.authority_settings().unwrap();
+        assert!(settings.seal_key.is_some() && settings.seal_key_previous.is_some());
+        let args = parse(&["--seal-key", &new, "--seal-key-previous", &old]);
+        assert!(
+            args.authority_settings()
+                .unwrap()
+                .seal_key_previous
+                .is_some()
+        );
+        let alone = parse(&["--seal-key-previous", &old]);
+        let err = alone.authority_settings().unwrap_err();
+        assert!(err.setting.contains("KEYAUTH_SEAL_KEY_PREVIOUS"), "{err}");
+        let bad = parse(&["--seal-key", &new, "--seal-key-previous", "abcd"]);
+        assert!(bad.authority_settings().is_err());
     }
 
     #[test]

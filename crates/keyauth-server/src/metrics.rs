@@ -155,6 +155,9 @@ pub fn rpc_of_path(path: &str) -> Option<&'static str> {
         "ListKeyEvents",
         "ReportExposedKeys",
         "WatchKeyChanges",
+        "UpdateKey",
+        "GetCatalog",
+        "ListApplications",
     ];
     let method = path.strip_prefix("/keyauth.v1.KeyAuthorityService/")?;
     Some(

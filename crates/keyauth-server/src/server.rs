@@ -48,6 +48,8 @@ pub struct AuthoritySettings {
     pub cache: CacheSettings,
     /// Seals the secrets kept for idempotent replay; `None` refuses such replays.
     pub seal_key: Option<Arc<SealKey>>,
+    /// The seal key before a rotation: still opens, never seals.
+    pub seal_key_previous: Option<Arc<SealKey>>,
     pub idempotency_ttl: Duration,
     /// The limit and retention of refused operator calls.
     pub auth_failures: AuthFailureSettings,
@@ -64,6 +66,7 @@ impl Default for AuthoritySettings {
             hash_queue: 64,
             cache: CacheSettings::default(),
             seal_key: None,
+            seal_key_previous: None,
             idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
             auth_failures: AuthFailureSettings::default(),
             watch_backlog: keyauth_core::changes::HUB_CAPACITY,
@@ -82,7 +85,8 @@ pub async fn authority(
     let authority = Authority::new(store, hasher, settings.catalog, clock, settings.cache)
         .await?
         .with_idempotency(
-            Sealer::new(settings.seal_key.as_deref()),
+            Sealer::new(settings.seal_key.as_deref())
+                .with_previous(settings.seal_key_previous.as_deref()),
             settings.idempotency_ttl,
         )
         .with_auth_failures(settings.auth_failures)

@@ -7,10 +7,11 @@ use keyauth_core::Error;
 use keyauth_core::authority::{ExposureOutcome, NewKey};
 use keyauth_core::catalog::{Catalog, RequestedPermission};
 use keyauth_core::clock::Timestamp;
+use keyauth_core::model::KeyId;
 use keyauth_core::model::{
     ApplicationId, Denial, Environment, KeyRecord, KeyState, Verdict, check_metadata, parse_name,
 };
-use keyauth_core::store::{AuditEvent, EventKind};
+use keyauth_core::store::{ApplicationSummary, AuditEvent, EventKind, KeyCounts, KeyUpdate};
 use keyauth_proto as pb;
 
 pub fn environment_in(value: i32, field: &str) -> Result<Option<Environment>, Error> {
@@ -173,6 +174,131 @@ pub fn event_type_out(kind: EventKind) -> pb::KeyEventType {
         EventKind::Revoked => pb::KeyEventType::Revoked,
         EventKind::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
         EventKind::Exposed => pb::KeyEventType::Exposed,
+        EventKind::Updated => pb::KeyEventType::Updated,
+    }
+}
+
+/// ListKeyEvents' `types`: each a known type other than UNSPECIFIED.
+pub fn event_types_in(values: &[i32], field: &str) -> Result<Vec<EventKind>, Error> {
+    values
+        .iter()
+        .map(|&value| match pb::KeyEventType::try_from(value) {
+            Ok(pb::KeyEventType::Issued) => Ok(EventKind::Issued),
+            Ok(pb::KeyEventType::Rolled) => Ok(EventKind::Rolled),
+            Ok(pb::KeyEventType::Revoked) => Ok(EventKind::Revoked),
+            Ok(pb::KeyEventType::OperatorAuthFailed) => Ok(EventKind::OperatorAuthFailed),
+            Ok(pb::KeyEventType::Exposed) => Ok(EventKind::Exposed),
+            Ok(pb::KeyEventType::Updated) => Ok(EventKind::Updated),
+            Ok(pb::KeyEventType::Unspecified) | Err(_) => Err(Error::invalid(
+                field,
+                format!("{value} is not a KeyEventType (e.g. KEY_EVENT_TYPE_ISSUED)"),
+            )),
+        })
+        .collect()
+}
+
+/// The paths UpdateKey can change (AIP-134).
+pub const UPDATABLE_PATHS: [&str; 4] = ["name", "metadata", "permissions", "expire_time"];
+
+/// An UpdateKey request: the key's id and the changes its mask names, each value checked as
+/// in IssueKey. An empty mask, `*`, or a path that is not updatable is refused, naming it.
+pub fn key_update_in(
+    req: &pb::UpdateKeyRequest,
+    catalog: &Catalog,
+) -> Result<(KeyId, KeyUpdate), Error> {
+    let key = req
+        .key
+        .as_ref()
+        .ok_or_else(|| Error::invalid("key", "is required (with its `id`)"))?;
+    let id = KeyId::parse(&key.id, "key.id");
+    let paths = req
+        .update_mask
+        .as_ref()
+        .map(|m| m.paths.as_slice())
+        .unwrap_or_default();
+    let mut problems = Vec::new();
+    if paths.is_empty() {
+        problems.push(Error::invalid(
+            "update_mask",
+            format!(
+                "is required: name the fields to change ({})",
+                UPDATABLE_PATHS.join(", ")
+            ),
+        ));
+    }
+    let mut update = KeyUpdate::default();
+    for path in paths {
+        let result = match path.as_str() {
+            "name" => parse_name(&key.name, "key.name").map(|n| update.name = Some(n)),
+            "metadata" => {
+                let metadata = key
+                    .metadata
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                check_metadata(&metadata, "key.metadata").map(|()| update.metadata = Some(metadata))
+            }
+            "permissions" => catalog
+                .permissions(&permissions_in(&key.permissions), "key.permissions")
+                .map(|p| update.permissions = Some(p)),
+            "expire_time" => key
+                .expire_time
+                .as_ref()
+                .map(|t| timestamp_in(t, "key.expire_time"))
+                .transpose()
+                .map(|t| update.expire_time = Some(t)),
+            "*" => Err(Error::invalid(
+                "update_mask",
+                format!(
+                    "`*` is not supported: name the fields to change ({})",
+                    UPDATABLE_PATHS.join(", ")
+                ),
+            )),
+            other => Err(Error::invalid(
+                "update_mask",
+                format!(
+                    "`{}` cannot be updated: the updatable fields are {}",
+                    keyauth_core::error::echo(other),
+                    UPDATABLE_PATHS.join(", ")
+                ),
+            )),
+        };
+        if let Err(e) = result {
+            problems.push(e);
+        }
+    }
+    match id {
+        Ok(id) if problems.is_empty() => Ok((id, update)),
+        id => Err(Error::merge(id.err().into_iter().chain(problems))),
+    }
+}
+
+/// The permission catalog: every resource with its actions, sorted.
+pub fn catalog_out(catalog: &Catalog) -> pb::GetCatalogResponse {
+    pb::GetCatalogResponse {
+        resources: catalog
+            .resources()
+            .map(|(name, actions)| pb::CatalogResource {
+                name: name.to_owned(),
+                actions: actions.map(str::to_owned).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn counts_out(counts: KeyCounts) -> pb::KeyCounts {
+    pb::KeyCounts {
+        active: counts.active,
+        expired: counts.expired,
+        revoked: counts.revoked,
+    }
+}
+
+pub fn application_out(app: &ApplicationSummary) -> pb::ApplicationSummary {
+    pb::ApplicationSummary {
+        application_id: app.application_id.as_str().to_owned(),
+        test: Some(counts_out(app.test)),
+        live: Some(counts_out(app.live)),
     }
 }
 
@@ -200,6 +326,7 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
         source: text(&event.source),
         url: text(&event.url),
         count: event.count,
+        changed_paths: event.changed_paths.clone(),
     }
 }
 

@@ -61,6 +61,8 @@ fn main() -> ExitCode {
         Command::GenSealKey => match SealKey::generate_hex() {
             Ok(key) => {
                 println!("{key}");
+                // On stderr, so that `keyauth gen-seal-key > file` keeps the bare key.
+                eprintln!("{SEAL_KEY_ROTATION}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -70,6 +72,15 @@ fn main() -> ExitCode {
         },
     }
 }
+
+/// How to put a new seal key in service without breaking replays in flight.
+const SEAL_KEY_ROTATION: &str = "\
+keyauth: a new seal key is printed on stdout. To rotate to it without breaking replays:
+  1. start every instance with the new key as the seal key (KEYAUTH_SEAL_KEY or
+     --seal-key-file) and the old one as the previous key (KEYAUTH_SEAL_KEY_PREVIOUS or
+     --seal-key-previous-file): replays sealed under either open, new seals use the new key;
+  2. once --idempotency-ttl (24h by default) has passed since the last instance restarted,
+     remove the previous key and restart; the old key can then be destroyed.";
 
 /// A start-up failure: which setting, and why. Exit code 2 for bad settings.
 fn usage_error(setting: &str, why: impl std::fmt::Display) -> ExitCode {
@@ -116,8 +127,8 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     if !options.operators.is_configured() {
         tracing::warn!(
-            "no operator token is set: operator RPCs (IssueKey, RollKey, RevokeKey, GetKey, \
-             ListKeys, ListKeyEvents) will be refused. Set KEYAUTH_ADMIN_TOKEN_FILE (or \
+            "no operator token is set: operator RPCs (IssueKey, UpdateKey, RollKey, RevokeKey, \
+             GetKey, ListKeys, ListKeyEvents, ListApplications) will be refused. Set KEYAUTH_ADMIN_TOKEN_FILE (or \
              KEYAUTH_ADMIN_TOKEN), e.g. to a file holding `openssl rand -hex 32`, and restart."
         );
     }

@@ -17,7 +17,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
 
 pub use sql::{Backend, SqlStore};
 
@@ -39,6 +39,7 @@ pub enum Changed<'a> {
         previous: &'a KeyRecord,
     },
     Revoked(&'a KeyRecord),
+    Updated(&'a KeyRecord),
 }
 
 /// The idempotency record written in the same transaction as a change.
@@ -72,6 +73,8 @@ pub enum EventKind {
     OperatorAuthFailed,
     /// A key reported as leaked (a secret scanner, or ReportExposedKeys) and revoked for it.
     Exposed,
+    /// A key's name, metadata, permissions or expiry changed (UpdateKey).
+    Updated,
 }
 
 impl EventKind {
@@ -82,6 +85,7 @@ impl EventKind {
             EventKind::Revoked => "revoked",
             EventKind::OperatorAuthFailed => "operator_auth_failed",
             EventKind::Exposed => "exposed",
+            EventKind::Updated => "updated",
         }
     }
 
@@ -92,6 +96,7 @@ impl EventKind {
             EventKind::Revoked,
             EventKind::OperatorAuthFailed,
             EventKind::Exposed,
+            EventKind::Updated,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
@@ -117,13 +122,99 @@ pub struct AuditEvent {
     /// How many occurrences the event stands for: refused operator calls are written once
     /// per peer per interval; 1 for every other event.
     pub count: u64,
+    /// Updated: the fields that changed (UpdateKey's paths), sorted.
+    pub changed_paths: Vec<String>,
 }
 
-/// Which events ListKeyEvents asks for.
+/// Whose events ListKeyEvents asks for.
 #[derive(Clone, Debug)]
 pub enum EventFilter {
     Key(KeyId),
     Application(ApplicationId),
+    /// Every event of the authority.
+    All,
+}
+
+/// What ListKeyEvents asks for: whose events, of which types, in which time range.
+#[derive(Clone, Debug)]
+pub struct EventQuery {
+    pub filter: EventFilter,
+    /// Empty: every type.
+    pub kinds: Vec<EventKind>,
+    /// At or after (event_time).
+    pub start: Option<Timestamp>,
+    /// Before (exclusive).
+    pub end: Option<Timestamp>,
+}
+
+impl EventQuery {
+    /// Every event of `filter`, whatever its type and time.
+    pub fn of(filter: EventFilter) -> Self {
+        EventQuery {
+            filter,
+            kinds: Vec::new(),
+            start: None,
+            end: None,
+        }
+    }
+}
+
+/// The changes UpdateKey makes to a key; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default)]
+pub struct KeyUpdate {
+    pub name: Option<String>,
+    /// Replaces the whole map.
+    pub metadata: Option<Metadata>,
+    /// Replaces the set: empty makes a standard key, non-empty a restricted one.
+    pub permissions: Option<Permissions>,
+    /// `Some(None)` clears the expiry.
+    pub expire_time: Option<Option<Timestamp>>,
+}
+
+impl KeyUpdate {
+    /// The paths this update changes, sorted (what its audit event records).
+    pub fn paths(&self) -> Vec<&'static str> {
+        let mut paths = Vec::new();
+        if self.expire_time.is_some() {
+            paths.push("expire_time");
+        }
+        if self.metadata.is_some() {
+            paths.push("metadata");
+        }
+        if self.name.is_some() {
+            paths.push("name");
+        }
+        if self.permissions.is_some() {
+            paths.push("permissions");
+        }
+        paths
+    }
+}
+
+/// Outcome of an update.
+#[derive(Debug)]
+pub enum Updated {
+    /// Changed, with an `updated` event; the key as it now stands.
+    Done(KeyRecord),
+    NotFound,
+    /// Revoked (or, for a new expiry, rolled): nothing was written.
+    Refused(KeyRecord),
+}
+
+/// Keys of one application and environment in each state (at a given time).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub active: u64,
+    pub expired: u64,
+    pub revoked: u64,
+}
+
+/// One application that has keys, with its key counts per environment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApplicationSummary {
+    pub application_id: ApplicationId,
+    pub test: KeyCounts,
+    pub live: KeyCounts,
 }
 
 /// Outcome of a roll attempt.
@@ -223,6 +314,26 @@ pub trait Store: Send + Sync + 'static {
         who: &Provenance,
     ) -> Result<Exposed, Error>;
 
+    /// In one transaction: applies `update` unless the key is revoked (or, when the update sets
+    /// an expiry, rolled), with an `updated` event naming the changed paths.
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+        now: Timestamp,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<Updated, Error>;
+
+    /// Applications that have keys, by id, after `after`, at most `limit`, with their key
+    /// counts per environment and state at `now`.
+    async fn list_applications(
+        &self,
+        after: Option<&ApplicationId>,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<Vec<ApplicationSummary>, Error>;
+
     /// Keys of an application, newest first, after `cursor`.
     async fn list_keys(
         &self,
@@ -245,10 +356,10 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes refused-operator-call rows older than `before`; returns how many.
     async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error>;
 
-    /// Audit events matching `filter`, newest first, below sequence `before`.
+    /// Audit events matching `query`, newest first, below sequence `before`.
     async fn list_events(
         &self,
-        filter: &EventFilter,
+        query: &EventQuery,
         before: i64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, Error>;

@@ -16,8 +16,9 @@ use sqlx::{
 };
 
 use super::{
-    AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter, EventKind, Exposed,
-    Exposure, IdempotencyRecord, IdempotentWrite, KeyEvent, Provenance, Rolled, Store,
+    ApplicationSummary, AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter,
+    EventKind, EventQuery, Exposed, Exposure, IdempotencyRecord, IdempotentWrite, KeyCounts,
+    KeyEvent, KeyUpdate, Provenance, Rolled, Store, Updated,
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
@@ -66,14 +67,35 @@ const REVOKE: &str = "UPDATE api_keys SET revoke_time = $2, revoke_reason = $3 \
 
 const INSERT_EVENT: &str = "INSERT INTO key_events \
      (event, key_id, related_key_id, application_id, operator, peer, request_id, event_time, \
-     source, url) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+     source, url, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
 
-const EVENT_COLUMNS_BY_KEY: &str = "SELECT seq, event, key_id, related_key_id, application_id, \
-     operator, peer, request_id, event_time, source, url, occurrences FROM key_events \
-     WHERE (key_id = $1 OR related_key_id = $1) AND seq < $2 ORDER BY seq DESC LIMIT $3";
-const EVENT_COLUMNS_BY_APPLICATION: &str = "SELECT seq, event, key_id, related_key_id, \
-     application_id, operator, peer, request_id, event_time, source, url, occurrences FROM key_events \
-     WHERE application_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3";
+/// The start of every ListKeyEvents query; `list_events` adds the conditions its query needs
+/// (placeholders only, never a value).
+const SELECT_EVENTS: &str = "SELECT seq, event, key_id, related_key_id, application_id, \
+     operator, peer, request_id, event_time, source, url, occurrences, detail FROM key_events \
+     WHERE seq < $1";
+
+/// Changes the fields an update names (`$7`‥`$10` say which), unless the key is revoked, or
+/// rolled when the update sets an expiry (the expiry of a rolled key is its grace period).
+const UPDATE_KEY: &str = "UPDATE api_keys SET \
+     name = CASE WHEN $7 THEN $2 ELSE name END, \
+     metadata = CASE WHEN $8 THEN $3 ELSE metadata END, \
+     restricted = CASE WHEN $9 THEN $4 ELSE restricted END, \
+     permissions = CASE WHEN $9 THEN $5 ELSE permissions END, \
+     expire_time = CASE WHEN $10 THEN $6 ELSE expire_time END \
+     WHERE id = $1 AND revoke_time IS NULL AND (NOT $10 OR replaced_by_key_id IS NULL)";
+
+/// Key counts per application, environment and state at `$2` (as `KeyRecord::state` judges:
+/// revoked wins, a key expires at its expire_time exactly), for the applications of one page.
+const LIST_APPLICATIONS: &str = "SELECT application_id, environment, \
+     SUM(CASE WHEN revoke_time IS NULL AND (expire_time IS NULL OR expire_time > $2) \
+         THEN 1 ELSE 0 END) AS active, \
+     SUM(CASE WHEN revoke_time IS NULL AND expire_time IS NOT NULL AND expire_time <= $2 \
+         THEN 1 ELSE 0 END) AS expired, \
+     SUM(CASE WHEN revoke_time IS NOT NULL THEN 1 ELSE 0 END) AS revoked \
+     FROM api_keys WHERE application_id IN (SELECT DISTINCT application_id FROM api_keys \
+         WHERE application_id > $1 ORDER BY application_id LIMIT $3) \
+     GROUP BY application_id, environment ORDER BY application_id, environment";
 
 /// Takes the (operator, key) slot unless a live record holds it: an expired record not yet
 /// purged is replaced. No row written means a concurrent call with the key got there first.
@@ -248,6 +270,17 @@ struct EventRow {
     source: Option<String>,
     url: Option<String>,
     occurrences: Option<i64>,
+    detail: Option<String>,
+}
+
+/// A row of LIST_APPLICATIONS.
+#[derive(FromRow)]
+struct ApplicationRow {
+    application_id: String,
+    environment: String,
+    active: i64,
+    expired: i64,
+    revoked: i64,
 }
 
 impl TryFrom<EventRow> for AuditEvent {
@@ -267,6 +300,12 @@ impl TryFrom<EventRow> for AuditEvent {
             source: row.source,
             url: row.url,
             count: row.occurrences.map_or(1, |n| u64::try_from(n).unwrap_or(0)),
+            changed_paths: row
+                .detail
+                .as_deref()
+                .filter(|d| !d.is_empty())
+                .map(|d| d.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
         })
     }
 }
@@ -352,6 +391,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'r> KeyRow: FromRow<'r, DB::Row>,
     for<'r> EventRow: FromRow<'r, DB::Row>,
+    for<'r> ApplicationRow: FromRow<'r, DB::Row>,
     for<'r> ChangeRow: FromRow<'r, DB::Row>,
     for<'r> IdempotencyRow: FromRow<'r, DB::Row>,
     for<'r> Value<String>: FromRow<'r, DB::Row>,
@@ -389,6 +429,7 @@ where
             None,
             key.create_time,
             who,
+            None,
             None,
         )
         .await?;
@@ -438,6 +479,7 @@ where
             now,
             who,
             None,
+            None,
         )
         .await?;
         let changed = Changed::Rolled {
@@ -460,7 +502,17 @@ where
         let mut tx = DB::begin_write(&self.pool).await?;
         let (changed, current) = Self::revoke(&mut *tx, id, now, reason).await?;
         if let (true, Some(key)) = (changed, &current) {
-            Self::event(&mut *tx, EventKind::Revoked, key, None, now, who, None).await?;
+            Self::event(
+                &mut *tx,
+                EventKind::Revoked,
+                key,
+                None,
+                now,
+                who,
+                None,
+                None,
+            )
+            .await?;
         }
         if let Some(key) = &current {
             Self::remember(&mut *tx, idem, Changed::Revoked(key)).await?;
@@ -495,6 +547,7 @@ where
             now,
             who,
             Some(exposure),
+            None,
         )
         .await?;
         tx.commit().await?;
@@ -622,21 +675,152 @@ where
 
     async fn list_events(
         &self,
-        filter: &EventFilter,
+        query: &EventQuery,
         before: i64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, Error> {
-        let (query, value) = match filter {
-            EventFilter::Key(id) => (EVENT_COLUMNS_BY_KEY, id.as_str()),
-            EventFilter::Application(app) => (EVENT_COLUMNS_BY_APPLICATION, app.as_str()),
+        // The statement is assembled from fixed pieces with numbered placeholders; every value
+        // is bound, in the order of its placeholder.
+        let mut sql = String::from(SELECT_EVENTS);
+        let mut texts: Vec<&str> = Vec::new();
+        let mut times = Vec::new();
+        let mut next = 2;
+        let mut placeholder = || {
+            next += 1;
+            format!("${}", next - 1)
         };
-        let rows: Vec<EventRow> = sqlx::query_as(query)
-            .bind(value)
-            .bind(before)
+        match &query.filter {
+            EventFilter::Key(id) => {
+                let p = placeholder();
+                sql.push_str(&format!(" AND (key_id = {p} OR related_key_id = {p})"));
+                texts.push(id.as_str());
+            }
+            EventFilter::Application(app) => {
+                sql.push_str(&format!(" AND application_id = {}", placeholder()));
+                texts.push(app.as_str());
+            }
+            EventFilter::All => {}
+        }
+        if !query.kinds.is_empty() {
+            let list: Vec<String> = query.kinds.iter().map(|_| placeholder()).collect();
+            sql.push_str(&format!(" AND event IN ({})", list.join(", ")));
+            texts.extend(query.kinds.iter().map(|k| k.as_str()));
+        }
+        if let Some(start) = query.start {
+            sql.push_str(&format!(" AND event_time >= {}", placeholder()));
+            times.push(start.as_micros());
+        }
+        if let Some(end) = query.end {
+            sql.push_str(&format!(" AND event_time < {}", placeholder()));
+            times.push(end.as_micros());
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", placeholder()));
+        let mut statement = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql)).bind(before);
+        for text in texts {
+            statement = statement.bind(text);
+        }
+        for time in times {
+            statement = statement.bind(time);
+        }
+        let rows = statement
             .bind(i64::from(limit))
             .fetch_all(&mut *self.pool.acquire().await?)
             .await?;
         rows.into_iter().map(AuditEvent::try_from).collect()
+    }
+
+    async fn update_key(
+        &self,
+        id: &KeyId,
+        update: &KeyUpdate,
+        now: Timestamp,
+        who: &Provenance,
+        idem: Option<&IdempotentWrite<'_>>,
+    ) -> Result<Updated, Error> {
+        let metadata = update
+            .metadata
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(Error::internal)?;
+        let permissions = update.permissions.as_ref().map(|p| p.to_store());
+        let mut tx = DB::begin_write(&self.pool).await?;
+        let done = sqlx::query(UPDATE_KEY)
+            .bind(id.as_str())
+            .bind(update.name.as_deref().unwrap_or(""))
+            .bind(metadata.as_deref().unwrap_or("{}"))
+            .bind(update.permissions.as_ref().is_some_and(|p| !p.is_empty()))
+            .bind(permissions.as_deref().unwrap_or(""))
+            .bind(micros(update.expire_time.flatten()))
+            .bind(update.name.is_some())
+            .bind(update.metadata.is_some())
+            .bind(update.permissions.is_some())
+            .bind(update.expire_time.is_some())
+            .execute(&mut *tx)
+            .await?;
+        let current = Self::get(&mut *tx, id).await?;
+        let Some(key) = current else {
+            tx.rollback().await?;
+            return Ok(Updated::NotFound);
+        };
+        if DB::rows_affected(&done) == 0 {
+            tx.rollback().await?;
+            return Ok(Updated::Refused(key));
+        }
+        let detail = update.paths().join(",");
+        Self::event(
+            &mut *tx,
+            EventKind::Updated,
+            &key,
+            None,
+            now,
+            who,
+            None,
+            Some(&detail),
+        )
+        .await?;
+        Self::remember(&mut *tx, idem, Changed::Updated(&key)).await?;
+        tx.commit().await?;
+        Ok(Updated::Done(key))
+    }
+
+    async fn list_applications(
+        &self,
+        after: Option<&ApplicationId>,
+        limit: u32,
+        now: Timestamp,
+    ) -> Result<Vec<ApplicationSummary>, Error> {
+        let rows: Vec<ApplicationRow> = sqlx::query_as(LIST_APPLICATIONS)
+            .bind(after.map_or("", ApplicationId::as_str))
+            .bind(now.as_micros())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *self.pool.acquire().await?)
+            .await?;
+        let mut out: Vec<ApplicationSummary> = Vec::new();
+        for row in rows {
+            if out
+                .last()
+                .is_none_or(|a| a.application_id.as_str() != row.application_id)
+            {
+                out.push(ApplicationSummary {
+                    application_id: ApplicationId::from_store(row.application_id.clone()),
+                    test: KeyCounts::default(),
+                    live: KeyCounts::default(),
+                });
+            }
+            let count = |n: i64| u64::try_from(n).unwrap_or(0);
+            let counts = KeyCounts {
+                active: count(row.active),
+                expired: count(row.expired),
+                revoked: count(row.revoked),
+            };
+            let summary = out.last_mut().expect("pushed above");
+            match Environment::from_store(&row.environment).ok_or_else(|| corrupt("environment"))? {
+                Environment::Test => summary.test = counts,
+                Environment::Live => summary.live = counts,
+            }
+        }
+        Ok(out)
     }
 
     async fn idempotency_record(
@@ -685,6 +869,7 @@ where
     for<'q> bool: Encode<'q, DB> + Type<DB>,
     for<'r> KeyRow: FromRow<'r, DB::Row>,
     for<'r> EventRow: FromRow<'r, DB::Row>,
+    for<'r> ApplicationRow: FromRow<'r, DB::Row>,
     for<'r> ChangeRow: FromRow<'r, DB::Row>,
     for<'r> IdempotencyRow: FromRow<'r, DB::Row>,
     for<'r> Value<String>: FromRow<'r, DB::Row>,
@@ -740,6 +925,7 @@ where
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn event(
         conn: &mut DB::Connection,
         kind: EventKind,
@@ -748,6 +934,7 @@ where
         when: Timestamp,
         who: &Provenance,
         exposure: Option<Exposure<'_>>,
+        detail: Option<&str>,
     ) -> Result<(), Error> {
         sqlx::query(INSERT_EVENT)
             .bind(kind.as_str())
@@ -760,6 +947,7 @@ where
             .bind(when.as_micros())
             .bind(exposure.map(|e| e.source))
             .bind(exposure.map(|e| e.url))
+            .bind(detail)
             .execute(conn)
             .await
             .map_err(audit_failed)?;

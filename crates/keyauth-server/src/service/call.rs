@@ -33,6 +33,9 @@ pub(crate) enum Access {
     Operator,
     /// The verifier token, when one is configured.
     Verifier,
+    /// The verifier token (when one is configured) or the operator token: what both a
+    /// verifying service and an operator's console read (GetCatalog).
+    VerifierOrOperator,
 }
 
 /// What a handler knows about its call beyond the message.
@@ -112,6 +115,18 @@ impl KeyAuthorityApi {
                 Access::Verifier => {
                     if self.verifiers.is_configured() {
                         self.verifiers.check(request.metadata())?;
+                    }
+                    None
+                }
+                Access::VerifierOrOperator => {
+                    if self.verifiers.is_configured()
+                        && let Err(refused) = self.verifiers.check(request.metadata())
+                    {
+                        // Not the verifier token: the operator token will do. Refused with the
+                        // verifier's answer (not counted as a failed operator call).
+                        self.operators
+                            .check(request.metadata())
+                            .map_err(|_| refused)?;
                     }
                     None
                 }

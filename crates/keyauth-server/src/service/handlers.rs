@@ -3,7 +3,7 @@
 
 use keyauth_core::Error;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
-use keyauth_core::store::{Changed, EventFilter, Exposure};
+use keyauth_core::store::{Changed, EventFilter, EventQuery, Exposure};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_server::KeyAuthorityService;
 use tonic::{Request, Response, Status};
@@ -19,6 +19,9 @@ impl Outcome for pb::GetKeyResponse {}
 impl Outcome for pb::ListKeysResponse {}
 impl Outcome for pb::ListKeyEventsResponse {}
 impl Outcome for pb::ReportExposedKeysResponse {}
+impl Outcome for pb::UpdateKeyResponse {}
+impl Outcome for pb::GetCatalogResponse {}
+impl Outcome for pb::ListApplicationsResponse {}
 
 impl Outcome for pb::VerifyResponse {
     fn outcome(&self) -> &'static str {
@@ -112,8 +115,13 @@ impl KeyAuthorityService for KeyAuthorityApi {
                             .as_ref()
                             .map(|d| wire::duration_in(d, "grace_period"))
                             .transpose()?;
+                        let expire_time = req
+                            .expire_time
+                            .as_ref()
+                            .map(|t| wire::timestamp_in(t, "expire_time"))
+                            .transpose()?;
                         self.authority
-                            .roll(&id, grace, &call.provenance, idem)
+                            .roll(&id, grace, expire_time, &call.provenance, idem)
                             .await
                     },
                     |(issued, previous)| pb::RollKeyResponse {
@@ -290,19 +298,99 @@ impl KeyAuthorityService for KeyAuthorityApi {
                         &req.application_id,
                         "application_id",
                     )?),
-                    _ => {
+                    (true, true) => EventFilter::All,
+                    (false, false) => {
                         return Err(Error::invalid(
                             "key_id",
-                            "exactly one of key_id and application_id is required",
+                            "at most one of key_id and application_id (neither: every event)",
                         ));
                     }
                 };
+                let time = |t: &Option<prost_types::Timestamp>, field| {
+                    t.as_ref().map(|t| wire::timestamp_in(t, field)).transpose()
+                };
+                let query = EventQuery {
+                    filter,
+                    kinds: wire::event_types_in(&req.types, "types")?,
+                    start: time(&req.start_time, "start_time")?,
+                    end: time(&req.end_time, "end_time")?,
+                };
                 let (events, next_page_token) = self
                     .authority
-                    .list_events(&filter, page_size(req.page_size)?, &req.page_token)
+                    .list_events(&query, page_size(req.page_size)?, &req.page_token)
                     .await?;
                 Ok(pb::ListKeyEventsResponse {
                     events: events.iter().map(wire::event_out).collect(),
+                    next_page_token,
+                })
+            },
+        )
+        .await
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::UpdateKeyResponse>, Status> {
+        self.handle(
+            "UpdateKey",
+            Access::Operator,
+            request,
+            |req, call| async move {
+                let now = self.authority.now();
+                let updated = |record: &KeyRecord| pb::UpdateKeyResponse {
+                    key: Some(wire::key_out(record, now)),
+                };
+                self.idempotent(
+                    &call,
+                    &req,
+                    |changed| match changed {
+                        Changed::Updated(record) => Some(updated(record)),
+                        _ => None,
+                    },
+                    |_, _| {},
+                    async |idem| {
+                        let (id, update) = wire::key_update_in(&req, self.authority.catalog())?;
+                        self.authority
+                            .update(&id, &update, &call.provenance, idem)
+                            .await
+                    },
+                    |record| updated(&record),
+                )
+                .await
+            },
+        )
+        .await
+    }
+
+    async fn get_catalog(
+        &self,
+        request: Request<pb::GetCatalogRequest>,
+    ) -> Result<Response<pb::GetCatalogResponse>, Status> {
+        self.handle(
+            "GetCatalog",
+            Access::VerifierOrOperator,
+            request,
+            |_req, _call| async move { Ok(wire::catalog_out(self.authority.catalog())) },
+        )
+        .await
+    }
+
+    async fn list_applications(
+        &self,
+        request: Request<pb::ListApplicationsRequest>,
+    ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
+        self.handle(
+            "ListApplications",
+            Access::Operator,
+            request,
+            |req, _call| async move {
+                let (apps, next_page_token) = self
+                    .authority
+                    .list_applications(page_size(req.page_size)?, &req.page_token)
+                    .await?;
+                Ok(pb::ListApplicationsResponse {
+                    applications: apps.iter().map(wire::application_out).collect(),
                     next_page_token,
                 })
             },

@@ -74,6 +74,7 @@ async fn a_retry_replays_the_identical_response(backend: Backend) {
     let roll = pb::RollKeyRequest {
         key_id: key_id.clone(),
         grace_period: None,
+        expire_time: None,
     };
     let rolled = client
         .roll_key(with_key(roll.clone(), "roll-1"))
@@ -214,6 +215,7 @@ async fn without_a_seal_key_secret_replays_are_refused(backend: Backend) {
             pb::RollKeyRequest {
                 key_id: key.id.clone(),
                 grace_period: None,
+                expire_time: None,
             },
             "no-seal-roll",
         ))
@@ -351,6 +353,7 @@ async fn every_change_is_in_the_audit_trail(backend: Backend) {
             op(pb::RollKeyRequest {
                 key_id: id.clone(),
                 grace_period: None,
+                expire_time: None,
             }),
             "req-roll",
         ))
@@ -455,12 +458,23 @@ async fn every_change_is_in_the_audit_trail(backend: Backend) {
         Code::InvalidArgument,
         Some("INVALID_PAGE_TOKEN"),
     );
+    // Neither filter: every event of the authority; both: refused.
     let neither = app
         .client
         .clone()
         .list_key_events(op(pb::ListKeyEventsRequest::default()))
         .await;
-    assert_status(neither, Code::InvalidArgument, None);
+    assert!(!neither.unwrap().into_inner().events.is_empty());
+    let both = app
+        .client
+        .clone()
+        .list_key_events(op(pb::ListKeyEventsRequest {
+            key_id: "key_AAAAAAAAAAAA".into(),
+            application_id: "app".into(),
+            ..Default::default()
+        }))
+        .await;
+    assert_status(both, Code::InvalidArgument, None);
 
     // Written in aggregate by the housekeeping task (run here at once).
     assert_eq!(app.authority.flush_auth_failures().await.unwrap(), 1);

@@ -600,8 +600,46 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
     assert_eq!(every.json()["events"].as_array().unwrap().len(), 3);
     assert_eq!(every.json()["next_page_token"], "");
 
-    // Exactly one filter, found before any call; a malformed id is the server's refusal.
-    assert_exit(&keys(&app, &["events"]).await, 2);
+    // No filter: every event; with a type and a time range. At most one of --key and --app,
+    // found before any call; a malformed id is the server's refusal.
+    let all = keys(&app, &["events", "--all", "--json"]).await;
+    assert_exit(&all, 0);
+    assert_eq!(all.json()["events"].as_array().unwrap().len(), 3);
+    let rolled = keys(
+        &app,
+        &[
+            "events",
+            "--type",
+            "rolled",
+            "--type",
+            "revoked",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "9000-01-01T00:00:00Z",
+            "--json",
+        ],
+    )
+    .await;
+    assert_exit(&rolled, 0);
+    let types: Vec<_> = rolled.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        !types.is_empty() && types.iter().all(|t| t == "rolled" || t == "revoked"),
+        "{types:?}"
+    );
+    let none = keys(
+        &app,
+        &["events", "--until", "2000-01-01T00:00:00Z", "--json"],
+    )
+    .await;
+    assert_exit(&none, 0);
+    assert!(none.json()["events"].as_array().unwrap().is_empty());
+    assert_exit(&keys(&app, &["events", "--type", "nonsense"]).await, 2);
     assert_exit(
         &keys(&app, &["events", "--key", &old_id, "--app", "app_events"]).await,
         2,

@@ -402,6 +402,7 @@ async fn kill_9_mid_change_leaves_whole_states() {
                     .roll_key(op(pb::RollKeyRequest {
                         key_id: id,
                         grace_period: None,
+                        expire_time: None,
                     }))
                     .await
                     .map(|r| {
@@ -493,6 +494,7 @@ async fn concurrent_rolls_through_two_instances_have_one_winner() {
                     .roll_key(op(pb::RollKeyRequest {
                         key_id: id,
                         grace_period: None,
+                        expire_time: None,
                     }))
                     .await
             })
@@ -533,6 +535,7 @@ async fn revoke_racing_roll_is_one_of_two_orders() {
                 .roll_key(op(pb::RollKeyRequest {
                     key_id: roll_id,
                     grace_period: None,
+                    expire_time: None,
                 }))
                 .await
         });
@@ -575,4 +578,143 @@ async fn revoke_racing_roll_is_one_of_two_orders() {
         }
     }
     eprintln!("revoke vs roll: roll first {roll_first}, revoke first {revoke_first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permission_removed_on_one_instance_is_refused_on_the_other() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    let a = ServerProcess::start(&db.url(), &[]);
+    let b = ServerProcess::start(&db.url(), &[]);
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    let issued = on_a
+        .issue_key(op(pb::IssueKeyRequest {
+            permissions: vec![permission("patients", &["read", "write"])],
+            ..standard("portal", pb::Environment::Live)
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    register_secret(&issued.secret);
+    let check = |client: &mut KeyAuthorityServiceClient<Channel>| {
+        let mut client = client.clone();
+        let key = issued.secret.clone();
+        async move {
+            client
+                .check_permission(pb::CheckPermissionRequest {
+                    key,
+                    resource: "patients".into(),
+                    action: "write".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    assert!(check(&mut on_b).await.allowed, "cached on B");
+    assert!(check(&mut on_a).await.allowed, "cached on A");
+    on_a.update_key(op(pb::UpdateKeyRequest {
+        key: Some(pb::ApiKey {
+            id: issued.key.unwrap().id,
+            permissions: vec![permission("patients", &["read"])],
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["permissions".into()],
+        }),
+    }))
+    .await
+    .unwrap();
+    let on_a_now = check(&mut on_a).await;
+    assert!(
+        !on_a_now.allowed,
+        "refused at once on the instance that changed it"
+    );
+    assert_eq!(on_a_now.error.unwrap().code, "insufficient_permissions");
+    let start = Instant::now();
+    loop {
+        let r = check(&mut on_b).await;
+        if !r.allowed {
+            assert_eq!(r.error.unwrap().code, "insufficient_permissions");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "B still allows the removed permission after 1s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("permission removal A→B took {:?}", start.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_on_another_instance_replays() {
+    let Some(db) = postgres_db().await else {
+        return;
+    };
+    let seal = keyauth_core::sealing::SealKey::generate_hex().unwrap();
+    let a = ServerProcess::start(&db.url(), &["--seal-key", &seal]);
+    let b = ServerProcess::start(&db.url(), &["--seal-key", &seal]);
+    let (mut on_a, mut on_b) = (a.client().await, b.client().await);
+    let with_key = |message: pb::IssueKeyRequest| {
+        let mut request = op(message);
+        request
+            .metadata_mut()
+            .insert("idempotency-key", "cross-instance-1".parse().unwrap());
+        request
+    };
+    let request = standard("retry", pb::Environment::Live);
+    let first = on_a
+        .issue_key(with_key(request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    register_secret(&first.secret);
+    let again = on_b
+        .issue_key(with_key(request.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.secret, first.secret, "B replays A's answer");
+    assert_eq!(again.key, first.key);
+    let listed = on_b
+        .list_keys(op(pb::ListKeysRequest {
+            application_id: "retry".into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.keys.len(), 1, "issued once");
+
+    // The same for a change without a secret: UpdateKey.
+    let update = pb::UpdateKeyRequest {
+        key: Some(pb::ApiKey {
+            id: first.key.unwrap().id,
+            name: "renamed once".into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["name".into()],
+        }),
+    };
+    let with_update_key = |message: pb::UpdateKeyRequest| {
+        let mut request = op(message);
+        request
+            .metadata_mut()
+            .insert("idempotency-key", "cross-instance-2".parse().unwrap());
+        request
+    };
+    let updated = on_a
+        .update_key(with_update_key(update.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let replayed = on_b
+        .update_key(with_update_key(update))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(replayed, updated);
 }

@@ -268,6 +268,7 @@ async fn operator_rpcs_need_the_operator_token(backend: Backend) {
             .roll_key(pb::RollKeyRequest {
                 key_id: key.id.clone(),
                 grace_period: None,
+                expire_time: None,
             })
             .await,
         Code::Unauthenticated,

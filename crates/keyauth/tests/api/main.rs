@@ -14,6 +14,7 @@ mod ext_authz;
 mod issue;
 mod list;
 mod operable;
+mod portal;
 mod process;
 mod roll_revoke;
 mod serving;

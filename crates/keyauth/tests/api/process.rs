@@ -316,3 +316,19 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0), "SIGTERM exits 0");
 }
+
+/// `gen-seal-key`: the bare key on stdout (so `> file` works), the rotation steps on stderr.
+#[test]
+fn gen_seal_key_prints_the_key_and_the_rotation_steps() {
+    let out = keyauth().arg("gen-seal-key").output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let key = stdout.trim_end_matches('\n');
+    assert_eq!(key.len(), 64, "{stdout:?}");
+    assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(keyauth_core::sealing::SealKey::parse(key).is_ok());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("KEYAUTH_SEAL_KEY_PREVIOUS"), "{stderr}");
+    assert!(stderr.contains("--seal-key-previous-file"), "{stderr}");
+    assert!(!stderr.contains(key), "the key only on stdout");
+}

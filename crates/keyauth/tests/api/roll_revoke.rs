@@ -119,6 +119,7 @@ async fn roll_refuses_bad_grace_and_unrollable_keys(backend: Backend) {
                 seconds: -1,
                 nanos: 0,
             }),
+            expire_time: None,
         }))
         .await;
     assert_status(negative, Code::InvalidArgument, None);
@@ -190,6 +191,7 @@ async fn concurrent_rolls_of_one_key_have_one_winner(backend: Backend) {
                     .roll_key(op(pb::RollKeyRequest {
                         key_id: id,
                         grace_period: None,
+                        expire_time: None,
                     }))
                     .await
             });

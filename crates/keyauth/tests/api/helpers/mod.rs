@@ -284,6 +284,8 @@ pub struct Options {
     pub catalog: Catalog,
     /// Seal key (hex) enabling idempotent replay of secrets.
     pub seal_key: Option<String>,
+    /// The seal key before a rotation (hex): still opens replays, never seals.
+    pub seal_key_previous: Option<String>,
     pub idempotency_ttl: Duration,
     /// The verifier token Verify, CheckPermission and ext_authz Check then require.
     pub verifier_token: Option<String>,
@@ -313,6 +315,7 @@ impl Default for Options {
             admin_token: Some(ADMIN_TOKEN.to_owned()),
             catalog: authority.catalog,
             seal_key: None,
+            seal_key_previous: None,
             idempotency_ttl: authority.idempotency_ttl,
             verifier_token: None,
             ext_authz: ExtAuthzOptions::default(),
@@ -339,6 +342,10 @@ impl Options {
             cache: self.cache.clone(),
             seal_key: self
                 .seal_key
+                .as_deref()
+                .map(|hex| Arc::new(SealKey::parse(hex).unwrap())),
+            seal_key_previous: self
+                .seal_key_previous
                 .as_deref()
                 .map(|hex| Arc::new(SealKey::parse(hex).unwrap())),
             idempotency_ttl: self.idempotency_ttl,
@@ -496,6 +503,7 @@ impl TestApp {
                     seconds: g.as_secs() as i64,
                     nanos: g.subsec_nanos() as i32,
                 }),
+                expire_time: None,
             }))
             .await?
             .into_inner();
