@@ -242,6 +242,7 @@ pub async fn run(
             stop_rx,
             options.shutdown_grace,
             options.limits.request_timeout,
+            options.limits.max_connections,
         ))
     });
 
