@@ -22,11 +22,15 @@
 //!
 //! Dependencies: `hdrhistogram` (percentiles from mergeable, fixed-size histograms: each load
 //! task keeps its own, merged at the end, so recording costs no lock) and `tempfile` (stores
-//! removed on drop, panics included); this crate is the only one that needs them.
+//! removed on drop, panics included); this crate is the only one that needs them. The servers
+//! log as `keyauth serve` does (`tracing-subscriber`, `RUST_LOG`, default `info`), to a sink.
 //!
-//! Client and server share this process, its runtime and the machine's cores: the numbers are
-//! a lower bound of what the server alone would do, and the ratios to the floor are the
-//! figures that compare well across machines.
+//! Client and server share this process and the machine's cores: the numbers are a lower
+//! bound of what the server alone would do, and the ratios to the floor are the figures that
+//! compare well across machines. Each server runs on a runtime of its own, whose threads are
+//! named, so that a last phase can count the server's own CPU time (user + system, from
+//! `/proc/self/task/*/stat`) over a counted number of calls: per call, for a health Check, a
+//! Verify with a bad checksum, a warm Verify and a warm CheckPermission.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -158,6 +162,14 @@ const APPLICATION: &str = "bench-app";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // As `keyauth serve` logs (RUST_LOG, default `info`), written nowhere: what the filter and
+    // the per-call span cost is counted, the terminal is not.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::sink)
+        .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -216,6 +228,7 @@ async fn run(args: Args) -> Result<()> {
             settings,
             argon2: None,
             workloads: Vec::new(),
+            server_cpu: Vec::new(),
             memory,
         };
         print_memory(report.memory.as_ref());
@@ -237,6 +250,7 @@ async fn run(args: Args) -> Result<()> {
         CacheSettings::default(),
         &admin_token,
         cores,
+        WARM_THREADS,
     )
     .await?;
     let cold = BenchServer::start(
@@ -247,6 +261,7 @@ async fn run(args: Args) -> Result<()> {
         },
         &admin_token,
         cores,
+        "keyauth-cold",
     )
     .await?;
 
@@ -299,6 +314,27 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
+    eprintln!("server CPU per call: {} s of each…", args.seconds);
+    let mut cpu = Vec::new();
+    for workload in Workload::CPU {
+        let before = warm.cpu_time()?;
+        let tally = drive(workload, &warm_channels, &inputs, concurrency, duration).await;
+        let spent = warm.cpu_time()? - before;
+        let calls = tally.total_calls();
+        cpu.push(CpuRow {
+            workload: workload.label(),
+            calls,
+            server_cpu_ms: spent.as_secs_f64() * 1000.0,
+            server_cpu_us_per_call: spent.as_secs_f64() * 1e6 / calls.max(1) as f64,
+            vs_floor: None,
+            problems: tally.problems_note(),
+        });
+    }
+    let floor = cpu[0].server_cpu_us_per_call;
+    for row in &mut cpu {
+        row.vs_floor = (floor > 0.0).then(|| row.server_cpu_us_per_call / floor);
+    }
+
     drop(warm_channels);
     drop(cold_channels);
     warm.stop().await?;
@@ -310,6 +346,7 @@ async fn run(args: Args) -> Result<()> {
         settings,
         argon2: Some(argon2.with_measured(&workloads)),
         workloads,
+        server_cpu: cpu,
         memory,
     };
     print_report(&report, &totals);
@@ -319,10 +356,21 @@ async fn run(args: Args) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // Servers and clients
 
-/// A keyauth server running on a task of this process.
+/// A keyauth server running on a runtime of its own in this process (threads named `threads`,
+/// so their CPU time can be told from the client's).
 struct BenchServer {
     addr: SocketAddr,
-    running: Running,
+    threads: &'static str,
+    running: Option<Running>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for BenchServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl BenchServer {
@@ -334,29 +382,40 @@ impl BenchServer {
         cache: CacheSettings,
         admin_token: &str,
         cores: usize,
+        threads: &'static str,
     ) -> Result<Self> {
-        let store = store::connect(
-            &format!("sqlite://{}", db.display()),
-            &StoreOptions::default(),
-        )
-        .await?;
-        let settings = AuthoritySettings {
-            hash: HashParams::DEFAULT,
-            hash_workers: cores,
-            hash_queue: 64,
-            cache,
-            ..AuthoritySettings::default()
-        };
-        let authority = server::authority(store, settings, Clock::System).await?;
-        let options = ServeOptions {
-            shutdown_grace: Duration::from_secs(5),
-            operators: OperatorAuth::new(Some(admin_token)),
-            ..ServeOptions::default()
-        };
-        let running = server::start("127.0.0.1:0".parse()?, authority, options).await?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .thread_name(threads)
+            .enable_all()
+            .build()?;
+        let url = format!("sqlite://{}", db.display());
+        let admin_token = admin_token.to_owned();
+        let running = runtime
+            .spawn(async move {
+                let store = store::connect(&url, &StoreOptions::default()).await?;
+                let settings = AuthoritySettings {
+                    hash: HashParams::DEFAULT,
+                    hash_workers: cores,
+                    hash_queue: 64,
+                    cache,
+                    ..AuthoritySettings::default()
+                };
+                let authority = server::authority(store, settings, Clock::System).await?;
+                let options = ServeOptions {
+                    shutdown_grace: Duration::from_secs(5),
+                    operators: OperatorAuth::new(Some(&admin_token)),
+                    ..ServeOptions::default()
+                };
+                let running = server::start("127.0.0.1:0".parse()?, authority, options).await?;
+                Ok::<_, BoxError>(running)
+            })
+            .await??;
         let server = BenchServer {
             addr: running.addr,
-            running,
+            threads,
+            running: Some(running),
+            runtime: Some(runtime),
         };
         server.wait_until_serving().await?;
         Ok(server)
@@ -382,9 +441,34 @@ impl BenchServer {
     }
 
     /// Shuts the server down as a signal would; the caller drops its channels first.
-    async fn stop(self) -> Result<()> {
-        self.running.stop().await?;
+    async fn stop(mut self) -> Result<()> {
+        if let Some(running) = self.running.take() {
+            running.stop().await?;
+        }
         Ok(())
+    }
+
+    /// CPU time (user + system) the server's threads have used so far.
+    fn cpu_time(&self) -> Result<Duration> {
+        let mut ticks = 0u64;
+        for task in std::fs::read_dir("/proc/self/task")? {
+            let Ok(stat) = std::fs::read_to_string(task?.path().join("stat")) else {
+                continue; // the thread has ended
+            };
+            // `pid (comm) state …`: comm may hold spaces; utime and stime are the 14th and
+            // 15th fields, the 12th and 13th after the closing parenthesis.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            if &stat[open + 1..close] != self.threads {
+                continue;
+            }
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let field = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+            ticks += field(11).unwrap_or(0) + field(12).unwrap_or(0);
+        }
+        // USER_HZ: 100 on Linux.
+        Ok(Duration::from_millis(ticks * 10))
     }
 }
 
@@ -489,9 +573,19 @@ enum Workload {
     WarmCheck,
     ColdVerify,
     GarbageMix,
+    /// Verify with a bad checksum only (the CPU phase).
+    BadChecksum,
 }
 
 impl Workload {
+    /// The workloads whose server CPU per call the last phase measures.
+    const CPU: [Workload; 4] = [
+        Workload::Floor,
+        Workload::BadChecksum,
+        Workload::WarmVerify,
+        Workload::WarmCheck,
+    ];
+
     /// Run order within a round.
     const ALL: [Workload; 5] = [
         Workload::Floor,
@@ -508,6 +602,7 @@ impl Workload {
             Workload::WarmCheck => "c. warm CheckPermission",
             Workload::ColdVerify => "d. cold Verify (cache off)",
             Workload::GarbageMix => "e. garbage mix",
+            Workload::BadChecksum => "Verify, bad checksum",
         }
     }
 }
@@ -578,6 +673,10 @@ impl Inputs {
         let warm = &self.warm_keys[n % self.warm_keys.len()];
         match workload {
             Workload::Floor => (Class::Valid, Call::Health),
+            Workload::BadChecksum => (
+                Class::BadChecksum,
+                Call::verify(&self.bad_checksum[n % self.bad_checksum.len()], false),
+            ),
             Workload::WarmVerify => (Class::Valid, Call::verify(warm, true)),
             Workload::WarmCheck => (Class::Valid, Call::CheckPermission { key: warm.clone() }),
             Workload::ColdVerify => {
@@ -1130,11 +1229,28 @@ fn load_average() -> Option<String> {
     )
 }
 
+/// The name of the warm server's threads, whose CPU time the last phase counts.
+const WARM_THREADS: &str = "keyauth-warm";
+
+/// The warm server's own CPU time over one workload of the last phase.
+#[derive(Debug, Serialize)]
+struct CpuRow {
+    workload: &'static str,
+    calls: u64,
+    server_cpu_ms: f64,
+    server_cpu_us_per_call: f64,
+    /// Per call, relative to a health Check's.
+    vs_floor: Option<f64>,
+    problems: String,
+}
+
 #[derive(Debug, Serialize)]
 struct Report {
     settings: Settings,
     argon2: Option<Argon2Cost>,
     workloads: Vec<Row>,
+    /// Server CPU per call (the warm server's threads only).
+    server_cpu: Vec<CpuRow>,
     memory: Option<MemoryReport>,
 }
 
@@ -1184,6 +1300,29 @@ fn print_report(report: &Report, totals: &[Tally]) {
     for (workload, tally) in Workload::ALL.iter().zip(totals) {
         if tally.first_problem.is_some() {
             println!("problems in {}:{}", workload.label(), tally.problems_note());
+        }
+    }
+    if !report.server_cpu.is_empty() {
+        println!();
+        println!(
+            "server CPU per call (user + system of the warm server's threads, over the calls of \
+             one {} s run each):",
+            s.seconds
+        );
+        println!(
+            "{:<34} {:>9} {:>12} {:>12} {:>9}",
+            "workload", "calls", "CPU ms", "µs/call", "vs floor"
+        );
+        for row in &report.server_cpu {
+            println!(
+                "{:<34} {:>9} {:>12.0} {:>12.1} {:>9}{}",
+                row.workload,
+                row.calls,
+                row.server_cpu_ms,
+                row.server_cpu_us_per_call,
+                ratio(row.vs_floor),
+                row.problems
+            );
         }
     }
     if let Some(a) = &report.argon2 {

@@ -293,6 +293,37 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
 
+    /// Connections open at once at most; past it a new connection is closed at once.
+    #[arg(long, env = "KEYAUTH_MAX_CONNECTIONS", default_value_t = Limits::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// Calls running at once at most, over all connections (health checks aside); past it a
+    /// call is answered UNAVAILABLE with a retry delay, its request unread.
+    #[arg(long, env = "KEYAUTH_MAX_IN_FLIGHT", default_value_t = Limits::DEFAULT_MAX_IN_FLIGHT, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_in_flight: usize,
+
+    /// Longest a new connection may take to start its first call (TLS handshake included);
+    /// past it, it is closed.
+    #[arg(long, env = "KEYAUTH_FIRST_REQUEST_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub first_request_timeout: Duration,
+
+    /// How often an HTTP/2 ping checks an open connection's client (0s: never).
+    #[arg(long, env = "KEYAUTH_KEEPALIVE_INTERVAL", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// How long the client has to answer that ping before its connection is closed.
+    #[arg(long, env = "KEYAUTH_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_positive_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Age at which a connection is asked to go away (HTTP/2 GOAWAY; clients reconnect,
+    /// spreading over instances again); 0s: never.
+    #[arg(long, env = "KEYAUTH_MAX_CONNECTION_AGE", default_value = "30m", value_parser = parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How long past that age its calls and streams may run before it is closed outright.
+    #[arg(long, env = "KEYAUTH_MAX_CONNECTION_AGE_GRACE", default_value = "1m", value_parser = parse_duration)]
+    pub max_connection_age_grace: Duration,
+
     /// WatchKeyChanges: a heartbeat after this long without a message.
     #[arg(long, env = "KEYAUTH_WATCH_HEARTBEAT", default_value = "2s", value_parser = parse_positive_duration)]
     pub watch_heartbeat: Duration,
@@ -505,6 +536,13 @@ impl ServeArgs {
             max_header_list_bytes: self.max_header_bytes,
             max_concurrent_streams: self.max_concurrent_streams,
             request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            max_in_flight: self.max_in_flight,
+            first_request_timeout: self.first_request_timeout,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.max_connection_age_grace,
         }
     }
 
@@ -599,7 +637,20 @@ mod tests {
             "7d",
             "--max-cold-lookups",
             "16",
+            "--max-connections",
+            "100",
+            "--max-in-flight",
+            "50",
+            "--first-request-timeout",
+            "2s",
+            "--max-connection-age",
+            "0s",
         ]);
+        let limits = args.limits();
+        assert_eq!(limits.max_connections, 100);
+        assert_eq!(limits.max_in_flight, 50);
+        assert_eq!(limits.first_request_timeout, Duration::from_secs(2));
+        assert_eq!(limits.max_connection_age, Duration::ZERO);
         let settings = args.authority_settings().unwrap();
         assert_eq!(settings.auth_failures.limit, 5);
         assert_eq!(
@@ -611,6 +662,9 @@ mod tests {
             ["--operator-failure-limit", "0"],
             ["--max-cold-lookups", "0"],
             ["--auth-failure-retention", "0s"],
+            ["--max-connections", "0"],
+            ["--max-in-flight", "0"],
+            ["--first-request-timeout", "0s"],
         ] {
             assert!(
                 Serve::try_parse_from(std::iter::once("serve").chain(bad)).is_err(),

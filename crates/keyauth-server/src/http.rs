@@ -91,14 +91,17 @@ fn refusal(status: StatusCode, why: &str) -> Response {
 
 /// Serves `options` until `stop` turns true; then stops accepting and gives open connections
 /// at most `grace` to finish their request. A request may take `request_timeout` at most (the
-/// gRPC port's `--request-timeout`).
+/// gRPC port's `--request-timeout`); at most `max_connections` are open at once (the gRPC
+/// port's `--max-connections`, counted apart): one more is closed at once.
 pub(crate) async fn serve(
     options: HttpOptions,
     authority: Arc<Authority>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
     request_timeout: Duration,
+    max_connections: usize,
 ) -> std::io::Result<()> {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
     let listener = options.listener.try_clone()?;
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
@@ -126,11 +129,17 @@ pub(crate) async fn serve(
             },
             _ = stop.changed() => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+            tracing::debug!(%peer, "HTTP listener: connection refused: the connection limit is reached");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone().layer(axum::Extension(Peer(peer)));
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let served = match tls {
                 None => connection(tcp, app, watcher).await,
                 Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(tcp)).await {

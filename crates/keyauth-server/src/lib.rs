@@ -11,9 +11,11 @@
 //! - `wire`: the one proto ⇄ domain conversion; `status`: the one error → status mapping;
 //! - [`http`]: the HTTP listener for webhooks (GitHub secret scanning: leaked keys revoke
 //!   themselves);
-//! - [`limits`], [`tls`], [`metrics`]: what makes it safe to expose and pleasant to operate.
+//! - [`connections`] (the accept loop), [`limits`], [`tls`], [`metrics`]: what makes it safe to
+//!   expose and pleasant to operate.
 
 pub mod config;
+pub mod connections;
 pub mod ext_authz;
 pub mod http;
 pub mod limits;

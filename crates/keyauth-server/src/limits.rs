@@ -13,12 +13,18 @@
 //! - a call still running after `request_timeout` (reading the request included) is dropped and
 //!   answered `DEADLINE_EXCEEDED` (tonic's own `Server::timeout` answers `CANCELLED`).
 //!
-//! Each refuses one call only: the connection and its other calls go on.
+//! - past `max_in_flight` calls running at once (health checks aside), a call is answered
+//!   `UNAVAILABLE` (`OVERLOADED`, with a RetryInfo delay) at once, its body never read: the
+//!   memory calls hold stays bounded (about `max_in_flight` × `max_request_bytes`) whatever
+//!   the clients send, and a health check still answers while the service sheds load.
+//!
+//! Each refuses one call only: the connection and its other calls go on. (The connections
+//! themselves are bounded by [`crate::connections`].)
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -40,6 +46,20 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
     /// Longest a call may run, reading its request included.
     pub request_timeout: Duration,
+    /// Connections open at once at most; one more is closed at once.
+    pub max_connections: usize,
+    /// Calls running at once at most (health checks aside); more are shed with UNAVAILABLE.
+    pub max_in_flight: usize,
+    /// Longest a new connection may take to start its first call (TLS handshake included).
+    pub first_request_timeout: Duration,
+    /// How often an HTTP/2 ping checks that the client is still there (zero: never).
+    pub keepalive_interval: Duration,
+    /// How long the client has to answer that ping before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Age at which a connection is asked to go away (HTTP/2 GOAWAY; zero: never).
+    pub max_connection_age: Duration,
+    /// How long past that age its calls (and streams) may take to finish before it is closed.
+    pub max_connection_age_grace: Duration,
 }
 
 impl Limits {
@@ -54,6 +74,13 @@ impl Limits {
     pub const DEFAULT_MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
     pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+    pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+    pub const DEFAULT_FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
+    pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+    pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(30 * 60);
+    pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(60);
 }
 
 impl Default for Limits {
@@ -63,20 +90,32 @@ impl Default for Limits {
             max_header_list_bytes: Self::DEFAULT_MAX_HEADER_LIST_BYTES,
             max_concurrent_streams: Self::DEFAULT_MAX_CONCURRENT_STREAMS,
             request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
+            max_connections: Self::DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: Self::DEFAULT_MAX_IN_FLIGHT,
+            first_request_timeout: Self::DEFAULT_FIRST_REQUEST_TIMEOUT,
+            keepalive_interval: Self::DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: Self::DEFAULT_KEEPALIVE_TIMEOUT,
+            max_connection_age: Self::DEFAULT_MAX_CONNECTION_AGE,
+            max_connection_age_grace: Self::DEFAULT_MAX_CONNECTION_AGE_GRACE,
         }
     }
 }
 
-/// The tower layer enforcing the request timeout and naming oversized requests
-/// `RESOURCE_EXHAUSTED` (see the module docs).
-#[derive(Clone, Copy, Debug)]
+/// The tower layer enforcing the request timeout and the in-flight limit, and naming oversized
+/// requests `RESOURCE_EXHAUSTED` (see the module docs).
+#[derive(Clone, Debug)]
 pub struct LimitsLayer {
     limits: Limits,
+    /// Calls running now (health checks aside), shared by every connection.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl LimitsLayer {
     pub fn new(limits: Limits) -> Self {
-        LimitsLayer { limits }
+        LimitsLayer {
+            limits,
+            in_flight: Arc::default(),
+        }
     }
 }
 
@@ -87,6 +126,7 @@ impl<S> Layer<S> for LimitsLayer {
         LimitsService {
             inner,
             limits: self.limits,
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -95,6 +135,22 @@ impl<S> Layer<S> for LimitsLayer {
 pub struct LimitsService<S> {
     inner: S,
     limits: Limits,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A call's place among the calls in flight, given back when the call is answered (or
+/// dropped).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Health checks are never shed: an orchestrator must see a loaded instance as alive.
+fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
 }
 
 type Answer<E> = Result<http::Response<tonic::body::Body>, E>;
@@ -113,9 +169,33 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        crate::connections::note_request(request.extensions());
         let rpc = crate::metrics::rpc_of_path(request.uri().path());
         let limits = self.limits;
         let started = Instant::now();
+        let in_flight = if is_health_check(request.uri().path()) {
+            None
+        } else {
+            let running = self.in_flight.fetch_add(1, Ordering::Relaxed);
+            let slot = InFlight(self.in_flight.clone());
+            if running >= limits.max_in_flight {
+                drop(slot);
+                drop(request);
+                tracing::debug!(
+                    rpc,
+                    limit = limits.max_in_flight,
+                    "call shed: the in-flight limit is reached"
+                );
+                metrics::counter!(crate::metrics::CALLS_SHED, "rpc" => rpc.unwrap_or("other"))
+                    .increment(1);
+                if let Some(rpc) = rpc {
+                    crate::metrics::call(rpc, "UNAVAILABLE", started.elapsed());
+                }
+                let refused = shed(limits.max_in_flight);
+                return Box::pin(async move { Ok(refused.into_http()) });
+            }
+            Some(slot)
+        };
         let header_bytes = header_list_bytes(&request);
         if header_bytes > limits.max_header_list_bytes as usize {
             tracing::info!(
@@ -141,6 +221,7 @@ where
         });
         let answer = self.inner.call(request);
         Box::pin(async move {
+            let _in_flight = in_flight;
             let refused = match tokio::time::timeout(limits.request_timeout, answer).await {
                 Ok(Ok(response)) if is_too_large(&response, &oversized) => {
                     tracing::info!(
@@ -307,6 +388,19 @@ fn too_large(limit: usize) -> Status {
         format!("the request is larger than this server accepts ({limit} bytes)"),
     )
 }
+
+fn shed(limit: usize) -> Status {
+    status::detailed(
+        Code::Unavailable,
+        "OVERLOADED",
+        format!("the server is running as many calls as it takes ({limit}); retry shortly"),
+        Vec::new(),
+        Some(SHED_RETRY_AFTER),
+    )
+}
+
+/// The retry delay a shed call is given.
+const SHED_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 fn timed_out(timeout: Duration) -> Status {
     refusal(

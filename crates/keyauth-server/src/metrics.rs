@@ -35,6 +35,12 @@ pub const STORE_IDLE: &str = "keyauth_store_pool_idle";
 pub const STORE_ERRORS: &str = "keyauth_store_errors_total";
 /// Store errors of the background tasks, by `task`: `usage_flush`, `idempotency_purge`.
 pub const BACKGROUND_STORE_ERRORS: &str = "keyauth_background_store_errors_total";
+/// Connections closed at once because `--max-connections` were open (on the gRPC port or,
+/// counted apart, the HTTP listener).
+pub const CONNECTIONS_REFUSED: &str = "keyauth_connections_refused_total";
+/// Calls refused UNAVAILABLE without being read because `--max-in-flight` calls were running,
+/// by `rpc`.
+pub const CALLS_SHED: &str = "keyauth_calls_shed_total";
 
 /// Leaked keys reported, by `channel` (`github`: the secret-scanning webhook; `rpc`:
 /// ReportExposedKeys) and `label`: `true_positive` (a key of this authority, revoked now or

@@ -26,11 +26,11 @@ use keyauth_proto::SERVICE_NAME;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::connections::Incoming;
 use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
@@ -246,6 +246,7 @@ pub async fn run(
             stop_rx,
             options.shutdown_grace,
             options.limits.request_timeout,
+            options.limits.max_connections,
         ))
     });
 
@@ -283,19 +284,26 @@ pub async fn run(
         "keyauth serving"
     );
     let limits = options.limits;
+    let keepalive = (!limits.keepalive_interval.is_zero()).then_some(limits.keepalive_interval);
+    if !limits.max_connection_age.is_zero() {
+        // GOAWAY at the age; the close past the grace is `Conn`'s (tonic's own grace closes
+        // without a GOAWAY first).
+        builder = builder.max_connection_age(limits.max_connection_age);
+    }
     let serve = builder
         .http2_max_header_list_size(limits.transport_header_list_bytes())
         .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(keepalive)
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .layer(LimitsLayer::new(limits))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(api)
         .add_service(ext_authz)
-        // TCP_NODELAY: without it a small answer waits for the peer's delayed ACK (~40 ms at
-        // p999 in keyauth-bench); tonic applies its own nodelay setting only to addresses it
-        // binds itself.
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        // Our own accept loop: connection limit, back-off on accept errors, first-request
+        // deadline, hard close past the maximum age, TCP_NODELAY.
+        .serve_with_incoming_shutdown(Incoming::new(listener, limits), signal);
     tokio::pin!(serve);
 
     // Serve until the shutdown signal; then give the drain at most the grace period.

@@ -88,7 +88,7 @@ impl KeyAuthorityApi {
                 operator: None,
                 // Only the audit trail of operator calls needs it: Verify skips the formatting.
                 peer: (access == Access::Operator)
-                    .then(|| request.remote_addr().map(|a| a.to_string()))
+                    .then(|| crate::connections::remote_addr(&request).map(|a| a.to_string()))
                     .flatten(),
             };
             let idempotency_key = match access {
@@ -98,7 +98,8 @@ impl KeyAuthorityApi {
                         Err(refused) => {
                             // Counted in memory, written in aggregate by the housekeeping
                             // task: a refused call writes nothing itself.
-                            let peer = request.remote_addr().map(|a| a.ip().to_string());
+                            let peer = crate::connections::remote_addr(&request)
+                                .map(|a| a.ip().to_string());
                             return Err(self.authority.note_auth_failure(
                                 peer.as_deref(),
                                 Some(&request_id),

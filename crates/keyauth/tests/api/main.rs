@@ -9,6 +9,7 @@ mod audit;
 mod cache;
 mod caller;
 mod cli;
+mod connections;
 mod exposed;
 mod ext_authz;
 mod issue;

@@ -302,6 +302,8 @@ pub struct Options {
     pub watch_backlog: usize,
     /// Where to listen; `None`: any free port.
     pub listen: Option<std::net::SocketAddr>,
+    /// Connection and call limits.
+    pub limits: keyauth_server::limits::Limits,
 }
 
 impl Default for Options {
@@ -327,6 +329,7 @@ impl Default for Options {
                 ..WatchOptions::default()
             },
             listen: None,
+            limits: keyauth_server::limits::Limits::default(),
             watch_backlog: authority.watch_backlog,
         }
     }
@@ -408,6 +411,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
             }
         }),
         watch: options.watch.clone(),
+        limits: options.limits,
         ..ServeOptions::default()
     };
     let http_addr = serve_options

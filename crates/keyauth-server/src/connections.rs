@@ -1,0 +1,265 @@
+//! The accept loop: what bounds the connections, whatever the clients do.
+//!
+//! - at most `max_connections` are open at once; one accepted past it is closed at once;
+//! - an accept error for want of resources (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`: the fd
+//!   limit reached) pauses accepting for [`ACCEPT_BACKOFF`] instead of retrying in a loop that
+//!   spins a core (tonic's own accept loop does);
+//! - a connection must start its first call within `first_request_timeout` (TLS handshake
+//!   included), or it is closed: idle sockets hold nothing for long;
+//! - a connection older than `max_connection_age` is told to go away (HTTP/2 GOAWAY, by
+//!   tonic: its calls finish, new ones go to a new connection) and closed outright
+//!   `max_connection_age_grace` later (long streams such as WatchKeyChanges included).
+//!
+//! Each connection is a [`Conn`]: the TCP stream, its slot among the connections, and the two
+//! deadlines, checked whenever the connection reads or writes. A call marks its connection as
+//! used through the [`PeerInfo`] tonic puts in every request's extensions
+//! ([`note_request`]), which also gives the peer's address ([`remote_addr`]).
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Sleep;
+use tokio_stream::Stream;
+use tonic::transport::server::{Connected, TlsConnectInfo};
+
+use crate::limits::Limits;
+
+/// How long accepting pauses after an accept error for want of resources.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// At most one warning about accept errors per this long.
+const WARN_EVERY: Duration = Duration::from_secs(5);
+
+/// The connections of a listener, as tonic's `serve_with_incoming` wants them.
+pub struct Incoming {
+    listener: TcpListener,
+    slots: Arc<Semaphore>,
+    limits: Limits,
+    backoff: Option<Pin<Box<Sleep>>>,
+    last_warning: Option<Instant>,
+}
+
+impl Incoming {
+    pub fn new(listener: TcpListener, limits: Limits) -> Self {
+        Incoming {
+            listener,
+            slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            limits,
+            backoff: None,
+            last_warning: None,
+        }
+    }
+
+    /// Whether an accept error means the process (or system) is out of descriptors or memory:
+    /// retrying at once would fail again.
+    fn is_resource_error(e: &io::Error) -> bool {
+        // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+        matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+    }
+
+    fn warn(&mut self, what: &str, e: &io::Error) {
+        let now = Instant::now();
+        if self
+            .last_warning
+            .is_none_or(|last| now.duration_since(last) >= WARN_EVERY)
+        {
+            self.last_warning = Some(now);
+            tracing::warn!(error = %e, backoff = ?ACCEPT_BACKOFF, "{what}");
+        }
+    }
+}
+
+impl Stream for Incoming {
+    type Item = io::Result<Conn>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(backoff) = &mut this.backoff {
+                ready!(backoff.as_mut().poll(cx));
+                this.backoff = None;
+            }
+            match ready!(this.listener.poll_accept(cx)) {
+                Ok((stream, remote)) => {
+                    let Ok(slot) = this.slots.clone().try_acquire_owned() else {
+                        // Dropped: closed at once, before TLS or HTTP/2 cost anything.
+                        metrics::counter!(crate::metrics::CONNECTIONS_REFUSED).increment(1);
+                        tracing::debug!(%remote, limit = this.limits.max_connections, "connection refused: the connection limit is reached");
+                        continue;
+                    };
+                    // Without TCP_NODELAY a small answer waits for the peer's delayed ACK
+                    // (~40 ms at p999 in keyauth-bench).
+                    let _ = stream.set_nodelay(true);
+                    return Poll::Ready(Some(Ok(Conn::new(stream, slot, &this.limits))));
+                }
+                Err(e) if Self::is_resource_error(&e) => {
+                    this.warn(
+                        "accepting connections failed for want of resources (file descriptors?); pausing",
+                        &e,
+                    );
+                    this.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_BACKOFF)));
+                }
+                // The peer gave up before the accept (ECONNABORTED) and the like: next one.
+                Err(e) => tracing::debug!(error = %e, "accept failed"),
+            }
+        }
+    }
+}
+
+/// What a connection shares with the calls made on it.
+#[derive(Debug, Default)]
+pub struct ConnState {
+    requested: AtomicBool,
+}
+
+/// The connection info tonic puts in each request's extensions.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote: Option<SocketAddr>,
+    state: Arc<ConnState>,
+}
+
+/// The peer info of the connection `extensions` come from (plaintext or TLS).
+fn peer_info(extensions: &tonic::codegen::http::Extensions) -> Option<&PeerInfo> {
+    extensions.get::<PeerInfo>().or_else(|| {
+        extensions
+            .get::<TlsConnectInfo<PeerInfo>>()
+            .map(TlsConnectInfo::get_ref)
+    })
+}
+
+/// Marks the connection of a call as used: it is no longer closed for idleness.
+pub fn note_request(extensions: &tonic::codegen::http::Extensions) {
+    if let Some(peer) = peer_info(extensions)
+        && !peer.state.requested.load(Ordering::Relaxed)
+    {
+        peer.state.requested.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The address of the peer that sent a call (tonic's `Request::remote_addr` knows only its
+/// own connection types).
+pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
+    peer_info(request.extensions())
+        .and_then(|peer| peer.remote)
+        .or_else(|| request.remote_addr())
+}
+
+/// An accepted connection: the stream, its slot among the connections (freed on drop) and its
+/// deadlines.
+pub struct Conn {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+    info: PeerInfo,
+    /// Until the first call starts.
+    first_request: Option<Pin<Box<Sleep>>>,
+    /// The end of the grace past the maximum age.
+    closing: Option<Pin<Box<Sleep>>>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: &Limits) -> Self {
+        let info = PeerInfo {
+            remote: stream.peer_addr().ok(),
+            state: Arc::default(),
+        };
+        let hard_age = limits
+            .max_connection_age
+            .saturating_add(limits.max_connection_age_grace);
+        Conn {
+            stream,
+            _slot: slot,
+            info,
+            first_request: Some(Box::pin(tokio::time::sleep(limits.first_request_timeout))),
+            closing: (!limits.max_connection_age.is_zero())
+                .then(|| Box::pin(tokio::time::sleep(hard_age))),
+        }
+    }
+
+    /// An error once a deadline has passed; registers for its wake-up otherwise.
+    fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(first) = &mut self.first_request {
+            if self.info.state.requested.load(Ordering::Relaxed) {
+                self.first_request = None;
+            } else if first.as_mut().poll(cx).is_ready() {
+                tracing::debug!(remote = ?self.info.remote, "connection closed: no call within the first-request timeout");
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no call within the first-request timeout",
+                ));
+            }
+        }
+        if let Some(closing) = &mut self.closing
+            && closing.as_mut().poll(cx).is_ready()
+        {
+            tracing::debug!(remote = ?self.info.remote, "connection closed: past its maximum age and grace");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "past the maximum connection age and its grace",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx)?;
+        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
