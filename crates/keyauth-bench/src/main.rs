@@ -39,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -575,6 +576,8 @@ enum Workload {
     GarbageMix,
     /// Verify with a bad checksum only (the CPU phase).
     BadChecksum,
+    /// Envoy's ext_authz Check of warm keys (`GET /api/v1/patients`).
+    ExtAuthz,
 }
 
 impl Workload {
@@ -587,12 +590,13 @@ impl Workload {
     ];
 
     /// Run order within a round.
-    const ALL: [Workload; 5] = [
+    const ALL: [Workload; 6] = [
         Workload::Floor,
         Workload::WarmVerify,
         Workload::WarmCheck,
         Workload::ColdVerify,
         Workload::GarbageMix,
+        Workload::ExtAuthz,
     ];
 
     fn label(self) -> &'static str {
@@ -603,6 +607,7 @@ impl Workload {
             Workload::ColdVerify => "d. cold Verify (cache off)",
             Workload::GarbageMix => "e. garbage mix",
             Workload::BadChecksum => "Verify, bad checksum",
+            Workload::ExtAuthz => "f. warm ext_authz Check (Envoy)",
         }
     }
 }
@@ -679,6 +684,7 @@ impl Inputs {
             ),
             Workload::WarmVerify => (Class::Valid, Call::verify(warm, true)),
             Workload::WarmCheck => (Class::Valid, Call::CheckPermission { key: warm.clone() }),
+            Workload::ExtAuthz => (Class::Valid, Call::ExtAuthz { key: warm.clone() }),
             Workload::ColdVerify => {
                 let cold = &self.cold_keys[n % self.cold_keys.len()];
                 (Class::Valid, Call::verify(cold, true))
@@ -709,11 +715,52 @@ impl Inputs {
     }
 }
 
+/// A CheckRequest as Envoy's HTTP filter sends it for `GET /api/v1/patients` with `key`.
+fn envoy_check(key: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRequest {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Request as AttributeRequest,
+    };
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/api/v1/patients"),
+        ("authorization", &format!("Bearer {key}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(AttributeRequest {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/api/v1/patients".into(),
+                    host: "api.example.com".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 /// One RPC, built before the clock starts.
 enum Call {
     Health,
-    Verify { key: String, expect_valid: bool },
-    CheckPermission { key: String },
+    Verify {
+        key: String,
+        expect_valid: bool,
+    },
+    CheckPermission {
+        key: String,
+    },
+    /// Envoy's ext_authz Check of `GET /api/v1/patients` with this key.
+    ExtAuthz {
+        key: String,
+    },
 }
 
 impl Call {
@@ -735,18 +782,30 @@ enum Outcome {
 struct Clients {
     health: HealthClient<Channel>,
     keys: KeyAuthorityServiceClient<Channel>,
+    envoy: AuthorizationClient<Channel>,
 }
 
 impl Clients {
     fn new(channel: Channel) -> Self {
         Clients {
             health: HealthClient::new(channel.clone()),
+            envoy: AuthorizationClient::new(channel.clone()),
             keys: KeyAuthorityServiceClient::new(channel),
         }
     }
 
     async fn send(&mut self, call: Call) -> Outcome {
         match call {
+            Call::ExtAuthz { key } => match self.envoy.check(envoy_check(&key)).await {
+                Ok(r) if r.get_ref().status.as_ref().is_some_and(|s| s.code == 0) => {
+                    Outcome::Expected
+                }
+                Ok(r) => Outcome::Unexpected(format!(
+                    "ext_authz Check: status {:?}",
+                    r.get_ref().status.as_ref().map(|s| s.code)
+                )),
+                Err(status) => Outcome::Failed(status),
+            },
             Call::Health => match self.health.check(HealthCheckRequest::default()).await {
                 Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => Outcome::Expected,
                 Ok(r) => Outcome::Unexpected(format!("health status {}", r.get_ref().status)),
