@@ -1,7 +1,7 @@
 //! The key parser: any text is refused or parsed into a key whose parts agree with it.
 #![no_main]
 
-use keyauth_core::key::PresentedKey;
+use keyauth_core::key::{KeyIdOf, PresentedKey};
 use keyauth_core::model::KeyId;
 use libfuzzer_sys::fuzz_target;
 
