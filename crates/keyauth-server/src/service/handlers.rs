@@ -35,6 +35,20 @@ impl Outcome for pb::CheckPermissionResponse {
     }
 }
 
+impl KeyAuthorityApi {
+    /// Verify and CheckPermission alike: the presented key judged for `required`, as
+    /// (valid, key, error, http_status).
+    async fn judged(
+        &self,
+        presented: &str,
+        required: &[(String, String)],
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(bool, Option<pb::ApiKey>, Option<pb::ApiError>, i32), Error> {
+        let verdict = self.authority.verify(presented, required, deadline).await?;
+        Ok(wire::verdict_out(&verdict, self.authority.now()))
+    }
+}
+
 fn page_size(value: i32) -> Result<u32, Error> {
     u32::try_from(value).map_err(|_| Error::invalid("page_size", "must not be negative"))
 }
@@ -192,12 +206,8 @@ impl KeyAuthorityService for KeyAuthorityApi {
                     .pairs()
                     .map(|(r, a)| (r.to_owned(), a.to_owned()))
                     .collect::<Vec<_>>();
-                let verdict = self
-                    .authority
-                    .verify(&req.key, &required, call.deadline)
-                    .await?;
                 let (valid, key, error, http_status) =
-                    wire::verdict_out(&verdict, self.authority.now());
+                    self.judged(&req.key, &required, call.deadline).await?;
                 Ok(pb::VerifyResponse {
                     valid,
                     key,
@@ -222,12 +232,8 @@ impl KeyAuthorityService for KeyAuthorityApi {
                     .catalog()
                     .check(&req.resource, &req.action, "")?;
                 let required = [(req.resource, req.action)];
-                let verdict = self
-                    .authority
-                    .verify(&req.key, &required, call.deadline)
-                    .await?;
                 let (allowed, key, error, http_status) =
-                    wire::verdict_out(&verdict, self.authority.now());
+                    self.judged(&req.key, &required, call.deadline).await?;
                 Ok(pb::CheckPermissionResponse {
                     allowed,
                     key,
