@@ -348,16 +348,22 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_EXT_AUTHZ_STRIP_AUTHORIZATION")]
     pub ext_authz_strip_authorization: bool,
 
-    /// Address of the HTTP listener for webhooks (`POST /v1/secret-scanning/github`: GitHub
-    /// secret scanning reports leaked keys, which are revoked). TLS with --tls-cert/--tls-key
-    /// when they are set. Unset: no HTTP listener. Needs --github-scanning-keys.
-    #[arg(long, env = "KEYAUTH_HTTP_LISTEN", requires = "github_scanning_keys")]
+    /// Address of the HTTP listener: the operator console at `/` and the gRPC API over
+    /// gRPC-Web (unless --console false), and with --github-scanning-keys the webhook
+    /// `POST /v1/secret-scanning/github` (GitHub secret scanning reports leaked keys, which are
+    /// revoked). TLS with --tls-cert/--tls-key when they are set. Unset: no HTTP listener.
+    #[arg(long, env = "KEYAUTH_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
 
     /// GitHub's secret-scanning public keys: a copy of
     /// https://api.github.com/meta/public_keys/secret_scanning (JSON), re-read when it changes.
     #[arg(long, env = "KEYAUTH_GITHUB_SCANNING_KEYS", requires = "http_listen")]
     pub github_scanning_keys: Option<PathBuf>,
+
+    /// Serve the operator console and gRPC-Web on the HTTP listener (`false`: the listener
+    /// serves the webhook alone, e.g. when it faces the internet for GitHub).
+    #[arg(long, env = "KEYAUTH_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
 }
 
 /// A secret given directly or as a file (at most one of them: clap refuses both).
@@ -472,10 +478,15 @@ impl ServeArgs {
     fn http_options(&self) -> Result<Option<HttpOptions>, SettingError> {
         const LISTEN: &str = "--http-listen (KEYAUTH_HTTP_LISTEN)";
         const KEYS: &str = "--github-scanning-keys (KEYAUTH_GITHUB_SCANNING_KEYS)";
-        let (Some(addr), Some(keys)) = (self.http_listen, &self.github_scanning_keys) else {
+        let Some(addr) = self.http_listen else {
             return Ok(None);
         };
-        let github_keys = GithubKeys::load(keys).map_err(setting(KEYS))?;
+        let github_keys = self
+            .github_scanning_keys
+            .as_deref()
+            .map(|keys| GithubKeys::load(keys).map(std::sync::Arc::new))
+            .transpose()
+            .map_err(setting(KEYS))?;
         let tls = crate::tls::http_server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())
             .map_err(|e| SettingError {
                 setting: e.setting,
@@ -488,7 +499,8 @@ impl ServeArgs {
         Ok(Some(HttpOptions {
             listener: std::sync::Arc::new(listener),
             tls,
-            github_keys: std::sync::Arc::new(github_keys),
+            github_keys,
+            console: self.console,
         }))
     }
 
@@ -744,18 +756,22 @@ mod tests {
     }
 
     #[test]
-    fn the_http_listener_needs_github_keys() {
+    fn the_http_listener_serves_the_console_and_the_webhook_when_given_keys() {
         assert!(parse(&[]).serve_options().unwrap().http.is_none());
-        for lone in [
-            &["--http-listen", "127.0.0.1:0"][..],
-            &["--github-scanning-keys", "keys.json"][..],
-        ] {
-            assert!(
-                Serve::try_parse_from(std::iter::once("serve").chain(lone.iter().copied()))
-                    .is_err(),
-                "{lone:?}"
-            );
-        }
+        let lone = ["serve", "--github-scanning-keys", "keys.json"];
+        assert!(Serve::try_parse_from(lone).is_err(), "keys need a listener");
+        let console = parse(&["--http-listen", "127.0.0.1:0"])
+            .serve_options()
+            .unwrap()
+            .http
+            .expect("an HTTP listener");
+        assert!(console.console && console.github_keys.is_none());
+        let webhook_only = parse(&["--http-listen", "127.0.0.1:0", "--console", "false"])
+            .serve_options()
+            .unwrap()
+            .http
+            .expect("an HTTP listener");
+        assert!(!webhook_only.console);
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys.json");
         std::fs::write(&keys, r#"{"public_keys":[]}"#).unwrap();

@@ -127,6 +127,17 @@ pub struct PeerInfo {
     state: Arc<ConnState>,
 }
 
+impl PeerInfo {
+    /// The peer of a connection this module does not track (the HTTP listener's): its
+    /// address for the audit trail, no deadlines.
+    pub fn detached(remote: SocketAddr) -> Self {
+        PeerInfo {
+            remote: Some(remote),
+            state: Arc::default(),
+        }
+    }
+}
+
 /// The peer info of the connection `extensions` come from (plaintext or TLS).
 fn peer_info(extensions: &tonic::codegen::http::Extensions) -> Option<&PeerInfo> {
     extensions.get::<PeerInfo>().or_else(|| {

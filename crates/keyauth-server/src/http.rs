@@ -1,11 +1,17 @@
-//! The HTTP listener (`--http-listen`, off by default): webhooks that cannot speak gRPC. Today
-//! one route, `POST /v1/secret-scanning/github`, GitHub secret scanning's partner alerts
-//! (`github`): leaked keys revoke themselves.
+//! The HTTP listener (`--http-listen`, off by default): what a browser or a webhook sender
+//! reaches, since neither speaks gRPC over HTTP/2:
+//!
+//! - the operator console (`console`): its page at `/`, and the key authority service itself
+//!   over gRPC-Web (tonic-web) at the same origin, so the browser makes the very RPCs every
+//!   other client makes, with the same operator token and the same limits;
+//! - with `--github-scanning-keys`, `POST /v1/secret-scanning/github`, GitHub secret
+//!   scanning's partner alerts (`github`): leaked keys revoke themselves.
 //!
 //! Served by axum on an accept loop of our own (hyper's HTTP/1.1 connections, plaintext or TLS
 //! with the gRPC port's certificate through tokio-rustls), started and drained by
 //! `server::run` alongside the gRPC server.
 
+mod console;
 mod github;
 
 use std::net::SocketAddr;
@@ -45,8 +51,11 @@ pub struct HttpOptions {
     pub listener: Arc<std::net::TcpListener>,
     /// The server certificate (the gRPC port's `--tls-cert`/`--tls-key`); `None`: plaintext.
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// The public keys GitHub signs its alerts with, re-read when their file changes.
-    pub github_keys: Arc<GithubKeys>,
+    /// The public keys GitHub signs its alerts with, re-read when their file changes; `None`:
+    /// no webhook route.
+    pub github_keys: Option<Arc<GithubKeys>>,
+    /// Whether the console and gRPC-Web are served.
+    pub console: bool,
 }
 
 /// The peer of a connection, for the audit trail.
@@ -59,16 +68,38 @@ struct AppState {
     github_keys: Arc<GithubKeys>,
 }
 
-fn router(state: Arc<AppState>, request_timeout: Duration) -> Router {
-    Router::new()
-        .route(GITHUB_PATH, post(github::alert))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+/// The listener's routes: the webhook when GitHub's keys are given, the console and
+/// `grpc_web` (the key authority service behind tonic-web) when given.
+fn router(
+    authority: Arc<Authority>,
+    options: &HttpOptions,
+    grpc_web: Option<Router>,
+    request_timeout: Duration,
+) -> Router {
+    let mut app = Router::new();
+    if let Some(github_keys) = &options.github_keys {
+        let state = Arc::new(AppState {
+            authority,
+            github_keys: github_keys.clone(),
+        });
+        app = app.merge(
+            Router::new()
+                .route(GITHUB_PATH, post(github::alert))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+                .with_state(state),
+        );
+    }
+    if let Some(grpc_web) = grpc_web {
+        app = app
+            .merge(console::routes(options.tls.is_some()))
+            .merge(grpc_web);
+    }
+    app.fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such path") })
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| async move {
                 within(request_timeout, next.run(request)).await
             },
         ))
-        .with_state(state)
 }
 
 /// A request still running after `limit` (reading its body included: a client trickling its
@@ -96,6 +127,7 @@ fn refusal(status: StatusCode, why: &str) -> Response {
 pub(crate) async fn serve(
     options: HttpOptions,
     authority: Arc<Authority>,
+    grpc_web: Option<Router>,
     mut stop: tokio::sync::watch::Receiver<bool>,
     grace: Duration,
     request_timeout: Duration,
@@ -107,14 +139,14 @@ pub(crate) async fn serve(
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let tls = options.tls.clone().map(TlsAcceptor::from);
-    tracing::info!(%addr, tls = tls.is_some(), path = GITHUB_PATH, "HTTP listener serving");
-    let app = router(
-        Arc::new(AppState {
-            authority,
-            github_keys: options.github_keys.clone(),
-        }),
-        request_timeout,
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        console = grpc_web.is_some(),
+        github = options.github_keys.is_some(),
+        "HTTP listener serving"
     );
+    let app = router(authority, &options, grpc_web, request_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -135,7 +167,12 @@ pub(crate) async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone().layer(axum::Extension(Peer(peer)));
+        // The peer for the webhook's audit rows, and as the gRPC port's connections give it
+        // to the service (gRPC-Web calls record it like any other operator call).
+        let app = app
+            .clone()
+            .layer(axum::Extension(Peer(peer)))
+            .layer(axum::Extension(crate::connections::PeerInfo::detached(peer)));
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {

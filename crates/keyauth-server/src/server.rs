@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
+use tower_layer::Layer;
 use tonic_health::server::HealthReporter;
 
 use crate::connections::Incoming;
@@ -239,10 +240,19 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let gauges = tokio::spawn(sample_gauges(authority.clone(), stop_rx.clone()));
+    // One budget of calls in flight for both listeners.
+    let limits_layer = LimitsLayer::new(options.limits);
     let http = options.http.clone().map(|http| {
+        // The console's gRPC-Web: the same service, limits and tokens as the gRPC port.
+        let grpc_web = http.console.then(|| {
+            let service = tonic_web::GrpcWebLayer::new().layer(limits_layer.layer(api.clone()));
+            let path = format!("/{SERVICE_NAME}/{{*method}}");
+            axum::Router::new().route_service(&path, service)
+        });
         tokio::spawn(crate::http::serve(
             http,
             authority.clone(),
+            grpc_web,
             stop_rx,
             options.shutdown_grace,
             options.limits.request_timeout,
@@ -295,7 +305,7 @@ pub async fn run(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(keepalive)
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .layer(LimitsLayer::new(limits))
+        .layer(limits_layer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -293,6 +293,8 @@ pub struct Options {
     pub ext_authz: ExtAuthzOptions,
     /// GitHub's secret-scanning public keys file: set, the HTTP listener serves on port 0.
     pub github_keys: Option<std::path::PathBuf>,
+    /// The console and gRPC-Web: set, the HTTP listener serves on port 0.
+    pub console: bool,
     /// The HTTP listener's certificate and key (PEM files): set, it speaks TLS only.
     pub http_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub auth_failures: AuthFailureSettings,
@@ -322,6 +324,7 @@ impl Default for Options {
             verifier_token: None,
             ext_authz: ExtAuthzOptions::default(),
             github_keys: None,
+            console: false,
             http_tls: None,
             auth_failures: authority.auth_failures,
             watch: WatchOptions {
@@ -398,7 +401,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         operators: OperatorAuth::new(options.admin_token.as_deref()),
         verifiers: OperatorAuth::verifier(options.verifier_token.as_deref()),
         ext_authz: options.ext_authz.clone(),
-        http: options.github_keys.as_deref().map(|keys| {
+        http: (options.github_keys.is_some() || options.console).then(|| {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind HTTP");
             HttpOptions {
                 listener: Arc::new(listener),
@@ -407,7 +410,10 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
                         .expect("HTTP TLS settings")
                         .expect("TLS")
                 }),
-                github_keys: Arc::new(GithubKeys::load(keys).expect("GitHub keys file")),
+                github_keys: options.github_keys.as_deref().map(|keys| {
+                    Arc::new(GithubKeys::load(keys).expect("GitHub keys file"))
+                }),
+                console: options.console,
             }
         }),
         watch: options.watch.clone(),

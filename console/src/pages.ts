@@ -1,0 +1,422 @@
+// The pages: applications, one application's keys, one key, the audit trail. Each renders into
+// the element it is given; a page left before its answers arrive writes into a detached
+// element, harmlessly.
+
+import { create } from "@bufbuild/protobuf";
+import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
+import { api } from "./api";
+import { catalog, permissionGrid, permissionSummary } from "./catalog";
+import { createKey, revokeKey, rollKey } from "./dialogs";
+import { h, replace } from "./dom";
+import { errorBox } from "./errors";
+import { EVENT_LABEL, STATE_LABEL, type Shown, environmentName, plural, shownState, stateBadge, time } from "./format";
+import {
+  type ApiKey,
+  type ApplicationSummary,
+  Environment,
+  type KeyCounts,
+  type KeyEvent,
+  KeyEventType,
+  KeyState,
+} from "./gen/keyauth/v1/keyauth_pb";
+
+/** Where a page goes: `#/…` routes (ids are public; the token is never in a URL). */
+export const link = {
+  applications: () => "#/",
+  keys: (app: string, env: "test" | "live" = "test", state = "") =>
+    `#/apps/${encodeURIComponent(app)}?env=${env}${state ? `&state=${state}` : ""}`,
+  key: (id: string) => `#/keys/${encodeURIComponent(id)}`,
+  audit: (type = "") => `#/audit${type ? `?type=${type}` : ""}`,
+};
+
+function navigate(to: string): void {
+  if (window.location.hash === to) window.dispatchEvent(new HashChangeEvent("hashchange"));
+  else window.location.hash = to;
+}
+
+function loading(): HTMLElement {
+  return h("p", { class: "loading", role: "status" }, "Loading…");
+}
+
+/** A "Load more" button for a paged list; hidden on the last page. */
+function more(load: () => Promise<void>): HTMLButtonElement {
+  const button = h("button", {
+    type: "button",
+    class: "more",
+    onclick: async () => {
+      button.disabled = true;
+      await load();
+      button.disabled = false;
+    },
+  }, "Load more");
+  return button;
+}
+
+function counts(c: KeyCounts | undefined): string {
+  if (!c) return "none";
+  const parts = [`${c.active} active`];
+  if (c.expired > 0n) parts.push(`${c.expired} expired`);
+  if (c.revoked > 0n) parts.push(`${c.revoked} revoked`);
+  return parts.join(", ");
+}
+
+export async function applicationsPage(root: HTMLElement): Promise<void> {
+  const errors = errorBox();
+  const body = h("tbody", {});
+  let pageToken = "";
+  const next = more(load);
+  async function load(): Promise<void> {
+    try {
+      const answer = await api.listApplications({ pageSize: 50, pageToken });
+      pageToken = answer.nextPageToken;
+      next.hidden = pageToken === "";
+      body.append(...answer.applications.map(row));
+      if (body.children.length === 0) {
+        body.append(h("tr", {}, h("td", { colspan: 3 }, "No application has keys yet. Create the first key.")));
+      }
+    } catch (e) {
+      errors.show(e);
+    }
+  }
+  const row = (app: ApplicationSummary) =>
+    h(
+      "tr",
+      {},
+      h("th", { scope: "row" }, h("a", { href: link.keys(app.applicationId) }, app.applicationId)),
+      h("td", {}, counts(app.test)),
+      h("td", {}, counts(app.live)),
+    );
+  replace(
+    root,
+    h(
+      "div",
+      { class: "page-head" },
+      h("h1", {}, "Applications"),
+      h("button", {
+        type: "button",
+        class: "primary",
+        onclick: () =>
+          createKey(null, Environment.TEST, (key) => navigate(link.keys(key.applicationId, environmentName(key.environment)))).catch(errors.show),
+      }, "Create key"),
+    ),
+    errors.element,
+    h(
+      "table",
+      {},
+      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Application"), h("th", { scope: "col" }, "Test keys"), h("th", { scope: "col" }, "Live keys"))),
+      body,
+    ),
+    next,
+  );
+  await load();
+}
+
+const STATE_FILTERS: Shown[] = ["active", "grace", "expired", "revoked"];
+
+export async function keysPage(root: HTMLElement, app: string, params: URLSearchParams): Promise<void> {
+  const env = params.get("env") === "live" ? "live" : "test";
+  const stateFilter = STATE_FILTERS.find((s) => s === params.get("state")) ?? null;
+  const environment = env === "live" ? Environment.LIVE : Environment.TEST;
+  const errors = errorBox();
+  const body = h("tbody", {});
+  const shown = h("p", { class: "count", role: "status" });
+  let pageToken = "";
+  let loaded = 0;
+  const next = more(load);
+  const refresh = () => navigate(link.keys(app, env, stateFilter ?? ""));
+  async function load(): Promise<void> {
+    try {
+      const answer = await api.listKeys({ applicationId: app, environment, pageSize: 50, pageToken });
+      pageToken = answer.nextPageToken;
+      next.hidden = pageToken === "";
+      loaded += answer.keys.length;
+      body.append(...answer.keys.filter((k) => stateFilter === null || shownState(k) === stateFilter).map(row));
+      shown.textContent =
+        `${plural(body.children.length, "key")} shown` +
+        (stateFilter ? ` (${STATE_LABEL[stateFilter].toLowerCase()}, of ${loaded} loaded)` : "") +
+        (pageToken ? "; more below." : ".");
+    } catch (e) {
+      errors.show(e);
+    }
+  }
+  const row = (key: ApiKey) => {
+    const over = key.state !== KeyState.ACTIVE;
+    return h(
+      "tr",
+      { "data-key-id": key.id },
+      h("th", { scope: "row" }, h("a", { href: link.key(key.id) }, key.name)),
+      h("td", {}, h("code", {}, key.redacted)),
+      h("td", {}, stateBadge(key)),
+      h("td", {}, key.restricted ? "Restricted" : "Standard"),
+      h("td", {}, time(key.createTime)),
+      h("td", {}, time(key.expireTime, "Never")),
+      h("td", {}, time(key.lastUsedTime, "Never")),
+      h(
+        "td",
+        {},
+        h(
+          "div",
+          { class: "row-actions" },
+          h("button", { type: "button", disabled: over || key.replacedByKeyId !== "", onclick: () => rollKey(key, refresh), "aria-label": `Roll key ${key.name}` }, "Roll key"),
+          h("button", { type: "button", class: "danger", disabled: key.state === KeyState.REVOKED, onclick: () => revokeKey(key, refresh), "aria-label": `Revoke key ${key.name}` }, "Revoke"),
+        ),
+      ),
+    );
+  };
+  const envSwitch = h(
+    "div",
+    { class: "switch", role: "group", "aria-label": "Environment" },
+    (["test", "live"] as const).map((e) =>
+      h("a", { href: link.keys(app, e, stateFilter ?? ""), class: `env-${e}`, "aria-current": e === env ? "page" : undefined }, e === "test" ? "Test data" : "Live data"),
+    ),
+  );
+  const filter = h(
+    "select",
+    {
+      id: "state-filter",
+      onchange: () => navigate(link.keys(app, env, filter.value)),
+    },
+    h("option", { value: "" }, "All states"),
+    STATE_FILTERS.map((s) => h("option", { value: s, selected: s === stateFilter }, STATE_LABEL[s])),
+  );
+  replace(
+    root,
+    h("p", { class: "crumbs" }, h("a", { href: link.applications() }, "Applications"), " / ", app),
+    h(
+      "div",
+      { class: "page-head" },
+      h("h1", {}, `API keys of ${app}`),
+      h("button", { type: "button", class: "primary", onclick: () => createKey(app, environment, refresh).catch(errors.show) }, "Create key"),
+    ),
+    h("div", { class: `toolbar env-banner-${env}` }, envSwitch, h("label", { for: "state-filter" }, "State "), filter),
+    errors.element,
+    h(
+      "table",
+      { class: "keys" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          ["Name", "Key", "State", "Type", "Created", "Expires", "Last used", "Actions"].map((c) => h("th", { scope: "col" }, c)),
+        ),
+      ),
+      body,
+    ),
+    shown,
+    next,
+  );
+  await load();
+}
+
+function eventDetails(event: KeyEvent): (Node | string)[] {
+  const parts: (Node | string)[] = [];
+  if (event.relatedKeyId) parts.push("new key ", h("a", { href: link.key(event.relatedKeyId) }, event.relatedKeyId), " ");
+  if (event.changedPaths.length) parts.push(`changed: ${event.changedPaths.join(", ")} `);
+  if (event.source) parts.push(`source: ${event.source} `);
+  if (event.url) parts.push(`found at: ${event.url} `);
+  if (event.count > 1n) parts.push(`${event.count} times `);
+  return parts;
+}
+
+function who(event: KeyEvent): string {
+  return [event.operatorId && `by ${event.operatorId}`, event.peer && `from ${event.peer}`].filter(Boolean).join(" ");
+}
+
+export async function keyPage(root: HTMLElement, id: string): Promise<void> {
+  replace(root, loading());
+  const errors = errorBox();
+  let key: ApiKey;
+  try {
+    key = (await api.getKey({ keyId: id })).key!;
+  } catch (e) {
+    errors.show(e);
+    replace(root, h("p", { class: "crumbs" }, h("a", { href: link.applications() }, "Applications")), errors.element);
+    return;
+  }
+  const env = environmentName(key.environment);
+  const refresh = () => navigate(link.key(key.id));
+  const facts: [string, Node | string][] = [
+    ["Key id", h("code", {}, key.id)],
+    ["Key", h("code", {}, key.redacted)],
+    ["Application", h("a", { href: link.keys(key.applicationId, env) }, key.applicationId)],
+    ["Environment", env === "live" ? "Live (production)" : "Test (sandbox)"],
+    ["State", stateBadge(key)],
+    ["Type", key.restricted ? "Restricted" : "Standard (every permission)"],
+    ["Created", time(key.createTime)],
+    ["Expires", time(key.expireTime, "Never")],
+    ["Last used", time(key.lastUsedTime, "Never")],
+  ];
+  if (key.revokeTime) facts.push(["Revoked", time(key.revokeTime)], ["Reason", key.revokeReason || "—"]);
+  if (key.replacedByKeyId) facts.push(["Replaced by", h("a", { href: link.key(key.replacedByKeyId) }, key.replacedByKeyId)]);
+  const metadata = Object.entries(key.metadata);
+
+  const permissions = h("section", { "aria-labelledby": "perm-title" }, h("h2", { id: "perm-title" }, "Permissions"));
+  if (!key.restricted) {
+    permissions.append(h("p", {}, "A standard key: every permission of the catalog."));
+  } else if (key.state !== KeyState.ACTIVE) {
+    permissions.append(h("p", {}, permissionSummary(key.permissions)));
+  } else {
+    const saved = h("p", { role: "status", class: "saved" });
+    const permErrors = errorBox();
+    try {
+      const grid = permissionGrid(await catalog(), key.permissions);
+      const save = h("button", {
+        type: "button",
+        class: "primary",
+        onclick: async () => {
+          permErrors.clear();
+          saved.textContent = "";
+          const chosen = grid.permissions();
+          if (chosen.length === 0) {
+            permErrors.show("Tick at least one permission: a key with none would be refused everything.");
+            return;
+          }
+          save.disabled = true;
+          try {
+            const updated = await api.updateKey({
+              key: { ...key, permissions: chosen },
+              updateMask: create(FieldMaskSchema, { paths: ["permissions"] }),
+            });
+            key = updated.key!;
+            saved.textContent = `Saved: ${permissionSummary(key.permissions)}.`;
+            await timeline(key.id);
+          } catch (e) {
+            permErrors.show(e);
+          } finally {
+            save.disabled = false;
+          }
+        },
+      }, "Save permissions");
+      permissions.append(grid.element, permErrors.element, h("div", { class: "actions" }, save, saved));
+    } catch (e) {
+      permErrors.show(e);
+      permissions.append(permErrors.element);
+    }
+  }
+
+  const events = h("ol", { class: "timeline" });
+  const timelineErrors = errorBox();
+  async function timeline(keyId: string): Promise<void> {
+    try {
+      const answer = await api.listKeyEvents({ keyId, pageSize: 100 });
+      replace(
+        events,
+        answer.events.map((event) =>
+          h(
+            "li",
+            { class: `event event-${KeyEventType[event.type].toLowerCase()}` },
+            h("strong", {}, EVENT_LABEL[event.type]),
+            " ",
+            time(event.eventTime),
+            " ",
+            h("span", { class: "who" }, who(event)),
+            h("div", { class: "details" }, eventDetails(event), event.requestId ? h("span", { class: "request-id" }, `request ${event.requestId}`) : ""),
+          ),
+        ),
+      );
+    } catch (e) {
+      timelineErrors.show(e);
+    }
+  }
+
+  replace(
+    root,
+    h(
+      "p",
+      { class: "crumbs" },
+      h("a", { href: link.applications() }, "Applications"),
+      " / ",
+      h("a", { href: link.keys(key.applicationId, env) }, key.applicationId),
+      " / ",
+      key.name,
+    ),
+    h(
+      "div",
+      { class: "page-head" },
+      h("h1", {}, key.name),
+      h(
+        "div",
+        { class: "row-actions" },
+        h("button", { type: "button", disabled: key.state !== KeyState.ACTIVE || key.replacedByKeyId !== "", onclick: () => rollKey(key, (k) => navigate(link.key(k.id))) }, "Roll key"),
+        h("button", { type: "button", class: "danger", disabled: key.state === KeyState.REVOKED, onclick: () => revokeKey(key, refresh) }, "Revoke"),
+      ),
+    ),
+    errors.element,
+    h("dl", { class: "facts" }, facts.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)])),
+    metadata.length
+      ? h(
+          "section",
+          { "aria-labelledby": "meta-title" },
+          h("h2", { id: "meta-title" }, "Metadata"),
+          h("table", {}, h("tbody", {}, metadata.map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, v))))),
+        )
+      : null,
+    permissions,
+    h("section", { "aria-labelledby": "timeline-title" }, h("h2", { id: "timeline-title" }, "Audit trail"), timelineErrors.element, events),
+  );
+  await timeline(key.id);
+}
+
+const EVENT_TYPES = [
+  KeyEventType.ISSUED,
+  KeyEventType.ROLLED,
+  KeyEventType.REVOKED,
+  KeyEventType.UPDATED,
+  KeyEventType.EXPOSED,
+  KeyEventType.OPERATOR_AUTH_FAILED,
+];
+
+export async function auditPage(root: HTMLElement, params: URLSearchParams): Promise<void> {
+  const chosen = EVENT_TYPES.find((t) => KeyEventType[t].toLowerCase() === params.get("type")) ?? null;
+  const errors = errorBox();
+  const body = h("tbody", {});
+  let pageToken = "";
+  const next = more(load);
+  async function load(): Promise<void> {
+    try {
+      const answer = await api.listKeyEvents({ pageSize: 100, pageToken, types: chosen === null ? [] : [chosen] });
+      pageToken = answer.nextPageToken;
+      next.hidden = pageToken === "";
+      body.append(
+        ...answer.events.map((event) =>
+          h(
+            "tr",
+            {},
+            h("td", {}, time(event.eventTime)),
+            h("td", {}, EVENT_LABEL[event.type]),
+            h("td", {}, event.keyId ? h("a", { href: link.key(event.keyId) }, event.keyId) : "—"),
+            h("td", {}, event.applicationId || "—"),
+            h("td", {}, who(event) || "—"),
+            h("td", {}, eventDetails(event)),
+            h("td", {}, event.requestId ? h("code", {}, event.requestId) : "—"),
+          ),
+        ),
+      );
+      if (body.children.length === 0) body.append(h("tr", {}, h("td", { colspan: 7 }, "No events.")));
+    } catch (e) {
+      errors.show(e);
+    }
+  }
+  const filter = h(
+    "select",
+    { id: "type-filter", onchange: () => navigate(link.audit(filter.value)) },
+    h("option", { value: "" }, "All events"),
+    EVENT_TYPES.map((t) => h("option", { value: KeyEventType[t].toLowerCase(), selected: t === chosen }, EVENT_LABEL[t])),
+  );
+  replace(
+    root,
+    h("div", { class: "page-head" }, h("h1", {}, "Audit trail")),
+    h("div", { class: "toolbar" }, h("label", { for: "type-filter" }, "Type "), filter),
+    errors.element,
+    h(
+      "table",
+      { class: "audit" },
+      h("thead", {}, h("tr", {}, ["When", "Event", "Key", "Application", "Who", "Details", "Request id"].map((c) => h("th", { scope: "col" }, c)))),
+      body,
+    ),
+    next,
+  );
+  await load();
+}
