@@ -172,7 +172,9 @@ pub(crate) async fn serve(
         let app = app
             .clone()
             .layer(axum::Extension(Peer(peer)))
-            .layer(axum::Extension(crate::connections::PeerInfo::detached(peer)));
+            .layer(axum::Extension(crate::connections::PeerInfo::detached(
+                peer,
+            )));
         let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {

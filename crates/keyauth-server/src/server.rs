@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tower_layer::Layer;
 use tonic_health::server::HealthReporter;
+use tower_layer::Layer;
 
 use crate::connections::Incoming;
 use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};

@@ -80,7 +80,10 @@ mod tests {
         assert!(html.contains(r#"<script src="/console.js""#), "{html}");
         assert!(!html.contains("<script>"), "inline script in {html}");
         assert!(!html.contains("<style"), "inline style in {html}");
-        assert!(!html.contains(" style="), "inline style attribute in {html}");
+        assert!(
+            !html.contains(" style="),
+            "inline style attribute in {html}"
+        );
         let handler = html
             .split_whitespace()
             .any(|word| word.starts_with("on") && word.contains('='));
@@ -107,6 +110,10 @@ mod tests {
         assert_eq!(h[header::REFERRER_POLICY], "no-referrer");
         assert!(h.contains_key(header::STRICT_TRANSPORT_SECURITY));
         let plain = answer(INDEX_HTML, "text/html", false);
-        assert!(!plain.headers().contains_key(header::STRICT_TRANSPORT_SECURITY));
+        assert!(
+            !plain
+                .headers()
+                .contains_key(header::STRICT_TRANSPORT_SECURITY)
+        );
     }
 }

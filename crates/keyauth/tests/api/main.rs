@@ -10,6 +10,7 @@ mod cache;
 mod caller;
 mod cli;
 mod connections;
+mod console;
 mod exposed;
 mod ext_authz;
 mod issue;

@@ -410,9 +410,10 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
                         .expect("HTTP TLS settings")
                         .expect("TLS")
                 }),
-                github_keys: options.github_keys.as_deref().map(|keys| {
-                    Arc::new(GithubKeys::load(keys).expect("GitHub keys file"))
-                }),
+                github_keys: options
+                    .github_keys
+                    .as_deref()
+                    .map(|keys| Arc::new(GithubKeys::load(keys).expect("GitHub keys file"))),
                 console: options.console,
             }
         }),
