@@ -3,8 +3,9 @@
 //! (`github`): leaked keys revoke themselves.
 //!
 //! Served by axum on an accept loop of our own (hyper's HTTP/1.1 connections, plaintext or TLS
-//! with the gRPC port's certificate through tokio-rustls), started and drained by
-//! `server::run` alongside the gRPC server.
+//! with the gRPC port's certificate through tokio-rustls: the one in force at each accept, so
+//! a reloaded certificate serves new connections), started and drained by `server::run`
+//! alongside the gRPC server.
 
 mod github;
 
@@ -43,8 +44,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpOptions {
     /// Bound by the caller; `run` serves a duplicate of it.
     pub listener: Arc<std::net::TcpListener>,
-    /// The server certificate (the gRPC port's `--tls-cert`/`--tls-key`); `None`: plaintext.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The server certificate (the gRPC port's `--tls-cert`/`--tls-key`, reloaded with it);
+    /// `None`: plaintext.
+    pub tls: Option<Arc<crate::tls::Reloading>>,
     /// The public keys GitHub signs its alerts with, re-read when their file changes.
     pub github_keys: Arc<GithubKeys>,
 }
@@ -106,7 +108,7 @@ pub(crate) async fn serve(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let tls = options.tls.clone().map(TlsAcceptor::from);
+    let tls = options.tls.clone();
     tracing::info!(%addr, tls = tls.is_some(), path = GITHUB_PATH, "HTTP listener serving");
     let app = router(
         Arc::new(AppState {
@@ -137,7 +139,8 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         let app = app.clone().layer(axum::Extension(Peer(peer)));
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        // The configuration in force now: a reload later leaves this connection as it is.
+        let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.http()));
         tokio::spawn(async move {
             let _slot = slot;
             let served = match tls {
