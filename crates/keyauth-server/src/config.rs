@@ -259,6 +259,12 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_TLS_CLIENT_CA")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// How often the TLS files (--tls-cert, --tls-key, --tls-client-ca) are read again: new
+    /// contents that can be used serve new connections; unusable ones are logged and the
+    /// certificate in force kept. 0s: read once, at start-up.
+    #[arg(long, env = "KEYAUTH_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload_interval: Duration,
+
     /// Token Verify and CheckPermission callers must send as `authorization: Bearer <token>`.
     /// Unset: anyone who can connect may verify.
     #[arg(
@@ -430,7 +436,7 @@ impl ServeArgs {
     /// How to serve: TLS, tokens, limits and the timings of the background tasks; with
     /// --http-listen, the HTTP listener too (bound here, so a busy port stops the start).
     pub fn serve_options(&self) -> Result<ServeOptions, SettingError> {
-        let tls = crate::tls::server_config(
+        let tls = crate::tls::load(
             self.tls_cert.as_deref(),
             self.tls_key.as_deref(),
             self.tls_client_ca.as_deref(),
@@ -438,7 +444,8 @@ impl ServeArgs {
         .map_err(|e| SettingError {
             setting: e.setting,
             why: e.why,
-        })?;
+        })?
+        .map(std::sync::Arc::new);
         let admin = self
             .admin_token()
             .map_err(setting("--admin-token-file (KEYAUTH_ADMIN_TOKEN_FILE)"))?;
@@ -458,7 +465,9 @@ impl ServeArgs {
                 poll_interval: self.event_poll_interval,
                 ..FollowOptions::default()
             },
+            http: self.http_options(tls.as_ref())?,
             tls,
+            tls_reload_interval: self.tls_reload_interval,
             operators: OperatorAuth::new(admin.as_ref().map(Secret::expose)),
             verifiers: OperatorAuth::verifier(verifier.as_ref().map(Secret::expose)),
             limits: self.limits(),
@@ -466,7 +475,6 @@ impl ServeArgs {
                 routes,
                 strip_authorization: self.ext_authz_strip_authorization,
             },
-            http: self.http_options()?,
             watch: WatchOptions {
                 heartbeat: self.watch_heartbeat,
                 max_streams: self.max_watch_streams,
@@ -474,8 +482,12 @@ impl ServeArgs {
         })
     }
 
-    /// The HTTP listener of --http-listen: bound, with TLS and GitHub's public keys read.
-    fn http_options(&self) -> Result<Option<HttpOptions>, SettingError> {
+    /// The HTTP listener of --http-listen: bound, with the gRPC port's TLS (`tls`) and GitHub's
+    /// public keys read.
+    fn http_options(
+        &self,
+        tls: Option<&std::sync::Arc<crate::tls::Reloading>>,
+    ) -> Result<Option<HttpOptions>, SettingError> {
         const LISTEN: &str = "--http-listen (KEYAUTH_HTTP_LISTEN)";
         const KEYS: &str = "--github-scanning-keys (KEYAUTH_GITHUB_SCANNING_KEYS)";
         let Some(addr) = self.http_listen else {
@@ -487,18 +499,13 @@ impl ServeArgs {
             .map(|keys| GithubKeys::load(keys).map(std::sync::Arc::new))
             .transpose()
             .map_err(setting(KEYS))?;
-        let tls = crate::tls::http_server_config(self.tls_cert.as_deref(), self.tls_key.as_deref())
-            .map_err(|e| SettingError {
-                setting: e.setting,
-                why: e.why,
-            })?;
         let listener = std::net::TcpListener::bind(addr).map_err(|e| SettingError {
             setting: LISTEN,
             why: format!("{addr}: {e}"),
         })?;
         Ok(Some(HttpOptions {
             listener: std::sync::Arc::new(listener),
-            tls,
+            tls: tls.cloned(),
             github_keys,
             console: self.console,
         }))
@@ -630,6 +637,15 @@ mod tests {
         assert_eq!(args.hash_params(), HashParams::DEFAULT);
         assert_eq!(args.limits(), Limits::default());
         assert!(args.tls_cert.is_none() && args.metrics_listen.is_none());
+        assert_eq!(args.tls_reload_interval, Duration::from_secs(10));
+        assert_eq!(
+            args.serve_options().unwrap().tls_reload_interval,
+            crate::server::DEFAULT_TLS_RELOAD_INTERVAL
+        );
+        assert_eq!(
+            parse(&["--tls-reload-interval", "0s"]).tls_reload_interval,
+            Duration::ZERO
+        );
         assert!(args.verifier_token().unwrap().is_none());
         let settings = args.authority_settings().unwrap();
         assert_eq!(settings.auth_failures.limit, 20);

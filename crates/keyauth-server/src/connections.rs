@@ -10,10 +10,17 @@
 //!   tonic: its calls finish, new ones go to a new connection) and closed outright
 //!   `max_connection_age_grace` later (long streams such as WatchKeyChanges included).
 //!
-//! Each connection is a [`Conn`]: the TCP stream, its slot among the connections, and the two
-//! deadlines, checked whenever the connection reads or writes. A call marks its connection as
-//! used through the [`PeerInfo`] tonic puts in every request's extensions
-//! ([`note_request`]), which also gives the peer's address ([`remote_addr`]).
+//! Each connection is a [`Conn`]: the TCP stream (or, with TLS, the TLS stream over it), its
+//! slot among the connections, and the two deadlines, checked whenever the connection reads or
+//! writes. A call marks its connection as used through the [`PeerInfo`] tonic puts in every
+//! request's extensions ([`note_request`]), which also gives the peer's address
+//! ([`remote_addr`]).
+//!
+//! With TLS, keyauth terminates it here rather than in tonic: each accepted connection takes
+//! the configuration in force at that moment from [`tls::Reloading`] (so a reloaded
+//! certificate serves new connections while open ones keep theirs), and its handshake runs
+//! on the connection's own task, when it is first read or written, under the first-request
+//! deadline. A failed handshake ends that connection only.
 
 use std::future::Future;
 use std::io;
@@ -28,10 +35,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TlsConnectInfo};
+use tonic::transport::server::Connected;
 
 use crate::limits::Limits;
+use crate::tls;
 
 /// How long accepting pauses after an accept error for want of resources.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -43,16 +52,21 @@ pub struct Incoming {
     listener: TcpListener,
     slots: Arc<Semaphore>,
     limits: Limits,
+    /// TLS, when the port speaks it.
+    tls: Option<Arc<tls::Reloading>>,
     backoff: Option<Pin<Box<Sleep>>>,
     last_warning: Option<Instant>,
 }
 
 impl Incoming {
-    pub fn new(listener: TcpListener, limits: Limits) -> Self {
+    /// The connections of `listener`, TLS with the configuration in force at each accept when
+    /// `tls` is set.
+    pub fn new(listener: TcpListener, limits: Limits, tls: Option<Arc<tls::Reloading>>) -> Self {
         Incoming {
             listener,
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             limits,
+            tls,
             backoff: None,
             last_warning: None,
         }
@@ -98,7 +112,8 @@ impl Stream for Incoming {
                     // Without TCP_NODELAY a small answer waits for the peer's delayed ACK
                     // (~40 ms at p999 in keyauth-bench).
                     let _ = stream.set_nodelay(true);
-                    return Poll::Ready(Some(Ok(Conn::new(stream, slot, &this.limits))));
+                    let tls = this.tls.as_ref().map(|tls| tls.grpc());
+                    return Poll::Ready(Some(Ok(Conn::new(stream, slot, &this.limits, tls))));
                 }
                 Err(e) if Self::is_resource_error(&e) => {
                     this.warn(
@@ -138,13 +153,10 @@ impl PeerInfo {
     }
 }
 
-/// The peer info of the connection `extensions` come from (plaintext or TLS).
+/// The peer info of the connection `extensions` come from (plaintext or TLS alike: TLS is
+/// ours, inside [`Conn`]).
 fn peer_info(extensions: &tonic::codegen::http::Extensions) -> Option<&PeerInfo> {
-    extensions.get::<PeerInfo>().or_else(|| {
-        extensions
-            .get::<TlsConnectInfo<PeerInfo>>()
-            .map(TlsConnectInfo::get_ref)
-    })
+    extensions.get::<PeerInfo>()
 }
 
 /// Marks the connection of a call as used: it is no longer closed for idleness.
@@ -167,7 +179,7 @@ pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
 /// An accepted connection: the stream, its slot among the connections (freed on drop) and its
 /// deadlines.
 pub struct Conn {
-    stream: TcpStream,
+    io: Io,
     _slot: OwnedSemaphorePermit,
     info: PeerInfo,
     /// Until the first call starts.
@@ -176,8 +188,23 @@ pub struct Conn {
     closing: Option<Pin<Box<Sleep>>>,
 }
 
+/// The bytes of a connection: plaintext TCP, or TLS over it, its handshake first.
+enum Io {
+    Plain(TcpStream),
+    /// Handshaking, driven by the first reads and writes.
+    Handshaking(Box<tokio_rustls::Accept<TcpStream>>),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// The handshake failed: nothing more to read or write.
+    Failed,
+}
+
 impl Conn {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, limits: &Limits) -> Self {
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        limits: &Limits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Self {
         let info = PeerInfo {
             remote: stream.peer_addr().ok(),
             state: Arc::default(),
@@ -185,8 +212,12 @@ impl Conn {
         let hard_age = limits
             .max_connection_age
             .saturating_add(limits.max_connection_age_grace);
+        let io = match tls {
+            None => Io::Plain(stream),
+            Some(config) => Io::Handshaking(Box::new(TlsAcceptor::from(config).accept(stream))),
+        };
         Conn {
-            stream,
+            io,
             _slot: slot,
             info,
             first_request: Some(Box::pin(tokio::time::sleep(limits.first_request_timeout))),
@@ -219,6 +250,68 @@ impl Conn {
         }
         Ok(())
     }
+
+    /// The stream to read and write, once the TLS handshake (if any) is done: drives it.
+    fn ready_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Ready<'_>>> {
+        if let Io::Handshaking(accept) = &mut self.io {
+            match ready!(Pin::new(&mut **accept).poll(cx)) {
+                Ok(stream) => self.io = Io::Tls(Box::new(stream)),
+                Err(e) => {
+                    tracing::debug!(remote = ?self.info.remote, error = %e, "TLS handshake failed");
+                    self.io = Io::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        Poll::Ready(match &mut self.io {
+            Io::Plain(stream) => Ok(Ready::Plain(stream)),
+            Io::Tls(stream) => Ok(Ready::Tls(stream)),
+            Io::Handshaking(_) | Io::Failed => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            )),
+        })
+    }
+}
+
+/// A stream ready for I/O.
+enum Ready<'a> {
+    Plain(&'a mut TcpStream),
+    Tls(&'a mut tokio_rustls::server::TlsStream<TcpStream>),
+}
+
+impl Ready<'_> {
+    fn read(self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Ready::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Ready::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+
+    fn write(self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Ready::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Ready::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn write_vectored(
+        self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Ready::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Ready::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn flush(self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Ready::Plain(s) => Pin::new(s).poll_flush(cx),
+            Ready::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
 }
 
 impl Connected for Conn {
@@ -237,7 +330,7 @@ impl AsyncRead for Conn {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.check(cx)?;
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        ready!(this.ready_io(cx))?.read(cx, buf)
     }
 }
 
@@ -249,7 +342,7 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.check(cx)?;
-        Pin::new(&mut this.stream).poll_write(cx, buf)
+        ready!(this.ready_io(cx))?.write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -259,18 +352,33 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.check(cx)?;
-        Pin::new(&mut this.stream).poll_write_vectored(cx, bufs)
+        ready!(this.ready_io(cx))?.write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        // Asked once, before any handshake is done: TCP and tokio-rustls's TLS streams both
+        // write vectored.
+        match &self.io {
+            Io::Plain(stream) => stream.is_write_vectored(),
+            Io::Handshaking(_) | Io::Tls(_) | Io::Failed => true,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+        ready!(self.get_mut().ready_io(cx))?.flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        match &mut self.get_mut().io {
+            Io::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            // TLS: close_notify, then the TCP shutdown.
+            Io::Tls(stream) => Pin::new(&mut **stream).poll_shutdown(cx),
+            // Mid-handshake: nothing of the session to close; the TCP half only.
+            Io::Handshaking(accept) => match accept.get_mut() {
+                Some(stream) => Pin::new(stream).poll_shutdown(cx),
+                None => Poll::Ready(Ok(())),
+            },
+            Io::Failed => Poll::Ready(Ok(())),
+        }
     }
 }

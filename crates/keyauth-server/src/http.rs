@@ -8,8 +8,9 @@
 //!   scanning's partner alerts (`github`): leaked keys revoke themselves.
 //!
 //! Served by axum on an accept loop of our own (hyper's HTTP/1.1 connections, plaintext or TLS
-//! with the gRPC port's certificate through tokio-rustls), started and drained by
-//! `server::run` alongside the gRPC server.
+//! with the gRPC port's certificate through tokio-rustls: the one in force at each accept, so
+//! a reloaded certificate serves new connections), started and drained by `server::run`
+//! alongside the gRPC server.
 
 mod console;
 mod github;
@@ -49,8 +50,9 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct HttpOptions {
     /// Bound by the caller; `run` serves a duplicate of it.
     pub listener: Arc<std::net::TcpListener>,
-    /// The server certificate (the gRPC port's `--tls-cert`/`--tls-key`); `None`: plaintext.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The server certificate (the gRPC port's `--tls-cert`/`--tls-key`, reloaded with it);
+    /// `None`: plaintext.
+    pub tls: Option<Arc<crate::tls::Reloading>>,
     /// The public keys GitHub signs its alerts with, re-read when their file changes; `None`:
     /// no webhook route.
     pub github_keys: Option<Arc<GithubKeys>>,
@@ -138,7 +140,7 @@ pub(crate) async fn serve(
     listener.set_nonblocking(true)?;
     let listener = TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
-    let tls = options.tls.clone().map(TlsAcceptor::from);
+    let tls = options.tls.clone();
     tracing::info!(
         %addr,
         tls = tls.is_some(),
@@ -176,7 +178,8 @@ pub(crate) async fn serve(
                 peer,
             )));
         let watcher = graceful.watcher();
-        let tls = tls.clone();
+        // The configuration in force now: a reload later leaves this connection as it is.
+        let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.http()));
         tokio::spawn(async move {
             let _slot = slot;
             let served = match tls {

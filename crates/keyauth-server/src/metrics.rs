@@ -42,6 +42,11 @@ pub const CONNECTIONS_REFUSED: &str = "keyauth_connections_refused_total";
 /// by `rpc`.
 pub const CALLS_SHED: &str = "keyauth_calls_shed_total";
 
+/// Changes of the TLS files judged (`--tls-reload-interval`), by `result`: `ok` (the new
+/// certificate is in force for new connections) or `error` (it cannot be used; the one in
+/// force is kept).
+pub const TLS_RELOADS: &str = "keyauth_tls_reloads_total";
+
 /// Leaked keys reported, by `channel` (`github`: the secret-scanning webhook; `rpc`:
 /// ReportExposedKeys) and `label`: `true_positive` (a key of this authority, revoked now or
 /// before) or `false_positive` (not a key, or not ours).
@@ -101,6 +106,15 @@ fn describe() {
         BACKGROUND_STORE_ERRORS,
         "Store errors of background tasks, by task"
     );
+    describe_counter!(
+        TLS_RELOADS,
+        "Changes of the TLS files judged, by result (ok, error)"
+    );
+}
+
+/// Records a change of the TLS files judged: `ok` or `error`.
+pub fn tls_reload(result: &'static str) {
+    ::metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
 }
 
 /// Records a store error of a background task.

@@ -26,7 +26,7 @@ use keyauth_proto::SERVICE_NAME;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tonic::transport::{Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tower_layer::Layer;
@@ -132,6 +132,9 @@ pub async fn start(
     })
 }
 
+/// How often the TLS files are checked for changes unless told otherwise.
+pub const DEFAULT_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often the gauges (hash pool, store pool, cache size) are sampled for the metrics.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -141,8 +144,12 @@ pub struct ServeOptions {
     pub usage_flush_interval: Duration,
     pub shutdown_grace: Duration,
     pub follow: FollowOptions,
-    /// TLS (and mTLS when it has a client CA); `None` serves plaintext.
-    pub tls: Option<ServerTlsConfig>,
+    /// TLS (and mTLS when it has a client CA), re-read from its files; `None` serves
+    /// plaintext.
+    pub tls: Option<Arc<crate::tls::Reloading>>,
+    /// How often the TLS files (of `tls` and of the HTTP listener's) are checked for changes;
+    /// zero: never.
+    pub tls_reload_interval: Duration,
     /// The operator token operator RPCs require (unset: they are refused).
     pub operators: OperatorAuth,
     /// The verifier token Verify, CheckPermission and ext_authz Check require, if configured.
@@ -164,6 +171,7 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(30),
             follow: FollowOptions::default(),
             tls: None,
+            tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
             operators: OperatorAuth::new(None),
             verifiers: OperatorAuth::verifier(None),
             limits: Limits::default(),
@@ -218,10 +226,8 @@ pub async fn run(
         options.ext_authz.clone(),
     ))
     .max_decoding_message_size(options.limits.max_request_bytes);
+    // TLS is not tonic's: `Incoming` hands out connections that do their own handshake.
     let mut builder = Server::builder();
-    if let Some(tls) = options.tls.clone() {
-        builder = builder.tls_config(tls).map_err(Error::internal)?;
-    }
 
     let probe = tokio::spawn(probe_store(
         authority.clone(),
@@ -240,6 +246,20 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let gauges = tokio::spawn(sample_gauges(authority.clone(), stop_rx.clone()));
+    // Each TLS source once (the HTTP listener's is the gRPC port's, except in tests).
+    let mut tls_sources: Vec<Arc<crate::tls::Reloading>> = Vec::new();
+    let http_tls = options.http.as_ref().and_then(|http| http.tls.as_ref());
+    for source in options.tls.iter().chain(http_tls) {
+        if !tls_sources.iter().any(|s| Arc::ptr_eq(s, source)) {
+            tls_sources.push(source.clone());
+        }
+    }
+    let tls_reloaders: Vec<_> = tls_sources
+        .into_iter()
+        .map(|source| {
+            tokio::spawn(source.keep_current(options.tls_reload_interval, stop_rx.clone()))
+        })
+        .collect();
     // One budget of calls in flight for both listeners.
     let limits_layer = LimitsLayer::new(options.limits);
     let http = options.http.clone().map(|http| {
@@ -291,6 +311,7 @@ pub async fn run(
         %http_addr,
         store = authority.store().backend(),
         tls = options.tls.is_some(),
+        tls_reload_interval = ?options.tls_reload_interval,
         "keyauth serving"
     );
     let limits = options.limits;
@@ -312,8 +333,8 @@ pub async fn run(
         .add_service(api)
         .add_service(ext_authz)
         // Our own accept loop: connection limit, back-off on accept errors, first-request
-        // deadline, hard close past the maximum age, TCP_NODELAY.
-        .serve_with_incoming_shutdown(Incoming::new(listener, limits), signal);
+        // deadline, hard close past the maximum age, TCP_NODELAY, TLS.
+        .serve_with_incoming_shutdown(Incoming::new(listener, limits, options.tls.clone()), signal);
     tokio::pin!(serve);
 
     // Serve until the shutdown signal; then give the drain at most the grace period.
@@ -336,6 +357,9 @@ pub async fn run(
     let _ = flusher.await;
     let _ = follower.await;
     let _ = gauges.await;
+    for reloader in tls_reloaders {
+        let _ = reloader.await;
+    }
     let http = match http {
         Some(task) => task.await.map_err(Error::internal)?,
         None => Ok(()),

@@ -35,7 +35,7 @@ async fn spawn_limited(limits: Limits) -> TestApp {
 
 /// Reads from `stream` until the server closes it; how long that took (`None`: still open
 /// after `within`).
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
+pub(crate) async fn closed_within(stream: &mut TcpStream, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut buf = [0u8; 1024];
     tokio::time::timeout(within, async {

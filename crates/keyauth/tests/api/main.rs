@@ -20,4 +20,5 @@ mod portal;
 mod process;
 mod roll_revoke;
 mod serving;
+mod tls;
 mod verify;

@@ -15,7 +15,7 @@ use crate::helpers::{Backend, assert_status, error_code, op, register_secret, sp
 
 /// One Verify of a garbage key over TLS: Ok(code of the denial) or the error, whether it
 /// happened at connect or at the call.
-async fn verify_over_tls(addr: &str, tls: ClientTlsConfig) -> Result<String, String> {
+pub(crate) async fn verify_over_tls(addr: &str, tls: ClientTlsConfig) -> Result<String, String> {
     let channel = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)

@@ -406,9 +406,10 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
             HttpOptions {
                 listener: Arc::new(listener),
                 tls: options.http_tls.as_ref().map(|(cert, key)| {
-                    keyauth_server::tls::http_server_config(Some(cert), Some(key))
+                    let tls = keyauth_server::tls::load(Some(cert), Some(key), None)
                         .expect("HTTP TLS settings")
-                        .expect("TLS")
+                        .expect("TLS");
+                    Arc::new(tls)
                 }),
                 github_keys: options
                     .github_keys
