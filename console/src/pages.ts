@@ -124,13 +124,22 @@ export async function keysPage(root: HTMLElement, app: string, params: URLSearch
   let loaded = 0;
   const next = more(load);
   const refresh = () => navigate(link.keys(app, env, stateFilter ?? ""));
+  // With a state filter, pages are read until a page's worth of matches is shown (at most
+  // 20 pages, 1,000 keys, per click): state is computed at read time, so the filter is applied
+  // here, to the pages read.
   async function load(): Promise<void> {
     try {
-      const answer = await api.listKeys({ applicationId: app, environment, pageSize: 50, pageToken });
-      pageToken = answer.nextPageToken;
+      let matched = 0;
+      for (let pages = 0; pages < 20; pages++) {
+        const answer = await api.listKeys({ applicationId: app, environment, pageSize: 50, pageToken });
+        pageToken = answer.nextPageToken;
+        loaded += answer.keys.length;
+        const rows = answer.keys.filter((k) => stateFilter === null || shownState(k) === stateFilter).map(row);
+        body.append(...rows);
+        matched += rows.length;
+        if (stateFilter === null || matched >= 50 || pageToken === "") break;
+      }
       next.hidden = pageToken === "";
-      loaded += answer.keys.length;
-      body.append(...answer.keys.filter((k) => stateFilter === null || shownState(k) === stateFilter).map(row));
       shown.textContent =
         `${plural(body.children.length, "key")} shown` +
         (stateFilter ? ` (${STATE_LABEL[stateFilter].toLowerCase()}, of ${loaded} loaded)` : "") +

@@ -235,6 +235,16 @@ test("revoke the old key with a reason and a confirmation", async () => {
   );
   assert.equal(verify(first.secret).valid, false);
   assert.equal(verify(first.secret).error.code, "api_key_revoked");
+
+  // The state filter: only the revoked key, then only the active one.
+  await page.getByLabel("State").selectOption({ label: "Revoked" });
+  await page.getByText("1 key shown (revoked, of 2 loaded).").waitFor();
+  assert.equal(await rowOf(second.id).count(), 0);
+  await page.getByLabel("State").selectOption({ label: "Active" });
+  await rowOf(second.id).waitFor();
+  assert.equal(await rowOf(first.id).count(), 0);
+  await page.getByLabel("State").selectOption({ label: "All states" });
+  await rowOf(first.id).waitFor();
 });
 
 test("the old key's page: its facts and its timeline", async () => {
