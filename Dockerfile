@@ -19,8 +19,8 @@ ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 # The whole workspace (see .dockerignore): Cargo.toml, Cargo.lock, crates/ (the migrations in
-# crates/keyauth-core/migrations and the console's built files in console/dist are compiled
-# into the binary) and proto/ (compiled by protox
+# crates/keyauth-core/migrations and the console's page, style and built script in console/
+# are compiled into the binary) and proto/ (compiled by protox
 # in a build script: no system protoc).
 COPY . .
 # Cache mounts: the crates.io registry and the target directory survive between builds, so a
@@ -49,8 +49,8 @@ USER 65532:65532
 # 50051: gRPC (KeyAuthorityService, grpc.health.v1, envoy.service.auth.v3.Authorization).
 # 9090: Prometheus /metrics, when started with --metrics-listen 0.0.0.0:9090.
 # 8081: the operator console and gRPC-Web (and the GitHub webhook), with --http-listen
-#       0.0.0.0:8081. The console's files are compiled into the binary (console/dist, built
-#       and committed; the image build needs no Node).
+#       0.0.0.0:8081. The console's files are compiled into the binary (its script built
+#       and committed in console/dist: the image build needs no Node).
 EXPOSE 50051 9090 8081
 # SIGTERM (docker stop, Kubernetes): NOT_SERVING, drain in-flight calls (--shutdown-grace,
 # 30s by default), exit 0. Give `docker stop` a longer timeout than that: docker stop -t 40.

@@ -1,8 +1,9 @@
-// Bundles the console into dist/ (committed; embedded in the keyauth binary): console.js from
-// src/main.ts, console.css and index.html copied. Deterministic for one lockfile: no source
-// map, no timestamp, no absolute path, so `.ci/console` can check dist/ matches the sources.
+// Bundles the console's script into dist/console.js (committed; compiled into the keyauth
+// binary beside index.html and console.css, which need no build). Deterministic for one
+// lockfile: no source map, no timestamp, no absolute path, so `.ci/console` can check that
+// dist/ matches the sources.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync } from "node:fs";
+import { mkdirSync } from "node:fs";
 
 mkdirSync("dist", { recursive: true });
 await build({
@@ -18,5 +19,3 @@ await build({
   charset: "utf8",
   logLevel: "warning",
 });
-copyFileSync("console.css", "dist/console.css");
-copyFileSync("index.html", "dist/index.html");

@@ -5,11 +5,17 @@ import { describe } from "./api";
 import { h } from "./dom";
 
 /** An error box: the sentence and the request id of a failed call (role=alert: read out at once). */
-export function errorBox(): { element: HTMLElement; show(e: unknown): void; clear(): void } {
+export interface ErrorBox {
+  element: HTMLElement;
+  /** An API error, or a sentence of the console's own. */
+  show(e: unknown): void;
+  clear(): void;
+}
+
+export function errorBox(): ErrorBox {
   const element = h("div", { class: "error", role: "alert", hidden: true });
   return {
     element,
-    /** An API error, or a sentence of the console's own. */
     show(e) {
       const { sentence, requestId } = typeof e === "string" ? { sentence: e, requestId: null } : describe(e);
       element.replaceChildren(

@@ -8,7 +8,7 @@ import { api } from "./api";
 import { catalog, permissionGrid, permissionSummary } from "./catalog";
 import { createKey, revokeKey, rollKey } from "./dialogs";
 import { h, replace } from "./dom";
-import { errorBox } from "./errors";
+import { type ErrorBox, errorBox } from "./errors";
 import { EVENT_LABEL, STATE_LABEL, type Shown, environmentName, plural, shownState, stateBadge, time } from "./format";
 import {
   type ApiKey,
@@ -38,8 +38,25 @@ function loading(): HTMLElement {
   return h("p", { class: "loading", role: "status" }, "Loading…");
 }
 
-/** A "Load more" button for a paged list; hidden on the last page. */
-function more(load: () => Promise<void>): HTMLButtonElement {
+/**
+ * A paged list: `page(token)` reads from `token` ("" first), shows what it read and returns the
+ * next page's token ("" on the last). `load` reads the next page (the first, at the start); the
+ * "Load more" button does the same and is hidden on the last page. A failed read shows in
+ * `errors`.
+ */
+function pager(
+  page: (pageToken: string) => Promise<string>,
+  errors: ErrorBox,
+): { button: HTMLButtonElement; load: () => Promise<void> } {
+  let pageToken = "";
+  const load = async () => {
+    try {
+      pageToken = await page(pageToken);
+      button.hidden = pageToken === "";
+    } catch (e) {
+      errors.show(e);
+    }
+  };
   const button = h("button", {
     type: "button",
     class: "more",
@@ -49,7 +66,7 @@ function more(load: () => Promise<void>): HTMLButtonElement {
       button.disabled = false;
     },
   }, "Load more");
-  return button;
+  return { button, load };
 }
 
 function counts(c: KeyCounts | undefined): string {
@@ -63,21 +80,14 @@ function counts(c: KeyCounts | undefined): string {
 export async function applicationsPage(root: HTMLElement): Promise<void> {
   const errors = errorBox();
   const body = h("tbody", {});
-  let pageToken = "";
-  const next = more(load);
-  async function load(): Promise<void> {
-    try {
-      const answer = await api.listApplications({ pageSize: 50, pageToken });
-      pageToken = answer.nextPageToken;
-      next.hidden = pageToken === "";
-      body.append(...answer.applications.map(row));
-      if (body.children.length === 0) {
-        body.append(h("tr", {}, h("td", { colspan: 3 }, "No application has keys yet. Create the first key.")));
-      }
-    } catch (e) {
-      errors.show(e);
+  const { button: next, load } = pager(async (pageToken) => {
+    const answer = await api.listApplications({ pageSize: 50, pageToken });
+    body.append(...answer.applications.map(row));
+    if (body.children.length === 0) {
+      body.append(h("tr", {}, h("td", { colspan: 3 }, "No application has keys yet. Create the first key.")));
     }
-  }
+    return answer.nextPageToken;
+  }, errors);
   const row = (app: ApplicationSummary) =>
     h(
       "tr",
@@ -120,34 +130,29 @@ export async function keysPage(root: HTMLElement, app: string, params: URLSearch
   const errors = errorBox();
   const body = h("tbody", {});
   const shown = h("p", { class: "count", role: "status" });
-  let pageToken = "";
   let loaded = 0;
-  const next = more(load);
   const refresh = () => navigate(link.keys(app, env, stateFilter ?? ""));
   // With a state filter, pages are read until a page's worth of matches is shown (at most
   // 20 pages, 1,000 keys, per click): state is computed at read time, so the filter is applied
   // here, to the pages read.
-  async function load(): Promise<void> {
-    try {
-      let matched = 0;
-      for (let pages = 0; pages < 20; pages++) {
-        const answer = await api.listKeys({ applicationId: app, environment, pageSize: 50, pageToken });
-        pageToken = answer.nextPageToken;
-        loaded += answer.keys.length;
-        const rows = answer.keys.filter((k) => stateFilter === null || shownState(k) === stateFilter).map(row);
-        body.append(...rows);
-        matched += rows.length;
-        if (stateFilter === null || matched >= 50 || pageToken === "") break;
-      }
-      next.hidden = pageToken === "";
-      shown.textContent =
-        `${plural(body.children.length, "key")} shown` +
-        (stateFilter ? ` (${STATE_LABEL[stateFilter].toLowerCase()}, of ${loaded} loaded)` : "") +
-        (pageToken ? "; more below." : ".");
-    } catch (e) {
-      errors.show(e);
+  const { button: next, load } = pager(async (from) => {
+    let pageToken = from;
+    let matched = 0;
+    for (let pages = 0; pages < 20; pages++) {
+      const answer = await api.listKeys({ applicationId: app, environment, pageSize: 50, pageToken });
+      pageToken = answer.nextPageToken;
+      loaded += answer.keys.length;
+      const rows = answer.keys.filter((k) => stateFilter === null || shownState(k) === stateFilter).map(row);
+      body.append(...rows);
+      matched += rows.length;
+      if (stateFilter === null || matched >= 50 || pageToken === "") break;
     }
-  }
+    shown.textContent =
+      `${plural(body.children.length, "key")} shown` +
+      (stateFilter ? ` (${STATE_LABEL[stateFilter].toLowerCase()}, of ${loaded} loaded)` : "") +
+      (pageToken ? "; more below." : ".");
+    return pageToken;
+  }, errors);
   const row = (key: ApiKey) => {
     const over = key.state !== KeyState.ACTIVE;
     return h(
@@ -381,33 +386,26 @@ export async function auditPage(root: HTMLElement, params: URLSearchParams): Pro
   const chosen = EVENT_TYPES.find((t) => KeyEventType[t].toLowerCase() === params.get("type")) ?? null;
   const errors = errorBox();
   const body = h("tbody", {});
-  let pageToken = "";
-  const next = more(load);
-  async function load(): Promise<void> {
-    try {
-      const answer = await api.listKeyEvents({ pageSize: 100, pageToken, types: chosen === null ? [] : [chosen] });
-      pageToken = answer.nextPageToken;
-      next.hidden = pageToken === "";
-      body.append(
-        ...answer.events.map((event) =>
-          h(
-            "tr",
-            {},
-            h("td", {}, time(event.eventTime)),
-            h("td", {}, EVENT_LABEL[event.type]),
-            h("td", {}, event.keyId ? h("a", { href: link.key(event.keyId) }, event.keyId) : "—"),
-            h("td", {}, event.applicationId || "—"),
-            h("td", {}, who(event) || "—"),
-            h("td", {}, eventDetails(event)),
-            h("td", {}, event.requestId ? h("code", {}, event.requestId) : "—"),
-          ),
+  const { button: next, load } = pager(async (pageToken) => {
+    const answer = await api.listKeyEvents({ pageSize: 100, pageToken, types: chosen === null ? [] : [chosen] });
+    body.append(
+      ...answer.events.map((event) =>
+        h(
+          "tr",
+          {},
+          h("td", {}, time(event.eventTime)),
+          h("td", {}, EVENT_LABEL[event.type]),
+          h("td", {}, event.keyId ? h("a", { href: link.key(event.keyId) }, event.keyId) : "—"),
+          h("td", {}, event.applicationId || "—"),
+          h("td", {}, who(event) || "—"),
+          h("td", {}, eventDetails(event)),
+          h("td", {}, event.requestId ? h("code", {}, event.requestId) : "—"),
         ),
-      );
-      if (body.children.length === 0) body.append(h("tr", {}, h("td", { colspan: 7 }, "No events.")));
-    } catch (e) {
-      errors.show(e);
-    }
-  }
+      ),
+    );
+    if (body.children.length === 0) body.append(h("tr", {}, h("td", { colspan: 7 }, "No events.")));
+    return answer.nextPageToken;
+  }, errors);
   const filter = h(
     "select",
     { id: "type-filter", onchange: () => navigate(link.audit(filter.value)) },

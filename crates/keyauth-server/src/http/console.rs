@@ -1,5 +1,5 @@
-//! The operator console's page: three files built from `console/` (TypeScript, bundled by
-//! esbuild; see console/README.md) and compiled into the binary, so serving it needs neither
+//! The operator console's page: three files of `console/` (the page, its style, and its script
+//! bundled from TypeScript by esbuild; see console/README.md) compiled into the binary, so serving it needs neither
 //! Node nor a file on disk. The page calls the key authority service over gRPC-Web on the same
 //! origin (the routes `server::start` adds beside these), with the operator token the operator
 //! pastes: this module serves files only and holds no secret.
@@ -12,9 +12,9 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-const INDEX_HTML: &[u8] = include_bytes!("../../../../console/dist/index.html");
+const INDEX_HTML: &[u8] = include_bytes!("../../../../console/index.html");
 const CONSOLE_JS: &[u8] = include_bytes!("../../../../console/dist/console.js");
-const CONSOLE_CSS: &[u8] = include_bytes!("../../../../console/dist/console.css");
+const CONSOLE_CSS: &[u8] = include_bytes!("../../../../console/console.css");
 
 /// The Content-Security-Policy of every console answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \

@@ -1,6 +1,7 @@
 //! The `keyauth` binary itself: configuration errors, and SIGTERM draining in-flight calls.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -73,16 +74,13 @@ fn bad_settings_exit_2_naming_the_setting() {
             .collect()
     };
     let mut cases = cases;
-    // The HTTP listener: each flag needs the other; an unusable keys file; a busy port.
+    // The HTTP listener: the keys need a listener (a listener alone serves the console); an
+    // unusable keys file; a busy port.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy = busy.local_addr().unwrap().to_string();
     let github = crate::exposed::Github::new();
     let keys = github.keys_file().display().to_string();
     cases.extend([
-        (
-            tls(&[("--http-listen", "127.0.0.1:0")]),
-            "--github-scanning-keys",
-        ),
         (tls(&[("--github-scanning-keys", &keys)]), "--http-listen"),
         (
             tls(&[
@@ -130,12 +128,24 @@ fn bad_settings_exit_2_naming_the_setting() {
         ),
     ]);
     for (args, setting) in cases {
-        let out = keyauth()
+        let mut child = keyauth()
             .arg("serve")
             .args(["--database", &db, "--listen", "127.0.0.1:0"])
             .args(&args)
-            .output()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
+        // A setting that is not refused starts a server: fail instead of waiting for it.
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{args:?}: the server started instead of refusing {setting}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(setting), "{args:?}: {stderr}");
@@ -164,16 +174,7 @@ async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
         ],
     );
     // The one start-up line names both listeners.
-    let http_addr: std::net::SocketAddr = server
-        .serving
-        .split("http_addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let http_addr: std::net::SocketAddr = server.http_addr().parse().unwrap();
     let mut client = server.client().await;
     let issued = client
         .issue_key(op(standard("app_1", pb::Environment::Live)))

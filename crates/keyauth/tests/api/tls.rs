@@ -181,15 +181,7 @@ async fn a_new_certificate_serves_new_connections_without_a_restart() {
         ],
     );
     let addr = server.addr.clone();
-    let http_addr = server
-        .serving
-        .split("http_addr=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let http_addr = server.http_addr();
     let pid = server.child.id();
     let cas = [pki_a.ca_pem.as_str(), pki_b.ca_pem.as_str()];
     let (a, b) = (der(&pki_a.server_cert), der(&pki_b.server_cert));

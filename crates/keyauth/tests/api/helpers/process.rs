@@ -41,6 +41,15 @@ pub(crate) fn wait_for_line(lines: &mpsc::Receiver<String>, needle: &str) -> Str
     }
 }
 
+/// The value after ` name` in a log line (the first `name` when it opens the line's fields).
+fn field(line: &str, name: &str) -> String {
+    line.split(&format!(" {name}"))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .to_owned()
+}
+
 /// A `keyauth serve` child process on a free port.
 pub(crate) struct ServerProcess {
     pub child: Child,
@@ -63,19 +72,18 @@ impl ServerProcess {
             .unwrap();
         let lines = log_lines(&mut child);
         let serving = wait_for_line(&lines, "keyauth serving");
-        let addr = serving
-            .split("addr=")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
+        let addr = field(&serving, "addr=");
         ServerProcess {
-            addr: addr.to_owned(),
+            addr,
             serving: serving.clone(),
             child,
             lines,
         }
+    }
+
+    /// The HTTP listener's address, from the `keyauth serving` line (`off` without one).
+    pub(crate) fn http_addr(&self) -> String {
+        field(&self.serving, "http_addr=")
     }
 
     pub(crate) async fn client(&self) -> KeyAuthorityServiceClient<tonic::transport::Channel> {
