@@ -89,5 +89,3 @@ export function describe(e: unknown): { sentence: string; requestId: string | nu
   })();
   return { sentence, requestId };
 }
-
-export { Code, ConnectError };
