@@ -35,7 +35,9 @@ use crate::connections::Incoming;
 use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
-use crate::service::{KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, WatchOptions};
+use crate::service::{
+    KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, TokenGateLayer, WatchOptions,
+};
 
 /// How the `Authority` is made: everything but the store and the clock.
 #[derive(Clone, Debug)]
@@ -219,6 +221,8 @@ pub async fn run(
         .with_watch(options.watch.clone(), stop_rx.clone()),
     )
     .max_decoding_message_size(options.limits.max_request_bytes);
+    // Tokens checked from the headers, before the body is read (see `service::gate`).
+    let api = TokenGateLayer::new(options.operators.clone(), options.verifiers.clone()).layer(api);
     // envoy-types ships no file descriptor set, so reflection does not list this service.
     let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
         authority.clone(),

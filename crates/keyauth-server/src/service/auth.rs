@@ -78,12 +78,15 @@ impl OperatorAuth {
     /// Checks the call's token; returns the operator's non-secret id (`op_` and 12 hex digits
     /// of the token's SHA-256), kept in the audit trail and scoping idempotency keys.
     pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<String, Error> {
+        self.check_value(metadata.get("authorization").and_then(|v| v.to_str().ok()))
+    }
+
+    /// [`Self::check`] of an `authorization` header's value.
+    pub(crate) fn check_value(&self, authorization: Option<&str>) -> Result<String, Error> {
         let Some(expected) = &self.token_digest else {
             return Err((self.role.deny)(self.role.disabled));
         };
-        let presented = metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
+        let presented = authorization
             .and_then(|v| {
                 v.get(..7)
                     .filter(|s| s.eq_ignore_ascii_case("bearer "))

@@ -3,12 +3,9 @@
 //! the caller's deadline, the error mapping and the metrics; and the one sequence of an
 //! idempotent change.
 //!
-//! The tokens are checked here, after tonic has decoded the request message, not in a tower
-//! layer before the body is read: the generated service decodes the body before it calls the
-//! handler, and moving the check into `limits` would split the refusal (its audit counting,
-//! its status details, the request id and span) from the call plumbing that owns them. What
-//! an unauthenticated caller can make the server read is bounded by `--max-request-bytes`
-//! and `--request-timeout`, and decoding costs no I/O.
+//! The tokens are checked by `gate` from the headers, before the body is read; a refused call
+//! still comes here (with an empty message instead of its unread body), so that its refusal,
+//! audit counting, request id, span and metrics are this module's, as for any call.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +19,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::KeyAuthorityApi;
+use super::gate::{Admitted, authorization};
 use crate::status;
 
 pub(crate) const REQUEST_ID: &str = "x-request-id";
@@ -64,7 +62,7 @@ impl KeyAuthorityApi {
         &self,
         method: &'static str,
         access: Access,
-        request: Request<Req>,
+        mut request: Request<Req>,
         work: F,
     ) -> Result<Response<Res>, Status>
     where
@@ -91,46 +89,36 @@ impl KeyAuthorityApi {
                     .then(|| crate::connections::remote_addr(&request).map(|a| a.to_string()))
                     .flatten(),
             };
+            debug_assert_eq!(super::gate::access_of(method), Some(access), "{method}");
+            // Admitted by the gate from the headers (see `gate`), or checked here.
+            let admitted = match request.extensions_mut().remove::<Admitted>() {
+                Some(Admitted(operator)) => Ok(operator),
+                None => self.tokens.admit(access, authorization(&request)),
+            };
+            match admitted {
+                Ok(operator) => provenance.operator = operator,
+                Err(refused) if access == Access::Operator => {
+                    // Counted in memory, written in aggregate by the housekeeping task: a
+                    // refused call writes nothing itself.
+                    let peer =
+                        crate::connections::remote_addr(&request).map(|a| a.ip().to_string());
+                    return Err(self.authority.note_auth_failure(
+                        peer.as_deref(),
+                        Some(&request_id),
+                        refused,
+                    ));
+                }
+                // Not counted as a failed operator call (GetCatalog answers with the
+                // verifier's refusal).
+                Err(refused) => return Err(refused),
+            }
             let idempotency_key = match access {
-                Access::Operator => {
-                    match self.operators.check(request.metadata()) {
-                        Ok(operator) => provenance.operator = Some(operator),
-                        Err(refused) => {
-                            // Counted in memory, written in aggregate by the housekeeping
-                            // task: a refused call writes nothing itself.
-                            let peer = crate::connections::remote_addr(&request)
-                                .map(|a| a.ip().to_string());
-                            return Err(self.authority.note_auth_failure(
-                                peer.as_deref(),
-                                Some(&request_id),
-                                refused,
-                            ));
-                        }
-                    }
-                    request
-                        .metadata()
-                        .get(sealing::HEADER)
-                        .map(|v| IdempotencyKey::parse(v.as_bytes()))
-                        .transpose()?
-                }
-                Access::Verifier => {
-                    if self.verifiers.is_configured() {
-                        self.verifiers.check(request.metadata())?;
-                    }
-                    None
-                }
-                Access::VerifierOrOperator => {
-                    if self.verifiers.is_configured()
-                        && let Err(refused) = self.verifiers.check(request.metadata())
-                    {
-                        // Not the verifier token: the operator token will do. Refused with the
-                        // verifier's answer (not counted as a failed operator call).
-                        self.operators
-                            .check(request.metadata())
-                            .map_err(|_| refused)?;
-                    }
-                    None
-                }
+                Access::Operator => request
+                    .metadata()
+                    .get(sealing::HEADER)
+                    .map(|v| IdempotencyKey::parse(v.as_bytes()))
+                    .transpose()?,
+                Access::Verifier | Access::VerifierOrOperator => None,
             };
             let call = Call {
                 method,

@@ -1,6 +1,7 @@
 //! The gRPC face of the authority, split by job:
 //!
 //! - `auth`: the operator and verifier tokens;
+//! - `gate`: the token check made from the headers, before the body is read;
 //! - `call`: the per-call plumbing (request id, span, token check, deadline, error mapping,
 //!   metrics) and the one sequence of an idempotent change;
 //! - `handlers`: one `Authority` call per RPC, translated through `wire`;
@@ -8,6 +9,7 @@
 
 mod auth;
 pub(crate) mod call;
+mod gate;
 mod handlers;
 mod watch;
 
@@ -18,12 +20,12 @@ use keyauth_core::Authority;
 pub use watch::WatchOptions;
 
 pub use auth::OperatorAuth;
+pub use gate::{TokenGate, TokenGateLayer};
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
 
 pub struct KeyAuthorityApi {
     authority: Arc<Authority>,
-    operators: OperatorAuth,
-    verifiers: OperatorAuth,
+    tokens: gate::Tokens,
     watch: watch::Watchers,
 }
 
@@ -36,8 +38,10 @@ impl KeyAuthorityApi {
     ) -> Self {
         KeyAuthorityApi {
             authority,
-            operators,
-            verifiers,
+            tokens: gate::Tokens {
+                operators,
+                verifiers,
+            },
             watch: watch::Watchers::new(WatchOptions::default(), None),
         }
     }

@@ -117,9 +117,16 @@ impl KeyAuthorityApi {
         &self,
         request: Request<pb::WatchKeyChangesRequest>,
     ) -> Result<ChangeStream, Status> {
-        if self.verifiers.is_configured() {
-            self.verifiers
-                .check(request.metadata())
+        if request
+            .extensions()
+            .get::<super::gate::Admitted>()
+            .is_none()
+        {
+            self.tokens
+                .admit(
+                    super::call::Access::Verifier,
+                    super::gate::authorization(&request),
+                )
                 .map_err(status::from_error)?;
         }
         let resume = request.into_inner().after_revision;

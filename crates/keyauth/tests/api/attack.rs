@@ -457,3 +457,95 @@ async fn keys_issued_during_a_filter_rebuild_are_kept(backend: Backend) {
     }
     app.stop().await;
 }
+
+/// A call on a raw HTTP/2 connection whose body announces a 200 KB message and never sends
+/// it: (the answer's headers, if one came within `wait`).
+async fn unfinished_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    authorization: &str,
+    wait: std::time::Duration,
+) -> Option<hyper::HeaderMap> {
+    use http_body_util::StreamBody;
+    use hyper::body::{Bytes, Frame};
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    // The gRPC frame header of a 200,000-byte message, then nothing.
+    let announced = 200_000u32.to_be_bytes();
+    tx.send(Ok(Frame::data(Bytes::from(vec![
+        0,
+        announced[0],
+        announced[1],
+        announced[2],
+        announced[3],
+    ]))))
+    .await
+    .unwrap();
+    let request = hyper::Request::post(format!(
+        "http://{addr}/keyauth.v1.KeyAuthorityService/{method}"
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .header("authorization", authorization)
+    .body(StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ))
+    .unwrap();
+    let answer = tokio::time::timeout(wait, sender.send_request(request)).await;
+    drop(tx);
+    answer.ok().map(|r| r.unwrap().headers().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_is_answered_from_its_headers_before_its_body_is_read() {
+    let app = spawn_with(
+        Backend::Sqlite,
+        Options {
+            verifier_token: Some("verifier-token-of-the-test".into()),
+            limits: keyauth_server::limits::Limits {
+                request_timeout: std::time::Duration::from_secs(60),
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await
+    .unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    for (method, code) in [
+        ("IssueKey", "16"),
+        ("ListKeys", "16"),
+        ("Verify", "16"),
+        ("GetCatalog", "16"),
+    ] {
+        let headers = unfinished_call(app.addr, method, "Bearer wrong", wait)
+            .await
+            .unwrap_or_else(|| panic!("{method}: a wrong token waited for the body"));
+        assert_eq!(headers["grpc-status"], code, "{method}: {headers:?}");
+        assert!(headers.contains_key("x-request-id"), "{method}");
+    }
+    // The operator's refusals were counted as any refused operator call (IssueKey, ListKeys).
+    assert_eq!(app.authority.flush_auth_failures().await.unwrap(), 2);
+
+    // Admitted, the same call waits for its body (here: until the client gives up).
+    let admitted = unfinished_call(
+        app.addr,
+        "IssueKey",
+        &format!("Bearer {ADMIN_TOKEN}"),
+        std::time::Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        admitted.is_none(),
+        "answered without its body: {admitted:?}"
+    );
+    app.stop().await;
+}
