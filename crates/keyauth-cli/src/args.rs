@@ -271,8 +271,30 @@ pub struct ListArgs {
     #[arg(long, value_enum)]
     pub env: Option<Env>,
 
+    /// Only keys in this state (repeatable; at the time of the call).
+    #[arg(long = "state", value_enum)]
+    pub states: Vec<State>,
+
     #[command(flatten)]
     pub page: PageArgs,
+}
+
+/// A key's state, as `--state` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum State {
+    Active,
+    Expired,
+    Revoked,
+}
+
+impl State {
+    pub(crate) fn pb(self) -> pb::KeyState {
+        match self {
+            State::Active => pb::KeyState::Active,
+            State::Expired => pb::KeyState::Expired,
+            State::Revoked => pb::KeyState::Revoked,
+        }
+    }
 }
 
 /// Paging of a listing.

@@ -292,6 +292,7 @@ pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
                 environment: a.env.map_or(pb::Environment::Unspecified, Env::pb).into(),
                 page_size: a.page.page_size.unwrap_or(0),
                 page_token: a.page.page_token.clone().unwrap_or_default(),
+                states: a.states.iter().map(|s| s.pb().into()).collect(),
             },
             all: a.page.all,
         },

@@ -16,14 +16,15 @@ use crate::hashing::Hasher;
 use crate::key::{KeyIdOf, PresentedKey};
 use crate::key_filter::{KeyFilter, ProbeBudget};
 use crate::model::{
-    ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions, Verdict,
+    ApplicationId, Environment, KeyId, KeyRecord, KeyState, KeyStates, Metadata, Permissions,
+    Verdict,
 };
 use crate::model::{REASON_MAX, check_text};
 use crate::paging::PageTokens;
 use crate::sealing::{IdempotencyKey, Sealer};
 use crate::store::{
     ApplicationSummary, AuditEvent, Changed, Cursor, EventFilter, EventQuery, Exposed, Exposure,
-    IdempotentWrite, KeyUpdate, Provenance, Rolled, Store, Updated,
+    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Store, Updated,
 };
 use crate::usage::UsageRecorder;
 
@@ -586,6 +587,7 @@ impl Authority {
         &self,
         application: &ApplicationId,
         environment: Option<Environment>,
+        states: KeyStates,
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<KeyRecord>, String), Error> {
@@ -595,11 +597,19 @@ impl Authority {
         };
         let cursor = match page_token {
             "" => None,
-            token => Some(self.page_tokens.open(application, environment, token)?),
+            token => Some(
+                self.page_tokens
+                    .open(application, environment, states, token)?,
+            ),
+        };
+        let listing = KeyListing {
+            environment,
+            states,
+            now: self.now(),
         };
         let mut keys = self
             .store
-            .list_keys(application, environment, cursor.as_ref(), size + 1)
+            .list_keys(application, &listing, cursor.as_ref(), size + 1)
             .await?;
         let next = if keys.len() > size as usize {
             keys.truncate(size as usize);
@@ -608,7 +618,8 @@ impl Authority {
                 create_time: last.create_time,
                 id: last.id.clone(),
             };
-            self.page_tokens.issue(application, environment, &cursor)
+            self.page_tokens
+                .issue(application, environment, states, &cursor)
         } else {
             String::new()
         };

@@ -2,7 +2,7 @@
 //! tokens. Not an API: hidden from the docs, and nothing in the workspace calls it.
 
 use crate::clock::Timestamp;
-use crate::model::{ApplicationId, Environment, KeyId};
+use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::paging::PageTokens;
 use crate::store::Cursor;
 
@@ -12,10 +12,13 @@ use crate::store::Cursor;
 pub fn page_tokens(key: &[u8], token: &str) {
     let tokens = PageTokens::new(key.to_vec());
     let app = ApplicationId::parse("app_fuzz", "application_id").expect("a valid id");
+    let revoked = KeyStates::of([KeyState::Revoked]);
     for env in [None, Some(Environment::Live)] {
-        if let Ok(cursor) = tokens.open(&app, env, token) {
-            let again = tokens.issue(&app, env, &cursor);
-            assert_eq!(tokens.open(&app, env, &again).ok(), Some(cursor));
+        for states in [KeyStates::ALL, revoked] {
+            if let Ok(cursor) = tokens.open(&app, env, states, token) {
+                let again = tokens.issue(&app, env, states, &cursor);
+                assert_eq!(tokens.open(&app, env, states, &again).ok(), Some(cursor));
+            }
         }
     }
     if let Ok(before) = tokens.open_events("key:key_fuzzfuzzfuzz", token) {
@@ -35,9 +38,17 @@ pub fn page_tokens(key: &[u8], token: &str) {
         create_time: Timestamp::from_micros(micros),
         id: KeyId::parse("key_fuzzfuzzfuzz", "id").expect("a valid id"),
     };
-    let issued = tokens.issue(&app, None, &cursor);
-    assert_eq!(tokens.open(&app, None, &issued).ok(), Some(cursor));
-    assert!(tokens.open(&app, Some(Environment::Test), &issued).is_err());
+    let issued = tokens.issue(&app, None, KeyStates::ALL, &cursor);
+    assert_eq!(
+        tokens.open(&app, None, KeyStates::ALL, &issued).ok(),
+        Some(cursor)
+    );
+    assert!(
+        tokens
+            .open(&app, Some(Environment::Test), KeyStates::ALL, &issued)
+            .is_err()
+    );
+    assert!(tokens.open(&app, None, revoked, &issued).is_err());
 }
 
 #[cfg(test)]

@@ -243,6 +243,42 @@ pub enum KeyState {
     Revoked,
 }
 
+/// A set of key states (a ListKeys filter); empty: every state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyStates(u8);
+
+impl KeyStates {
+    /// Every state: no filter.
+    pub const ALL: KeyStates = KeyStates(0);
+
+    pub fn of(states: impl IntoIterator<Item = KeyState>) -> Self {
+        KeyStates(
+            states
+                .into_iter()
+                .fold(0, |bits, state| bits | Self::bit(state)),
+        )
+    }
+
+    fn bit(state: KeyState) -> u8 {
+        match state {
+            KeyState::Active => 1,
+            KeyState::Expired => 2,
+            KeyState::Revoked => 4,
+        }
+    }
+
+    /// Whether the set holds `state` (the empty set holds every state).
+    pub fn contains(self, state: KeyState) -> bool {
+        self.0 == 0 || self.0 & Self::bit(state) != 0
+    }
+
+    /// The set as the store's filter parameter: bit 1 active, 2 expired, 4 revoked; 0 every
+    /// state.
+    pub fn bits(self) -> i64 {
+        i64::from(self.0)
+    }
+}
+
 /// Everything the store keeps about a key. The secret is only there as an argon2id hash.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KeyRecord {

@@ -9,7 +9,7 @@ use sha2::Sha256;
 
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::model::{ApplicationId, Environment, KeyId};
+use crate::model::{ApplicationId, Environment, KeyId, KeyStates};
 use crate::store::Cursor;
 
 const TAG_LEN: usize = 16;
@@ -61,27 +61,39 @@ impl PageTokens {
         Ok(payload)
     }
 
-    fn key_scope(app: &ApplicationId, env: Option<Environment>) -> String {
-        format!(
+    fn key_scope(app: &ApplicationId, env: Option<Environment>, states: KeyStates) -> String {
+        let scope = format!(
             "keys\0{}\0{}",
             app.as_str(),
             env.map_or("", Environment::as_str)
-        )
+        );
+        // Unfiltered tokens keep the scope they had before the state filter existed.
+        match states {
+            KeyStates::ALL => scope,
+            states => format!("{scope}\0{}", states.bits()),
+        }
     }
 
     /// ListKeys: resumes after `cursor`, for these filters only.
-    pub fn issue(&self, app: &ApplicationId, env: Option<Environment>, cursor: &Cursor) -> String {
+    pub fn issue(
+        &self,
+        app: &ApplicationId,
+        env: Option<Environment>,
+        states: KeyStates,
+        cursor: &Cursor,
+    ) -> String {
         let payload = format!("{}.{}", cursor.create_time.as_micros(), cursor.id.as_str());
-        self.seal(&Self::key_scope(app, env), &payload)
+        self.seal(&Self::key_scope(app, env, states), &payload)
     }
 
     pub fn open(
         &self,
         app: &ApplicationId,
         env: Option<Environment>,
+        states: KeyStates,
         token: &str,
     ) -> Result<Cursor, Error> {
-        let payload = self.unseal(&Self::key_scope(app, env), token)?;
+        let payload = self.unseal(&Self::key_scope(app, env, states), token)?;
         let (time, id) = payload.split_once('.').ok_or(Error::InvalidPageToken)?;
         let create_time = time.parse::<i64>().map_err(|_| Error::InvalidPageToken)?;
         let id = KeyId::parse(id, "page_token").map_err(|_| Error::InvalidPageToken)?;
@@ -125,31 +137,46 @@ mod tests {
             create_time: Timestamp::from_micros(42),
             id: KeyId::parse("key_ABCDEFGHIJKL", "k").unwrap(),
         };
-        let token = tokens.issue(&app, None, &cursor);
-        assert_eq!(tokens.open(&app, None, &token).unwrap(), cursor);
+        let token = tokens.issue(&app, None, KeyStates::ALL, &cursor);
+        assert_eq!(
+            tokens.open(&app, None, KeyStates::ALL, &token).unwrap(),
+            cursor
+        );
         let other = ApplicationId::parse("other", "a").unwrap();
-        assert!(tokens.open(&other, None, &token).is_err());
-        assert!(tokens.open(&app, Some(Environment::Live), &token).is_err());
+        assert!(tokens.open(&other, None, KeyStates::ALL, &token).is_err());
+        assert!(
+            tokens
+                .open(&app, Some(Environment::Live), KeyStates::ALL, &token)
+                .is_err()
+        );
+        let revoked = KeyStates::of([crate::model::KeyState::Revoked]);
+        assert!(tokens.open(&app, None, revoked, &token).is_err());
+        let filtered = tokens.issue(&app, None, revoked, &cursor);
+        assert_eq!(tokens.open(&app, None, revoked, &filtered).unwrap(), cursor);
+        assert!(tokens.open(&app, None, KeyStates::ALL, &filtered).is_err());
         let forged = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode("1.key_ABCDEFGHIJKL"),
             "AAAA"
         );
         for bad in ["", ".", "garbage", "a.b", forged.as_str(), &token[1..]] {
-            assert!(tokens.open(&app, None, bad).is_err(), "{bad:?}");
+            assert!(
+                tokens.open(&app, None, KeyStates::ALL, bad).is_err(),
+                "{bad:?}"
+            );
         }
         let other_key = PageTokens::new(b"j".repeat(32));
-        assert!(other_key.open(&app, None, &token).is_err());
+        assert!(other_key.open(&app, None, KeyStates::ALL, &token).is_err());
         let events = tokens.issue_events("key_ABCDEFGHIJKL", 42);
         assert_eq!(tokens.open_events("key_ABCDEFGHIJKL", &events).unwrap(), 42);
         assert!(tokens.open_events("app", &events).is_err());
         assert!(
-            tokens.open(&app, None, &events).is_err(),
+            tokens.open(&app, None, KeyStates::ALL, &events).is_err(),
             "an events token is no keys token"
         );
         let apps = tokens.issue_applications(&app);
         assert_eq!(tokens.open_applications(&apps).unwrap(), app);
         assert!(tokens.open_applications(&events).is_err());
-        assert!(tokens.open(&app, None, &apps).is_err());
+        assert!(tokens.open(&app, None, KeyStates::ALL, &apps).is_err());
     }
 }

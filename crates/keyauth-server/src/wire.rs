@@ -7,10 +7,10 @@ use keyauth_core::Error;
 use keyauth_core::authority::{ExposureOutcome, NewKey};
 use keyauth_core::catalog::{Catalog, RequestedPermission};
 use keyauth_core::clock::Timestamp;
-use keyauth_core::model::KeyId;
 use keyauth_core::model::{
     ApplicationId, Denial, Environment, KeyRecord, KeyState, Verdict, check_metadata, parse_name,
 };
+use keyauth_core::model::{KeyId, KeyStates};
 use keyauth_core::store::{ApplicationSummary, AuditEvent, EventKind, KeyCounts, KeyUpdate};
 use keyauth_proto as pb;
 
@@ -24,6 +24,26 @@ pub fn environment_in(value: i32, field: &str) -> Result<Option<Environment>, Er
             format!("{value} is not an Environment (use ENVIRONMENT_TEST or ENVIRONMENT_LIVE)"),
         )),
     }
+}
+
+/// ListKeys' `states`: each a `KeyState` other than UNSPECIFIED; none for every state.
+pub fn states_in(values: &[i32], field: &str) -> Result<KeyStates, Error> {
+    let states = values
+        .iter()
+        .map(|&value| match pb::KeyState::try_from(value) {
+            Ok(pb::KeyState::Active) => Ok(KeyState::Active),
+            Ok(pb::KeyState::Expired) => Ok(KeyState::Expired),
+            Ok(pb::KeyState::Revoked) => Ok(KeyState::Revoked),
+            _ => Err(Error::invalid(
+                field,
+                format!(
+                    "{value} is not a key state (use KEY_STATE_ACTIVE, KEY_STATE_EXPIRED or \
+                     KEY_STATE_REVOKED)"
+                ),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KeyStates::of(states))
 }
 
 pub fn required_environment(value: i32, field: &str) -> Result<Environment, Error> {

@@ -17,7 +17,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
+use crate::model::{
+    ApplicationId, Environment, KeyId, KeyRecord, KeyStates, Metadata, Permissions,
+};
 
 pub use sql::{Backend, SqlStore};
 
@@ -248,6 +250,16 @@ pub enum Exposed {
     NotFound,
 }
 
+/// What ListKeys lists of an application's keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyListing {
+    /// Only this environment's keys; `None`: both.
+    pub environment: Option<Environment>,
+    /// Only keys in these states at `now`.
+    pub states: KeyStates,
+    pub now: Timestamp,
+}
+
 /// Where ListKeys resumes: strictly older than this (create_time, id).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Cursor {
@@ -334,11 +346,12 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> Result<Vec<ApplicationSummary>, Error>;
 
-    /// Keys of an application, newest first, after `cursor`.
+    /// Keys of an application, newest first, after `cursor`; only those of `environment` (if
+    /// given) and in `states` at `now`.
     async fn list_keys(
         &self,
         application: &ApplicationId,
-        environment: Option<Environment>,
+        listing: &KeyListing,
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, Error>;

@@ -18,7 +18,7 @@ use sqlx::{
 use super::{
     ApplicationSummary, AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter,
     EventKind, EventQuery, Exposed, Exposure, IdempotencyRecord, IdempotentWrite, KeyCounts,
-    KeyEvent, KeyUpdate, Provenance, Rolled, Store, Updated,
+    KeyEvent, KeyListing, KeyUpdate, Provenance, Rolled, Store, Updated,
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
@@ -43,14 +43,16 @@ const INSERT_KEY: &str = "INSERT INTO api_keys (id, application_id, environment,
 
 const GET_KEY: &str = select_keys!("WHERE id = $1");
 
+/// $5: an environment or NULL for both; $6: the states (`KeyStates::bits`: 1 active, 2
+/// expired, 4 revoked; 0 every state) at $7 (now).
 const LIST_KEYS: &str = select_keys!(
     "WHERE application_id = $1 AND (create_time < $2 OR (create_time = $2 AND id < $3)) \
+     AND ($5 IS NULL OR environment = $5) \
+     AND ($6 = 0 \
+          OR ($6 & 1 <> 0 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > $7)) \
+          OR ($6 & 2 <> 0 AND revoke_time IS NULL AND expire_time <= $7) \
+          OR ($6 & 4 <> 0 AND revoke_time IS NOT NULL)) \
      ORDER BY create_time DESC, id DESC LIMIT $4"
-);
-
-const LIST_KEYS_IN_ENV: &str = select_keys!(
-    "WHERE application_id = $1 AND (create_time < $2 OR (create_time = $2 AND id < $3)) \
-     AND environment = $5 ORDER BY create_time DESC, id DESC LIMIT $4"
 );
 
 /// Claims the old key for a roll: only an active, never rolled key matches, so of two
@@ -557,7 +559,7 @@ where
     async fn list_keys(
         &self,
         application: &ApplicationId,
-        environment: Option<Environment>,
+        listing: &KeyListing,
         cursor: Option<&Cursor>,
         limit: u32,
     ) -> Result<Vec<KeyRecord>, Error> {
@@ -566,19 +568,16 @@ where
             // Every id sorts below "~", every time below i64::MAX.
             None => (i64::MAX, "~"),
         };
-        let query = match environment {
-            None => sqlx::query_as::<_, KeyRow>(LIST_KEYS),
-            Some(_) => sqlx::query_as::<_, KeyRow>(LIST_KEYS_IN_ENV),
-        };
-        let mut query = query
+        let rows = sqlx::query_as::<_, KeyRow>(LIST_KEYS)
             .bind(application.as_str())
             .bind(before_time)
             .bind(before_id)
-            .bind(i64::from(limit));
-        if let Some(env) = environment {
-            query = query.bind(env.as_str());
-        }
-        let rows = query.fetch_all(&mut *self.pool.acquire().await?).await?;
+            .bind(i64::from(limit))
+            .bind(listing.environment.map(Environment::as_str))
+            .bind(listing.states.bits())
+            .bind(listing.now.as_micros())
+            .fetch_all(&mut *self.pool.acquire().await?)
+            .await?;
         rows.into_iter().map(KeyRecord::try_from).collect()
     }
 

@@ -275,9 +275,16 @@ impl KeyAuthorityService for KeyAuthorityApi {
             |req, _call| async move {
                 let app = ApplicationId::parse(&req.application_id, "application_id")?;
                 let env = wire::environment_in(req.environment, "environment")?;
+                let states = wire::states_in(&req.states, "states")?;
                 let (keys, next_page_token) = self
                     .authority
-                    .list(&app, env, page_size(req.page_size)?, &req.page_token)
+                    .list(
+                        &app,
+                        env,
+                        states,
+                        page_size(req.page_size)?,
+                        &req.page_token,
+                    )
                     .await?;
                 let now = self.authority.now();
                 Ok(pb::ListKeysResponse {

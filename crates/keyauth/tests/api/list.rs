@@ -8,7 +8,8 @@ use crate::helpers::*;
 
 both_stores!(
     lists_newest_first_in_pages,
-    refuses_forged_and_mismatched_page_tokens
+    refuses_forged_and_mismatched_page_tokens,
+    filters_by_state_at_the_time_of_the_call
 );
 
 async fn list(
@@ -235,5 +236,117 @@ async fn refuses_forged_and_mismatched_page_tokens(backend: Backend) {
         Code::InvalidArgument,
         None,
     );
+    app.stop().await;
+}
+
+/// The ids listed for `states`, following every page of `page_size`.
+async fn ids_in(app: &TestApp, states: &[pb::KeyState], page_size: i32) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = list(
+            app,
+            pb::ListKeysRequest {
+                application_id: "states".into(),
+                states: states.iter().map(|&s| s as i32).collect(),
+                page_size,
+                page_token,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        for key in &page.keys {
+            let listed = states.is_empty() || states.iter().any(|&s| s as i32 == key.state);
+            assert!(listed, "{states:?}: {key:?}");
+        }
+        ids.extend(page.keys.into_iter().map(|k| k.id));
+        if page.next_page_token.is_empty() {
+            return ids;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+async fn filters_by_state_at_the_time_of_the_call(backend: Backend) {
+    use pb::KeyState::{Active, Expired, Revoked};
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let issue = |expires: Option<Duration>| {
+        let mut request = standard("states", pb::Environment::Test);
+        request.expire_time = expires.map(|d| {
+            let at = app.clock.now().as_micros() + d.as_micros() as i64;
+            prost_types::Timestamp {
+                seconds: at.div_euclid(1_000_000),
+                nanos: (at.rem_euclid(1_000_000) * 1000) as i32,
+            }
+        });
+        app.issue(request)
+    };
+    let forever = issue(None).await.unwrap().0.id;
+    let short = issue(Some(Duration::from_secs(60))).await.unwrap().0.id;
+    let revoked = issue(None).await.unwrap().0.id;
+    app.revoke(&revoked).await.unwrap();
+    for _ in 0..3 {
+        issue(None).await.unwrap();
+    }
+
+    let all = ids_in(&app, &[], 2).await;
+    assert_eq!(all.len(), 6);
+    assert_eq!(ids_in(&app, &[Revoked], 2).await, vec![revoked.clone()]);
+    assert!(ids_in(&app, &[Expired], 2).await.is_empty());
+    let now_active = ids_in(&app, &[Active], 2).await;
+    assert_eq!(now_active.len(), 5, "paged through the filter");
+    assert!(now_active.contains(&short) && now_active.contains(&forever));
+
+    // A minute later the short-lived key has expired: the filter follows the clock.
+    app.clock.advance(Duration::from_secs(61));
+    assert_eq!(ids_in(&app, &[Expired], 2).await, vec![short.clone()]);
+    assert_eq!(ids_in(&app, &[Active], 100).await.len(), 4);
+    let mut over = ids_in(&app, &[Expired, Revoked], 1).await;
+    over.sort();
+    let mut expected = vec![short, revoked];
+    expected.sort();
+    assert_eq!(over, expected);
+
+    // A token is bound to its filter; an unknown state is INVALID_ARGUMENT.
+    let first = list(
+        &app,
+        pb::ListKeysRequest {
+            application_id: "states".into(),
+            states: vec![Active as i32],
+            page_size: 1,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mismatched = list(
+        &app,
+        pb::ListKeysRequest {
+            application_id: "states".into(),
+            page_size: 1,
+            page_token: first.next_page_token,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(mismatched.code(), Code::InvalidArgument);
+    for bad in [0, 9] {
+        let refused = list(
+            &app,
+            pb::ListKeysRequest {
+                application_id: "states".into(),
+                states: vec![bad],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument);
+        assert_eq!(violated_fields(&refused), vec!["states".to_owned()]);
+    }
     app.stop().await;
 }
