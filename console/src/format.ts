@@ -35,15 +35,12 @@ export function environmentName(environment: Environment): "test" | "live" {
   return environment === Environment.LIVE ? "live" : "test";
 }
 
+/** `2026-11-30 20:34`, local time: compact, and sorts as it reads. */
 export function when(ts: Timestamp | undefined, none = "—"): string {
   if (!ts) return none;
-  return timestampDate(ts).toLocaleString(undefined, {
-    year: "numeric",
-    month: "short",
-    day: "numeric",
-    hour: "2-digit",
-    minute: "2-digit",
-  });
+  const d = timestampDate(ts);
+  const two = (n: number) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ${two(d.getHours())}:${two(d.getMinutes())}`;
 }
 
 /** A `<time>` element with the exact instant in its datetime attribute and title. */
