@@ -129,6 +129,17 @@ struct Args {
     /// about the cache; 4096 (the server's default) shows what hashing itself keeps resident.
     #[arg(long, default_value_t = CHEAP_HASH.m_cost, value_parser = clap::value_parser!(u32).range(8..))]
     rss_m_cost: u32,
+
+    /// Instruction counting (e.g. under `valgrind --tool=callgrind`): start the warm server
+    /// only, then send exactly this many calls of `--count-workload` (16 in flight over two
+    /// connections) and stop. The client runs on a current-thread runtime, so that the
+    /// server's work is that of the multi-threaded runtime's workers alone.
+    #[arg(long, conflicts_with_all = ["rss", "caller"])]
+    count_calls: Option<u32>,
+
+    /// The workload `--count-calls` sends: health, verify, check or bad-checksum.
+    #[arg(long, default_value = "verify", requires = "count_calls")]
+    count_workload: String,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -171,10 +182,16 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::sink)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = if args.count_calls.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyauth-bench: cannot start the async runtime: {e}");
@@ -202,6 +219,9 @@ async fn run(args: Args) -> Result<()> {
         .await;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(calls) = args.count_calls {
+        return count_calls(&args.count_workload, calls as usize, cores).await;
+    }
     let mut settings = Settings {
         seconds: args.seconds,
         warmup: args.warmup,
@@ -352,6 +372,62 @@ async fn run(args: Args) -> Result<()> {
     };
     print_report(&report, &totals);
     write_json(&args.json, &report)
+}
+
+/// `--count-calls`: exactly `calls` calls of one workload against a warm server (two keys
+/// issued and proven first), for instruction counts per call: run it with 0 calls and with
+/// N, and divide the difference by N.
+async fn count_calls(workload: &str, calls: usize, cores: usize) -> Result<()> {
+    const TASKS: usize = 16;
+    let workload = match workload {
+        "health" => Workload::Floor,
+        "verify" => Workload::WarmVerify,
+        "check" => Workload::WarmCheck,
+        "bad-checksum" => Workload::BadChecksum,
+        other => return Err(format!("unknown --count-workload {other:?}").into()),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("keyauth-bench-")
+        .tempdir()?;
+    let admin_token = keyauth_core::key::random_base62(32)?;
+    let server = BenchServer::start(
+        &dir.path().join("warm.db"),
+        CacheSettings::default(),
+        &admin_token,
+        cores,
+        WARM_THREADS,
+    )
+    .await?;
+    let channels = connect(server.addr, 2).await?;
+    let keys = issue_keys(&channels[0], 2, &admin_token).await?;
+    warm_cache(&channels[0], &keys).await?;
+    let inputs = Arc::new(Inputs::new(keys.clone(), keys)?);
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let mut clients = Clients::new(channels[task % channels.len()].clone());
+        let inputs = inputs.clone();
+        let n = calls / TASKS + usize::from(task < calls % TASKS);
+        tasks.spawn(async move {
+            let mut problems = 0usize;
+            for i in 0..n {
+                let (_, call) = inputs.call(workload, task, TASKS, i);
+                if !matches!(clients.send(call).await, Outcome::Expected) {
+                    problems += 1;
+                }
+            }
+            problems
+        });
+    }
+    let mut problems = 0;
+    while let Some(joined) = tasks.join_next().await {
+        problems += joined?;
+    }
+    eprintln!(
+        "{calls} calls of {}, {problems} unexpected",
+        workload.label()
+    );
+    drop(channels);
+    server.stop().await
 }
 
 // ---------------------------------------------------------------------------------------------
