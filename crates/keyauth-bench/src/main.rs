@@ -137,6 +137,13 @@ struct Args {
     #[arg(long, conflicts_with_all = ["rss", "caller"])]
     count_calls: Option<u32>,
 
+    /// The real server's memory: start the in-process gRPC server as `keyauth serve` runs it
+    /// (default argon2id, cache and workers), issue this many keys over gRPC and verify each
+    /// once (the client keeps none), and print VmRSS/VmHWM of this process (client and server)
+    /// before, with the server idle, and after. Run it with and without `MALLOC_ARENA_MAX=2`.
+    #[arg(long, conflicts_with_all = ["rss", "caller", "count_calls"])]
+    serve_rss_keys: Option<u32>,
+
     /// The workload `--count-calls` sends: health, verify, check or bad-checksum.
     #[arg(long, default_value = "verify", requires = "count_calls")]
     count_workload: String,
@@ -182,7 +189,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::sink)
         .init();
-    let runtime = if args.count_calls.is_some() {
+    let runtime = if args.count_calls.is_some() || args.serve_rss_keys.is_some() {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -221,6 +228,9 @@ async fn run(args: Args) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some(calls) = args.count_calls {
         return count_calls(&args.count_workload, calls as usize, cores).await;
+    }
+    if let Some(keys) = args.serve_rss_keys {
+        return serve_rss(keys as usize, cores).await;
     }
     let mut settings = Settings {
         seconds: args.seconds,
@@ -425,6 +435,86 @@ async fn count_calls(workload: &str, calls: usize, cores: usize) -> Result<()> {
     eprintln!(
         "{calls} calls of {}, {problems} unexpected",
         workload.label()
+    );
+    drop(channels);
+    server.stop().await
+}
+
+/// `--serve-rss-keys`: the resident memory of this process around a real server that issued
+/// and verified `keys` keys over gRPC with the default argon2id parameters.
+async fn serve_rss(keys: usize, cores: usize) -> Result<()> {
+    let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into());
+    let dir = tempfile::Builder::new()
+        .prefix("keyauth-bench-serve-rss-")
+        .tempdir()?;
+    let admin_token = keyauth_core::key::random_base62(32)?;
+    let before = MemorySample::read()?;
+    let server = BenchServer::start(
+        &dir.path().join("rss.db"),
+        CacheSettings::default(),
+        &admin_token,
+        cores,
+        WARM_THREADS,
+    )
+    .await?;
+    let channels = connect(server.addr, 1).await?;
+    let idle = MemorySample::read()?;
+    let started = Instant::now();
+    let bearer: MetadataValue<_> = format!("Bearer {admin_token}").parse()?;
+    let mut tasks = JoinSet::new();
+    for worker in 0..SETUP_PARALLELISM {
+        let mut client = KeyAuthorityServiceClient::new(channels[0].clone());
+        let bearer = bearer.clone();
+        tasks.spawn(async move {
+            for i in (worker..keys).step_by(SETUP_PARALLELISM) {
+                let permissions = if i % 2 == 1 {
+                    vec![pb::Permission {
+                        resource: "patients".into(),
+                        actions: vec!["read".into()],
+                    }]
+                } else {
+                    Vec::new()
+                };
+                let mut request = Request::new(pb::IssueKeyRequest {
+                    application_id: APPLICATION.into(),
+                    environment: pb::Environment::Test as i32,
+                    name: format!("rss-{i}"),
+                    permissions,
+                    ..Default::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                let secret = client.issue_key(request).await?.into_inner().secret;
+                if !client
+                    .verify(verify_request(&secret))
+                    .await?
+                    .into_inner()
+                    .valid
+                {
+                    return Err::<_, BoxError>(format!("key {i} did not verify").into());
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let took = started.elapsed();
+    let after = MemorySample::read()?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "real server, {keys} keys issued and verified over gRPC (argon2id m={} KiB, {} hash \
+         workers) in {:.0} s, MALLOC_ARENA_MAX={arenas}: VmRSS {:.1} MiB before the server, \
+         {:.1} MiB with it idle, {:.1} MiB after; peak (VmHWM) {:.1} MiB",
+        HashParams::DEFAULT.m_cost,
+        cores,
+        took.as_secs_f64(),
+        mib(before.rss_kib),
+        mib(idle.rss_kib),
+        mib(after.rss_kib),
+        mib(after.hwm_kib),
     );
     drop(channels);
     server.stop().await
