@@ -31,6 +31,12 @@
 //! named, so that a last phase can count the server's own CPU time (user + system, from
 //! `/proc/self/task/*/stat`) over a counted number of calls: per call, for a health Check, a
 //! Verify with a bad checksum, a warm Verify and a warm CheckPermission.
+//!
+//! Two modes measure one thing each: `--count-calls N` sends exactly N calls of one workload
+//! to the warm server from a current-thread client (instruction counts per call under
+//! callgrind, collecting the server runtime's workers only; see the README), and
+//! `--serve-rss-keys N` reads this process's VmRSS around the real gRPC server issuing and
+//! verifying N keys with the default argon2id parameters.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
