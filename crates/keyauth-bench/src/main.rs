@@ -31,6 +31,12 @@
 //! named, so that a last phase can count the server's own CPU time (user + system, from
 //! `/proc/self/task/*/stat`) over a counted number of calls: per call, for a health Check, a
 //! Verify with a bad checksum, a warm Verify and a warm CheckPermission.
+//!
+//! Two modes measure one thing each: `--count-calls N` sends exactly N calls of one workload
+//! to the warm server from a current-thread client (instruction counts per call under
+//! callgrind, collecting the server runtime's workers only; see the README), and
+//! `--serve-rss-keys N` reads this process's VmRSS around the real gRPC server issuing and
+//! verifying N keys with the default argon2id parameters.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -129,6 +135,24 @@ struct Args {
     /// about the cache; 4096 (the server's default) shows what hashing itself keeps resident.
     #[arg(long, default_value_t = CHEAP_HASH.m_cost, value_parser = clap::value_parser!(u32).range(8..))]
     rss_m_cost: u32,
+
+    /// Instruction counting (e.g. under `valgrind --tool=callgrind`): start the warm server
+    /// only, then send exactly this many calls of `--count-workload` (16 in flight over two
+    /// connections) and stop. The client runs on a current-thread runtime, so that the
+    /// server's work is that of the multi-threaded runtime's workers alone.
+    #[arg(long, conflicts_with_all = ["rss", "caller"])]
+    count_calls: Option<u32>,
+
+    /// The real server's memory: start the in-process gRPC server as `keyauth serve` runs it
+    /// (default argon2id, cache and workers), issue this many keys over gRPC and verify each
+    /// once (the client keeps none), and print VmRSS/VmHWM of this process (client and server)
+    /// before, with the server idle, and after. Run it with and without `MALLOC_ARENA_MAX=2`.
+    #[arg(long, conflicts_with_all = ["rss", "caller", "count_calls"])]
+    serve_rss_keys: Option<u32>,
+
+    /// The workload `--count-calls` sends: health, verify, check or bad-checksum.
+    #[arg(long, default_value = "verify", requires = "count_calls")]
+    count_workload: String,
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {
@@ -171,10 +195,16 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::sink)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = if args.count_calls.is_some() || args.serve_rss_keys.is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keyauth-bench: cannot start the async runtime: {e}");
@@ -202,6 +232,12 @@ async fn run(args: Args) -> Result<()> {
         .await;
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(calls) = args.count_calls {
+        return count_calls(&args.count_workload, calls as usize, cores).await;
+    }
+    if let Some(keys) = args.serve_rss_keys {
+        return serve_rss(keys as usize, cores).await;
+    }
     let mut settings = Settings {
         seconds: args.seconds,
         warmup: args.warmup,
@@ -352,6 +388,142 @@ async fn run(args: Args) -> Result<()> {
     };
     print_report(&report, &totals);
     write_json(&args.json, &report)
+}
+
+/// `--count-calls`: exactly `calls` calls of one workload against a warm server (two keys
+/// issued and proven first), for instruction counts per call: run it with 0 calls and with
+/// N, and divide the difference by N.
+async fn count_calls(workload: &str, calls: usize, cores: usize) -> Result<()> {
+    const TASKS: usize = 16;
+    let workload = match workload {
+        "health" => Workload::Floor,
+        "verify" => Workload::WarmVerify,
+        "check" => Workload::WarmCheck,
+        "bad-checksum" => Workload::BadChecksum,
+        other => return Err(format!("unknown --count-workload {other:?}").into()),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("keyauth-bench-")
+        .tempdir()?;
+    let admin_token = keyauth_core::key::random_base62(32)?;
+    let server = BenchServer::start(
+        &dir.path().join("warm.db"),
+        CacheSettings::default(),
+        &admin_token,
+        cores,
+        WARM_THREADS,
+    )
+    .await?;
+    let channels = connect(server.addr, 2).await?;
+    let keys = issue_keys(&channels[0], 2, &admin_token).await?;
+    warm_cache(&channels[0], &keys).await?;
+    let inputs = Arc::new(Inputs::new(keys.clone(), keys)?);
+    let mut tasks = JoinSet::new();
+    for task in 0..TASKS {
+        let mut clients = Clients::new(channels[task % channels.len()].clone());
+        let inputs = inputs.clone();
+        let n = calls / TASKS + usize::from(task < calls % TASKS);
+        tasks.spawn(async move {
+            let mut problems = 0usize;
+            for i in 0..n {
+                let (_, call) = inputs.call(workload, task, TASKS, i);
+                if !matches!(clients.send(call).await, Outcome::Expected) {
+                    problems += 1;
+                }
+            }
+            problems
+        });
+    }
+    let mut problems = 0;
+    while let Some(joined) = tasks.join_next().await {
+        problems += joined?;
+    }
+    eprintln!(
+        "{calls} calls of {}, {problems} unexpected",
+        workload.label()
+    );
+    drop(channels);
+    server.stop().await
+}
+
+/// `--serve-rss-keys`: the resident memory of this process around a real server that issued
+/// and verified `keys` keys over gRPC with the default argon2id parameters.
+async fn serve_rss(keys: usize, cores: usize) -> Result<()> {
+    let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into());
+    let dir = tempfile::Builder::new()
+        .prefix("keyauth-bench-serve-rss-")
+        .tempdir()?;
+    let admin_token = keyauth_core::key::random_base62(32)?;
+    let before = MemorySample::read()?;
+    let server = BenchServer::start(
+        &dir.path().join("rss.db"),
+        CacheSettings::default(),
+        &admin_token,
+        cores,
+        WARM_THREADS,
+    )
+    .await?;
+    let channels = connect(server.addr, 1).await?;
+    let idle = MemorySample::read()?;
+    let started = Instant::now();
+    let bearer: MetadataValue<_> = format!("Bearer {admin_token}").parse()?;
+    let mut tasks = JoinSet::new();
+    for worker in 0..SETUP_PARALLELISM {
+        let mut client = KeyAuthorityServiceClient::new(channels[0].clone());
+        let bearer = bearer.clone();
+        tasks.spawn(async move {
+            for i in (worker..keys).step_by(SETUP_PARALLELISM) {
+                let permissions = if i % 2 == 1 {
+                    vec![pb::Permission {
+                        resource: "patients".into(),
+                        actions: vec!["read".into()],
+                    }]
+                } else {
+                    Vec::new()
+                };
+                let mut request = Request::new(pb::IssueKeyRequest {
+                    application_id: APPLICATION.into(),
+                    environment: pb::Environment::Test as i32,
+                    name: format!("rss-{i}"),
+                    permissions,
+                    ..Default::default()
+                });
+                request
+                    .metadata_mut()
+                    .insert("authorization", bearer.clone());
+                let secret = client.issue_key(request).await?.into_inner().secret;
+                if !client
+                    .verify(verify_request(&secret))
+                    .await?
+                    .into_inner()
+                    .valid
+                {
+                    return Err::<_, BoxError>(format!("key {i} did not verify").into());
+                }
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined??;
+    }
+    let took = started.elapsed();
+    let after = MemorySample::read()?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "real server, {keys} keys issued and verified over gRPC (argon2id m={} KiB, {} hash \
+         workers) in {:.0} s, MALLOC_ARENA_MAX={arenas}: VmRSS {:.1} MiB before the server, \
+         {:.1} MiB with it idle, {:.1} MiB after; peak (VmHWM) {:.1} MiB",
+        HashParams::DEFAULT.m_cost,
+        cores,
+        took.as_secs_f64(),
+        mib(before.rss_kib),
+        mib(idle.rss_kib),
+        mib(after.rss_kib),
+        mib(after.hwm_kib),
+    );
+    drop(channels);
+    server.stop().await
 }
 
 // ---------------------------------------------------------------------------------------------

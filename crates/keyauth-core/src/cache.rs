@@ -292,12 +292,17 @@ impl VerifyCache {
 
     pub fn lookup(&self, id: &KeyId, digest: &KeyDigest) -> Lookup {
         let lookup = self.peek(id, digest);
-        let result = match lookup {
-            Lookup::Proven(_) => "hit",
-            Lookup::WrongSecret => "wrong_secret",
-            Lookup::Miss => "miss",
+        // Literal labels: the metric key is a static, built once, not per lookup.
+        let counter = match lookup {
+            Lookup::Proven(_) => {
+                metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "hit")
+            }
+            Lookup::WrongSecret => {
+                metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "wrong_secret")
+            }
+            Lookup::Miss => metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "miss"),
         };
-        metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => result).increment(1);
+        counter.increment(1);
         lookup
     }
 

@@ -139,9 +139,64 @@ pub fn exposures(channel: &'static str, outcomes: &[keyauth_core::authority::Exp
 }
 
 /// Records one answered call.
+///
+/// The handles are registered once per thread, RPC and outcome and kept (a label lookup in the
+/// recorder's registry per call otherwise): the recorder must be installed before the first
+/// call, as `main` does ([`install`] before serving).
 pub fn call(rpc: &'static str, outcome: &'static str, took: Duration) {
-    ::metrics::counter!(CALLS, "rpc" => rpc, "outcome" => outcome).increment(1);
-    ::metrics::histogram!(CALL_DURATION, "rpc" => rpc).record(took.as_secs_f64());
+    CALL_HANDLES.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let found = cache
+            .iter()
+            .position(|h| same(h.rpc, rpc) && same(h.outcome, outcome));
+        let at = match found {
+            Some(at) => at,
+            None => {
+                let handles = CallHandles {
+                    rpc,
+                    outcome,
+                    calls: ::metrics::counter!(CALLS, "rpc" => rpc, "outcome" => outcome),
+                    duration: ::metrics::histogram!(CALL_DURATION, "rpc" => rpc),
+                };
+                if cache.len() >= MAX_CACHED_HANDLES {
+                    handles.record(took);
+                    return;
+                }
+                cache.push(handles);
+                cache.len() - 1
+            }
+        };
+        cache[at].record(took);
+    });
+}
+
+/// The metric handles of one RPC and outcome.
+struct CallHandles {
+    rpc: &'static str,
+    outcome: &'static str,
+    calls: ::metrics::Counter,
+    duration: ::metrics::Histogram,
+}
+
+impl CallHandles {
+    fn record(&self, took: Duration) {
+        self.calls.increment(1);
+        self.duration.record(took.as_secs_f64());
+    }
+}
+
+/// Handles kept per thread at most (RPCs × outcomes a thread has seen; bounded labels).
+const MAX_CACHED_HANDLES: usize = 128;
+
+thread_local! {
+    static CALL_HANDLES: std::cell::RefCell<Vec<CallHandles>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+/// Label equality, by address first (labels are string literals).
+fn same(a: &'static str, b: &'static str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// The `outcome` label of a Verify or CheckPermission answer: `valid`, or its error code.

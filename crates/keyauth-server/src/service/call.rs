@@ -14,9 +14,10 @@ use keyauth_core::authority::Idempotency;
 use keyauth_core::sealing::{self, IdempotencyKey};
 use keyauth_core::store::{Changed, Provenance};
 use prost::Message;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
+use tracing::{Instrument, Span};
 
 use super::KeyAuthorityApi;
 use super::gate::{Admitted, authorization};
@@ -71,18 +72,29 @@ impl KeyAuthorityApi {
         Res: Outcome,
     {
         let started = Instant::now();
-        let request_id = request_id(
-            request
-                .metadata()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok()),
-        );
-        let span = tracing::info_span!("rpc", method, request_id = %request_id);
-        let header = MetadataValue::try_from(request_id.as_str()).ok();
+        // The id travels as the header it arrived in (or a fresh one): no copy of the
+        // caller's, and no string unless a span, a log line or an audit record needs one.
+        let mut header = presented_request_id(request.metadata()).unwrap_or_else(fresh_request_id);
+        // Never indexed by HPACK: each call's id is new, so indexing it would only churn both
+        // ends' header tables (and walk them on every call).
+        header.set_sensitive(true);
+        let request_id = header.to_str().unwrap_or_default();
+        // The span costs a formatted allocation and the subscriber's bookkeeping per call. It is
+        // made up front when something inside the call may log: an operator call (its changes
+        // log at info), or any call when debug lines are enabled somewhere. A verifier's call
+        // (Verify, CheckPermission) writes only debug lines while it runs; if it fails, the span
+        // is made on the way out, so the lines it writes then carry the request id all the same.
+        let eager = access != Access::Verifier || LevelFilter::current() >= LevelFilter::DEBUG;
+        let span = if eager {
+            rpc_span(method, request_id)
+        } else {
+            Span::none()
+        };
         let result = async {
             tracing::debug!("started");
             let mut provenance = Provenance {
-                request_id: Some(request_id.clone()),
+                // Only operator calls are audited: the others skip the copy.
+                request_id: (access == Access::Operator).then(|| request_id.to_owned()),
                 operator: None,
                 // Only the audit trail of operator calls needs it: Verify skips the formatting.
                 peer: (access == Access::Operator)
@@ -104,7 +116,7 @@ impl KeyAuthorityApi {
                         crate::connections::remote_addr(&request).map(|a| a.ip().to_string());
                     return Err(self.authority.note_auth_failure(
                         peer.as_deref(),
-                        Some(&request_id),
+                        Some(request_id),
                         refused,
                     ));
                 }
@@ -130,25 +142,29 @@ impl KeyAuthorityApi {
         }
         .instrument(span.clone())
         .await;
-        let _enter = span.enter();
         match result {
             Ok(res) => {
-                tracing::debug!("ok");
+                if eager {
+                    let _enter = span.enter();
+                    tracing::debug!("ok");
+                }
                 crate::metrics::call(method, res.outcome(), started.elapsed());
                 let mut response = Response::new(res);
-                if let Some(h) = header {
-                    response.metadata_mut().insert(REQUEST_ID, h);
-                }
+                response.metadata_mut().insert(REQUEST_ID, header);
                 Ok(response)
             }
             Err(err) => {
+                let span = if eager {
+                    span
+                } else {
+                    rpc_span(method, request_id)
+                };
+                let _enter = span.enter();
                 tracing::info!(error = %err, "failed");
                 let mut status = status::from_error(err);
                 let outcome = keyauth_proto::code_name(status.code());
                 crate::metrics::call(method, outcome, started.elapsed());
-                if let Some(h) = header {
-                    status.metadata_mut().insert(REQUEST_ID, h);
-                }
+                status.metadata_mut().insert(REQUEST_ID, header);
                 Err(status)
             }
         }
@@ -223,13 +239,83 @@ impl Call {
     }
 }
 
+/// The span of one call: every line it logs carries the method and the request id.
+fn rpc_span(method: &'static str, request_id: &str) -> Span {
+    tracing::info_span!("rpc", method, request_id = %request_id)
+}
+
+/// Whether a presented request id is usable: 1 to 128 visible ASCII characters.
+fn is_usable_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// The caller's request id, when it is usable, as the header it came in (a shared reference to
+/// the received bytes, not a copy).
+fn presented_request_id(metadata: &MetadataMap) -> Option<MetadataValue<Ascii>> {
+    metadata
+        .get(REQUEST_ID)
+        .filter(|v| is_usable_request_id(v.as_bytes()))
+        .cloned()
+}
+
 /// The call's request id: the caller's, when it is usable (1 to 128 visible ASCII characters),
 /// else a fresh one.
 pub(crate) fn request_id(presented: Option<&str>) -> String {
     presented
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .filter(|v| is_usable_request_id(v.as_bytes()))
         .map(str::to_owned)
-        .unwrap_or_else(|| keyauth_core::key::unique_base62(20))
+        .unwrap_or_else(|| String::from_utf8_lossy(&fresh_request_id_bytes()).into_owned())
+}
+
+/// Characters of a fresh request id.
+const FRESH_ID_LEN: usize = 20;
+/// Of which the process's random prefix (62^9 ≈ 2^53.6).
+const FRESH_ID_PREFIX: usize = 9;
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A fresh request id as a header value.
+fn fresh_request_id() -> MetadataValue<Ascii> {
+    MetadataValue::try_from(&fresh_request_id_bytes()[..])
+        .expect("base62 characters make a valid header value")
+}
+
+/// A fresh request id: 20 base62 characters, unique, not secret (ids correlate log lines,
+/// audit records and answers). Nine characters are drawn at random once per process, so that
+/// ids of different processes do not collide; the other eleven are this process's call
+/// counter passed through a bijection of 64-bit integers (a random key, an odd multiplier), so
+/// that they are unique within the process without looking sequential. No system call, no
+/// lock, no allocation.
+fn fresh_request_id_bytes() -> [u8; FRESH_ID_LEN] {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Seed {
+        prefix: [u8; FRESH_ID_PREFIX],
+        key: u64,
+    }
+    static SEED: OnceLock<Seed> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = SEED.get_or_init(|| {
+        let random = keyauth_core::key::unique_base62(FRESH_ID_PREFIX + 11);
+        let bytes = random.as_bytes();
+        let mut prefix = [0u8; FRESH_ID_PREFIX];
+        prefix.copy_from_slice(&bytes[..FRESH_ID_PREFIX]);
+        let key = bytes[FRESH_ID_PREFIX..]
+            .iter()
+            .fold(0u64, |k, &b| k.wrapping_mul(62).wrapping_add(u64::from(b)));
+        Seed { prefix, key }
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Both steps are bijections of u64: distinct counters give distinct values.
+    let mut x = (n ^ seed.key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut id = [0u8; FRESH_ID_LEN];
+    id[..FRESH_ID_PREFIX].copy_from_slice(&seed.prefix);
+    // 62^11 > 2^64: eleven digits hold any u64.
+    for slot in id[FRESH_ID_PREFIX..].iter_mut().rev() {
+        *slot = BASE62[(x % 62) as usize];
+        x /= 62;
+    }
+    id
 }
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`).
@@ -252,6 +338,125 @@ pub(crate) fn deadline(metadata: &MetadataMap) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn fresh_request_ids_are_unique_base62() {
+        let ids: HashSet<[u8; FRESH_ID_LEN]> =
+            (0..100_000).map(|_| fresh_request_id_bytes()).collect();
+        assert_eq!(ids.len(), 100_000);
+        for id in ids.iter().take(100) {
+            assert!(id.iter().all(u8::is_ascii_alphanumeric), "{id:?}");
+            assert_eq!(
+                id[..FRESH_ID_PREFIX],
+                fresh_request_id_bytes()[..FRESH_ID_PREFIX]
+            );
+        }
+        assert_eq!(request_id(None).len(), FRESH_ID_LEN);
+        assert_eq!(request_id(Some("req-1")), "req-1");
+        assert_eq!(request_id(Some("two words")).len(), FRESH_ID_LEN);
+    }
+
+    /// What a test's subscriber wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Done;
+    impl Outcome for Done {}
+
+    /// At `info` (what `keyauth serve` logs by default) a verifier's call makes no span while
+    /// it runs; one that fails still logs its request id, and every answer carries the id.
+    #[tokio::test]
+    async fn a_failing_verifier_call_logs_its_request_id() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("calls.db").display());
+        let store = keyauth_core::store::connect(&url, &Default::default())
+            .await
+            .unwrap();
+        let settings = crate::server::AuthoritySettings::default();
+        let authority =
+            crate::server::authority(store, settings, keyauth_core::clock::Clock::System)
+                .await
+                .unwrap();
+        let none = crate::service::OperatorAuth::new(None);
+        let api = KeyAuthorityApi::new(authority, none.clone(), none);
+
+        let call = |id: Option<&str>| {
+            let mut request = Request::new(());
+            if let Some(id) = id {
+                request
+                    .metadata_mut()
+                    .insert(REQUEST_ID, id.parse().unwrap());
+            }
+            request
+        };
+        let ok = api
+            .handle(
+                "Verify",
+                Access::Verifier,
+                call(Some("req-quiet-1")),
+                |_, _| async { Ok(Done) },
+            )
+            .await
+            .unwrap();
+        assert_eq!(ok.metadata().get(REQUEST_ID).unwrap(), "req-quiet-1");
+        let failed = api
+            .handle(
+                "Verify",
+                Access::Verifier,
+                call(Some("req-loud-2")),
+                |_, _| async { Err::<Done, _>(Error::invalid("key", "not a key")) },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(failed.metadata().get(REQUEST_ID).unwrap(), "req-loud-2");
+        let fresh = api
+            .handle(
+                "CheckPermission",
+                Access::Verifier,
+                call(None),
+                |_, _| async { Err::<Done, _>(Error::invalid("key", "not a key")) },
+            )
+            .await
+            .unwrap_err();
+        let fresh = fresh.metadata().get(REQUEST_ID).unwrap().to_str().unwrap();
+        assert_eq!(fresh.len(), FRESH_ID_LEN);
+
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let failed_lines: Vec<&str> = logs.lines().filter(|l| l.contains("failed")).collect();
+        assert_eq!(failed_lines.len(), 2, "{logs}");
+        assert!(failed_lines[0].contains("request_id=req-loud-2"), "{logs}");
+        assert!(failed_lines[0].contains("method=\"Verify\""), "{logs}");
+        assert!(
+            failed_lines[1].contains(&format!("request_id={fresh}")),
+            "{logs}"
+        );
+        assert!(
+            !logs.contains("req-quiet-1"),
+            "a call that logs nothing: {logs}"
+        );
+    }
 
     #[test]
     fn grpc_timeout_is_parsed() {
