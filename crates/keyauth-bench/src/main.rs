@@ -473,24 +473,7 @@ async fn serve_rss(keys: usize, cores: usize) -> Result<()> {
         let bearer = bearer.clone();
         tasks.spawn(async move {
             for i in (worker..keys).step_by(SETUP_PARALLELISM) {
-                let permissions = if i % 2 == 1 {
-                    vec![pb::Permission {
-                        resource: "patients".into(),
-                        actions: vec!["read".into()],
-                    }]
-                } else {
-                    Vec::new()
-                };
-                let mut request = Request::new(pb::IssueKeyRequest {
-                    application_id: APPLICATION.into(),
-                    environment: pb::Environment::Test as i32,
-                    name: format!("rss-{i}"),
-                    permissions,
-                    ..Default::default()
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", bearer.clone());
+                let request = issue_request("rss", i, &bearer);
                 let secret = client.issue_key(request).await?.into_inner().secret;
                 if !client
                     .verify(verify_request(&secret))
@@ -670,24 +653,7 @@ async fn issue_keys(channel: &Channel, n: usize, admin_token: &str) -> Result<Ve
             let mut issued = Vec::new();
             for i in (worker..n).step_by(SETUP_PARALLELISM) {
                 let restricted = i % 2 == 1;
-                let permissions = if restricted {
-                    vec![pb::Permission {
-                        resource: "patients".into(),
-                        actions: vec!["read".into()],
-                    }]
-                } else {
-                    Vec::new()
-                };
-                let mut request = Request::new(pb::IssueKeyRequest {
-                    application_id: APPLICATION.into(),
-                    environment: pb::Environment::Test as i32,
-                    name: format!("bench-{i}"),
-                    permissions,
-                    ..Default::default()
-                });
-                request
-                    .metadata_mut()
-                    .insert("authorization", bearer.clone());
+                let request = issue_request("bench", i, &bearer);
                 let response = client.issue_key(request).await?.into_inner();
                 if response.key.as_ref().map(|k| k.restricted) != Some(restricted) {
                     return Err::<_, BoxError>(format!("IssueKey {i}: unexpected answer").into());
@@ -707,6 +673,34 @@ async fn issue_keys(channel: &Channel, n: usize, admin_token: &str) -> Result<Ve
 }
 
 /// Verifies every key once, so that each is proven and cached.
+/// The `i`th key the benchmark issues (`{prefix}-{i}`): odd ones restricted to `patients:read`,
+/// even ones standard.
+fn issue_request(
+    prefix: &str,
+    i: usize,
+    bearer: &MetadataValue<tonic::metadata::Ascii>,
+) -> Request<pb::IssueKeyRequest> {
+    let permissions = if i % 2 == 1 {
+        vec![pb::Permission {
+            resource: "patients".into(),
+            actions: vec!["read".into()],
+        }]
+    } else {
+        Vec::new()
+    };
+    let mut request = Request::new(pb::IssueKeyRequest {
+        application_id: APPLICATION.into(),
+        environment: pb::Environment::Test as i32,
+        name: format!("{prefix}-{i}"),
+        permissions,
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", bearer.clone());
+    request
+}
+
 async fn warm_cache(channel: &Channel, keys: &[String]) -> Result<()> {
     let keys: Arc<[String]> = keys.into();
     let mut tasks = JoinSet::new();
