@@ -278,18 +278,7 @@ async fn run(args: Args) -> Result<()> {
         argon2.median_us / 1000.0
     );
 
-    let dir = tempfile::Builder::new()
-        .prefix("keyauth-bench-")
-        .tempdir()?;
-    let admin_token = keyauth_core::key::random_base62(32)?;
-    let warm = BenchServer::start(
-        &dir.path().join("warm.db"),
-        CacheSettings::default(),
-        &admin_token,
-        cores,
-        WARM_THREADS,
-    )
-    .await?;
+    let (dir, admin_token, warm) = warm_server(cores).await?;
     let cold = BenchServer::start(
         &dir.path().join("cold.db"),
         CacheSettings {
@@ -402,18 +391,7 @@ async fn count_calls(workload: &str, calls: usize, cores: usize) -> Result<()> {
         "bad-checksum" => Workload::BadChecksum,
         other => return Err(format!("unknown --count-workload {other:?}").into()),
     };
-    let dir = tempfile::Builder::new()
-        .prefix("keyauth-bench-")
-        .tempdir()?;
-    let admin_token = keyauth_core::key::random_base62(32)?;
-    let server = BenchServer::start(
-        &dir.path().join("warm.db"),
-        CacheSettings::default(),
-        &admin_token,
-        cores,
-        WARM_THREADS,
-    )
-    .await?;
+    let (_dir, admin_token, server) = warm_server(cores).await?;
     let channels = connect(server.addr, 2).await?;
     let keys = issue_keys(&channels[0], 2, &admin_token).await?;
     warm_cache(&channels[0], &keys).await?;
@@ -629,6 +607,24 @@ impl BenchServer {
 }
 
 /// Opens `n` HTTP/2 connections to `addr`.
+/// A temporary directory, an operator token, and the warm server (default cache) on a store
+/// in that directory; the directory lives as long as the caller keeps it.
+async fn warm_server(cores: usize) -> Result<(tempfile::TempDir, String, BenchServer)> {
+    let dir = tempfile::Builder::new()
+        .prefix("keyauth-bench-")
+        .tempdir()?;
+    let admin_token = keyauth_core::key::random_base62(32)?;
+    let server = BenchServer::start(
+        &dir.path().join("warm.db"),
+        CacheSettings::default(),
+        &admin_token,
+        cores,
+        WARM_THREADS,
+    )
+    .await?;
+    Ok((dir, admin_token, server))
+}
+
 async fn connect(addr: SocketAddr, n: usize) -> Result<Vec<Channel>> {
     let mut channels = Vec::with_capacity(n);
     for _ in 0..n {
