@@ -36,7 +36,9 @@
 //! to the warm server from a current-thread client (instruction counts per call under
 //! callgrind, collecting the server runtime's workers only; see the README), and
 //! `--serve-rss-keys N` reads this process's VmRSS around the real gRPC server issuing and
-//! verifying N keys with the default argon2id parameters.
+//! verifying N keys with the default argon2id parameters. `--soak SECONDS` runs that real
+//! server under a mixed load of every RPC (garbage and refused calls included) and prints its
+//! VmRSS as it goes (`soak.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -63,6 +65,7 @@ use keyauth_core::clock::Clock;
 use keyauth_core::hashing::{HashParams, Hasher};
 use keyauth_core::key::PresentedKey;
 use keyauth_core::model::{ApplicationId, Environment, Metadata, Permissions};
+use keyauth_core::sealing::SealKey;
 use keyauth_core::store::{self, Provenance, StoreOptions};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
@@ -70,6 +73,7 @@ use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
 use keyauth_server::service::OperatorAuth;
 
 mod caller;
+mod soak;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Result<T, E = BoxError> = std::result::Result<T, E>;
@@ -150,6 +154,12 @@ struct Args {
     #[arg(long, conflicts_with_all = ["rss", "caller", "count_calls"])]
     serve_rss_keys: Option<u32>,
 
+    /// Soak: run the real server (as `keyauth serve` builds it) under a mixed load of every
+    /// RPC, garbage and refused calls included, for this many seconds, printing this process's
+    /// VmRSS as it goes (`--concurrency` client tasks; 16 is a fair load for two cores).
+    #[arg(long, value_parser = parse_seconds, conflicts_with_all = ["rss", "caller", "count_calls", "serve_rss_keys"])]
+    soak: Option<f64>,
+
     /// The workload `--count-calls` sends: health, verify, check or bad-checksum.
     #[arg(long, default_value = "verify", requires = "count_calls")]
     count_workload: String,
@@ -195,15 +205,16 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::sink)
         .init();
-    let runtime = if args.count_calls.is_some() || args.serve_rss_keys.is_some() {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-    };
+    let runtime =
+        if args.count_calls.is_some() || args.serve_rss_keys.is_some() || args.soak.is_some() {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        };
     let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
@@ -237,6 +248,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(keys) = args.serve_rss_keys {
         return serve_rss(keys as usize, cores).await;
+    }
+    if let Some(seconds) = args.soak {
+        return soak::run(seconds, args.concurrency as usize, cores).await;
     }
     let mut settings = Settings {
         seconds: args.seconds,
@@ -509,7 +523,7 @@ impl Drop for BenchServer {
 
 impl BenchServer {
     /// Builds the server as `keyauth serve` does (built-in catalog, default argon2id cost, one
-    /// hash worker per core, queue of 64) over a SQLite store at `db`, and waits until health
+    /// hash worker per core, queue of 64, a fresh seal key) over a SQLite store at `db`, and waits until health
     /// reports SERVING.
     async fn start(
         db: &Path,
@@ -533,6 +547,8 @@ impl BenchServer {
                     hash_workers: cores,
                     hash_queue: 64,
                     cache,
+                    // As a deployment that accepts idempotency keys runs (the soak sends them).
+                    seal_key: Some(Arc::new(SealKey::parse(&SealKey::generate_hex()?)?)),
                     ..AuthoritySettings::default()
                 };
                 let authority = server::authority(store, settings, Clock::System).await?;
@@ -941,9 +957,24 @@ enum Outcome {
     Failed(tonic::Status),
 }
 
+/// What the load tasks read of a Verify or CheckPermission answer: the verdict (`valid` or
+/// `allowed`, the error, the HTTP status), not the key. prost skips the fields a message does
+/// not declare, so the client decodes about as much as it does of a health answer, and the
+/// ratios to the floor measure the server rather than the client sharing its cores.
+#[derive(Clone, PartialEq, prost::Message)]
+struct VerdictOnly {
+    #[prost(bool, tag = "1")]
+    valid: bool,
+    #[prost(message, optional, tag = "3")]
+    error: Option<pb::ApiError>,
+    #[prost(int32, tag = "4")]
+    http_status: i32,
+}
+
 struct Clients {
     health: HealthClient<Channel>,
-    keys: KeyAuthorityServiceClient<Channel>,
+    /// Verify and CheckPermission, decoding [`VerdictOnly`].
+    verdicts: tonic::client::Grpc<Channel>,
     envoy: AuthorizationClient<Channel>,
 }
 
@@ -952,8 +983,24 @@ impl Clients {
         Clients {
             health: HealthClient::new(channel.clone()),
             envoy: AuthorizationClient::new(channel.clone()),
-            keys: KeyAuthorityServiceClient::new(channel),
+            verdicts: tonic::client::Grpc::new(channel),
         }
+    }
+
+    /// A unary call to `path` whose answer is read as [`VerdictOnly`].
+    async fn verdict<Req: prost::Message + Send + 'static>(
+        &mut self,
+        path: &'static str,
+        request: Req,
+    ) -> Result<VerdictOnly, tonic::Status> {
+        self.verdicts
+            .ready()
+            .await
+            .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let codec = tonic_prost::ProstCodec::<Req, VerdictOnly>::default();
+        let path = http::uri::PathAndQuery::from_static(path);
+        let answer = self.verdicts.unary(Request::new(request), path, codec);
+        Ok(answer.await?.into_inner())
     }
 
     async fn send(&mut self, call: Call) -> Outcome {
@@ -974,9 +1021,12 @@ impl Clients {
                 Err(status) => Outcome::Failed(status),
             },
             Call::Verify { key, expect_valid } => {
-                match self.keys.verify(verify_request(&key)).await {
+                let request = pb::VerifyRequest {
+                    key,
+                    required_permissions: Vec::new(),
+                };
+                match self.verdict(VERIFY_PATH, request).await {
                     Ok(r) => {
-                        let r = r.into_inner();
                         let expected_status = if expect_valid { 200 } else { 401 };
                         if r.valid == expect_valid && r.http_status == expected_status {
                             Outcome::Expected
@@ -998,11 +1048,12 @@ impl Clients {
                     resource: "patients".into(),
                     action: "read".into(),
                 };
-                match self.keys.check_permission(request).await {
-                    Ok(r) if r.get_ref().allowed => Outcome::Expected,
+                match self.verdict(CHECK_PERMISSION_PATH, request).await {
+                    // `allowed` is field 1, read as `valid`.
+                    Ok(r) if r.valid && r.http_status == 200 => Outcome::Expected,
                     Ok(r) => Outcome::Unexpected(format!(
                         "CheckPermission: allowed false, error {:?}",
-                        r.into_inner().error.map(|e| e.code)
+                        r.error.map(|e| e.code)
                     )),
                     Err(status) => Outcome::Failed(status),
                 }
@@ -1010,6 +1061,9 @@ impl Clients {
         }
     }
 }
+
+const VERIFY_PATH: &str = "/keyauth.v1.KeyAuthorityService/Verify";
+const CHECK_PERMISSION_PATH: &str = "/keyauth.v1.KeyAuthorityService/CheckPermission";
 
 /// Runs `workload` for `duration` with `concurrency` tasks spread over `channels`.
 async fn drive(
