@@ -30,7 +30,7 @@
 //! compare well across machines. Each server runs on a runtime of its own, whose threads are
 //! named, so that a last phase can count the server's own CPU time (user + system, from
 //! `/proc/self/task/*/stat`) over a counted number of calls: per call, for a health Check, a
-//! Verify with a bad checksum, a warm Verify and a warm CheckPermission.
+//! Verify with a bad checksum, a warm Verify, a warm CheckPermission and a warm ext_authz Check.
 //!
 //! Two modes measure one thing each: `--count-calls N` sends exactly N calls of one workload
 //! to the warm server from a current-thread client (instruction counts per call under
@@ -760,11 +760,12 @@ enum Workload {
 
 impl Workload {
     /// The workloads whose server CPU per call the last phase measures.
-    const CPU: [Workload; 4] = [
+    const CPU: [Workload; 5] = [
         Workload::Floor,
         Workload::BadChecksum,
         Workload::WarmVerify,
         Workload::WarmCheck,
+        Workload::ExtAuthz,
     ];
 
     /// Run order within a round.

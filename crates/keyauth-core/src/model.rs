@@ -15,7 +15,10 @@ pub struct KeyId(String);
 
 impl KeyId {
     pub(crate) fn from_lookup(lookup: &str) -> Self {
-        KeyId(format!("key_{lookup}"))
+        let mut id = String::with_capacity(4 + lookup.len());
+        id.push_str("key_");
+        id.push_str(lookup);
+        KeyId(id)
     }
 
     /// Parses an id given by a caller; `field` names it in the error.

@@ -135,8 +135,7 @@ impl PresentedKey {
         let mut full = Zeroizing::new(String::with_capacity(KEY_LEN));
         full.push_str(prefix(environment));
         push_random_base62(&mut full, LOOKUP_LEN + SECRET_LEN)?;
-        let checksum = checksum(full.as_bytes());
-        full.push_str(&checksum);
+        push_checksum(&mut full);
         Ok(PresentedKey { full, environment })
     }
 
@@ -153,8 +152,7 @@ impl PresentedKey {
         full.push_str(prefix(environment));
         full.push_str(lookup);
         full.push_str(secret);
-        let checksum = checksum(full.as_bytes());
-        full.push_str(&checksum);
+        push_checksum(&mut full);
         Some(PresentedKey { full, environment })
     }
 
@@ -182,7 +180,7 @@ impl PresentedKey {
         if !raw[PREFIX_LEN..].bytes().all(|b| b.is_ascii_alphanumeric()) {
             return None;
         }
-        if checksum(body.as_bytes()).as_bytes() != check.as_bytes() {
+        if checksum(body.as_bytes()) != check.as_bytes() {
             return None;
         }
         Some(PresentedKey {
@@ -278,14 +276,20 @@ pub fn unique_base62(n: usize) -> String {
 }
 
 /// CRC32 of `body` as exactly six base62 characters (62^6 > 2^32).
-fn checksum(body: &[u8]) -> String {
+fn checksum(body: &[u8]) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(body);
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
+}
+
+/// [`checksum`] appended to a key being built.
+fn push_checksum(full: &mut String) {
+    let checksum = checksum(full.as_bytes());
+    full.extend(checksum.iter().map(|&b| char::from(b)));
 }
 
 #[cfg(test)]

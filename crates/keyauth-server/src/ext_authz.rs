@@ -31,9 +31,10 @@ use keyauth_client::error_body;
 use keyauth_client::routes::{Permission, Requirement};
 use keyauth_core::model::{Denial, KeyRecord};
 use keyauth_core::{Authority, Error};
-use tonic::metadata::MetadataValue;
+use tonic::codegen::http::HeaderValue as HttpHeaderValue;
 use tonic::{Code, Request, Response, Status};
-use tracing::Instrument;
+use tracing::level_filters::LevelFilter;
+use tracing::{Instrument, Span};
 
 pub use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
 pub use keyauth_client::routes::RouteTable;
@@ -106,6 +107,43 @@ impl ExtAuthzApi {
     }
 }
 
+/// What a Check has to say in the log besides its answer (logged in the call's span, made
+/// only then at `info`).
+enum Note {
+    /// Not an HTTP request (or not from Envoy's HTTP filter): no key to check.
+    NotHttp,
+    /// The authority could not answer: the RPC error's code and message.
+    Unavailable(Status),
+    /// The route names a permission the catalog does not have.
+    UnknownPermission(Permission),
+    /// A restricted key on a path that maps to no resource.
+    RestrictedUnmapped,
+}
+
+impl Note {
+    fn log(&self) {
+        match self {
+            Note::NotHttp => tracing::info!("no HTTP request attributes: refused"),
+            Note::Unavailable(status) => tracing::warn!(
+                code = keyauth_proto::code_name(status.code()),
+                error = status.message(),
+                "the key could not be checked: 503"
+            ),
+            // A route (context_extensions or --ext-authz-routes) naming a permission the
+            // catalog does not have is a configuration mistake: no key can hold it, so the
+            // request is refused with 403, never allowed, whatever the key.
+            Note::UnknownPermission(p) => tracing::warn!(
+                resource = %p.resource,
+                action = %p.action,
+                "the route names a permission outside the catalog: refused (403)"
+            ),
+            Note::RestrictedUnmapped => {
+                tracing::debug!("restricted key on a path that maps to no resource: refused")
+            }
+        }
+    }
+}
+
 /// What a Check decided.
 enum Answer {
     Allowed(Arc<KeyRecord>),
@@ -139,25 +177,47 @@ impl Authorization for ExtAuthzApi {
                 .or(http.map(|h| &h.id))
                 .map(String::as_str),
         );
-        let span = tracing::info_span!("rpc", method = RPC, request_id = %request_id);
-        let header = MetadataValue::try_from(request_id.as_str()).ok();
+        // As for Verify (see `call::handle`): the span is made up front only when debug lines
+        // are enabled; otherwise only when the call has something to log, on the way out.
+        let eager = LevelFilter::current() >= LevelFilter::DEBUG;
+        let span = if eager {
+            call::rpc_span(RPC, &request_id)
+        } else {
+            Span::none()
+        };
+        let header = HttpHeaderValue::from_str(&request_id).ok();
         let result = async {
             tracing::debug!("started");
             if self.verifiers.is_configured() {
                 self.verifiers.check(request.metadata())?;
             }
-            let deadline = call::deadline(request.metadata());
+            let deadline = call::deadline(request.metadata().as_ref());
             Ok::<_, Error>(self.decide(request.get_ref(), deadline).await)
         }
         .instrument(span.clone())
         .await;
+        let loud = match &result {
+            Ok((_, note)) => note.is_some(),
+            Err(_) => true,
+        };
+        let span = if loud && !eager {
+            call::rpc_span(RPC, &request_id)
+        } else {
+            span
+        };
         let _enter = span.enter();
         match result {
-            Ok(answer) => {
+            Ok((answer, note)) => {
+                if let Some(note) = note {
+                    note.log();
+                }
                 crate::metrics::call(RPC, answer.outcome(), started.elapsed());
                 let mut response = Response::new(self.respond(answer, &request_id));
                 if let Some(h) = header {
-                    response.metadata_mut().insert(REQUEST_ID, h);
+                    response
+                        .metadata_mut()
+                        .as_mut()
+                        .insert(call::REQUEST_ID_HEADER, h);
                 }
                 Ok(response)
             }
@@ -170,7 +230,10 @@ impl Authorization for ExtAuthzApi {
                     started.elapsed(),
                 );
                 if let Some(h) = header {
-                    status.metadata_mut().insert(REQUEST_ID, h);
+                    status
+                        .metadata_mut()
+                        .as_mut()
+                        .insert(call::REQUEST_ID_HEADER, h);
                 }
                 Err(status)
             }
@@ -183,12 +246,17 @@ fn http_request(request: &CheckRequest) -> Option<&HttpRequest> {
 }
 
 impl ExtAuthzApi {
-    /// What the request needs, then the key judged against it.
-    async fn decide(&self, request: &CheckRequest, deadline: Option<Instant>) -> Answer {
+    /// What the request needs, then the key judged against it; with what to log, if anything.
+    async fn decide(
+        &self,
+        request: &CheckRequest,
+        deadline: Option<Instant>,
+    ) -> (Answer, Option<Note>) {
         let Some(http) = http_request(request) else {
-            // Not an HTTP request (or not from Envoy's HTTP filter): no key to check.
-            tracing::info!("no HTTP request attributes: refused");
-            return Answer::Denied(Denial::AuthenticationError);
+            return (
+                Answer::Denied(Denial::AuthenticationError),
+                Some(Note::NotHttp),
+            );
         };
         let requirement = self.requirement(request, http);
         let required = match &requirement {
@@ -199,40 +267,29 @@ impl ExtAuthzApi {
         let verdict = match self.authority.verify(presented, &required, deadline).await {
             Ok(verdict) => verdict,
             Err(err) => {
-                // The same logging and store-error metrics as an RPC error, then 503.
+                // The same store-error metrics as an RPC error (and the same log line's
+                // content), then 503.
                 let status = status::from_error(err);
-                tracing::warn!(
-                    code = keyauth_proto::code_name(status.code()),
-                    error = status.message(),
-                    "the key could not be checked: 503"
-                );
-                return Answer::Unknown;
+                return (Answer::Unknown, Some(Note::Unavailable(status)));
             }
         };
         if let Some(denial) = verdict.denial {
-            return Answer::Denied(denial);
+            return (Answer::Denied(denial), None);
         }
         let Some(record) = verdict.record else {
-            return Answer::Denied(Denial::AuthenticationError);
+            return (Answer::Denied(Denial::AuthenticationError), None);
         };
         match requirement {
-            Requirement::Permission(_) => Answer::Allowed(record),
-            Requirement::Unmapped if !record.restricted => Answer::Allowed(record),
-            Requirement::Unmapped => {
-                tracing::debug!("restricted key on a path that maps to no resource: refused");
-                Answer::Denied(Denial::InsufficientPermissions)
-            }
-            // A route (context_extensions or --ext-authz-routes) naming a permission the
-            // catalog does not have is a configuration mistake: no key can hold it, so the
-            // request is refused with 403, never allowed, whatever the key.
-            Requirement::Unknown(p) => {
-                tracing::warn!(
-                    resource = %p.resource,
-                    action = %p.action,
-                    "the route names a permission outside the catalog: refused (403)"
-                );
-                Answer::Denied(Denial::InsufficientPermissions)
-            }
+            Requirement::Permission(_) => (Answer::Allowed(record), None),
+            Requirement::Unmapped if !record.restricted => (Answer::Allowed(record), None),
+            Requirement::Unmapped => (
+                Answer::Denied(Denial::InsufficientPermissions),
+                Some(Note::RestrictedUnmapped),
+            ),
+            Requirement::Unknown(p) => (
+                Answer::Denied(Denial::InsufficientPermissions),
+                Some(Note::UnknownPermission(p)),
+            ),
         }
     }
 
@@ -362,5 +419,100 @@ fn denied(
             body,
         })),
         dynamic_metadata: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::Captured;
+    use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::Request as AttributeRequest;
+
+    /// A CheckRequest as Envoy's HTTP filter sends it, with the route's context extensions.
+    fn check_request(headers: &[(&str, &str)], extensions: &[(&str, &str)]) -> CheckRequest {
+        let owned = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                request: Some(AttributeRequest {
+                    http: Some(HttpRequest {
+                        method: "GET".into(),
+                        path: "/api/v1/patients".into(),
+                        headers: owned(headers),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                context_extensions: owned(extensions),
+                ..Default::default()
+            }),
+        }
+    }
+
+    /// At `info` a Check makes no span unless it has something to log; what it logs carries
+    /// its request id, and a plain denial logs nothing.
+    #[tokio::test]
+    async fn a_check_logs_only_what_it_has_to_say_with_its_request_id() {
+        let captured = Captured::default();
+        let _default = captured.install();
+        let dir = tempfile::tempdir().unwrap();
+        let authority = crate::test_support::authority(&dir).await;
+        let new = keyauth_core::authority::NewKey {
+            application_id: keyauth_core::model::ApplicationId::parse("app", "app").unwrap(),
+            environment: keyauth_core::model::Environment::Test,
+            name: "unit".into(),
+            permissions: Default::default(),
+            expire_time: None,
+            metadata: Default::default(),
+        };
+        let issued = authority
+            .issue(new, &Default::default(), None)
+            .await
+            .unwrap();
+        let bearer = format!("Bearer {}", issued.key.expose());
+        let api = ExtAuthzApi::new(
+            authority,
+            OperatorAuth::verifier(None),
+            ExtAuthzOptions::default(),
+        );
+
+        let quiet = check_request(
+            &[
+                ("x-request-id", "req-quiet-1"),
+                ("authorization", "Bearer nope"),
+            ],
+            &[],
+        );
+        let answer = api.check(Request::new(quiet)).await.unwrap();
+        assert_eq!(answer.metadata().get(REQUEST_ID).unwrap(), "req-quiet-1");
+
+        let misrouted = check_request(
+            &[("x-request-id", "req-loud-2"), ("authorization", &bearer)],
+            &[
+                (RESOURCE_EXTENSION, "spaceships"),
+                (ACTION_EXTENSION, "fly"),
+            ],
+        );
+        let answer = api.check(Request::new(misrouted)).await.unwrap();
+        assert_eq!(answer.metadata().get(REQUEST_ID).unwrap(), "req-loud-2");
+
+        let not_http = CheckRequest::default();
+        let answer = api.check(Request::new(not_http)).await.unwrap();
+        let fresh = answer.metadata().get(REQUEST_ID).unwrap().to_str().unwrap();
+
+        let logs = captured.text();
+        let lines: Vec<&str> = logs.lines().filter(|l| l.contains("rpc{")).collect();
+        assert_eq!(lines.len(), 2, "{logs}");
+        assert!(lines[0].contains("outside the catalog"), "{logs}");
+        assert!(lines[0].contains("request_id=req-loud-2"), "{logs}");
+        assert!(lines[0].contains("method=\"Check\""), "{logs}");
+        assert!(lines[1].contains("no HTTP request attributes"), "{logs}");
+        assert!(lines[1].contains(&format!("request_id={fresh}")), "{logs}");
+        assert!(!logs.contains("req-quiet-1"), "{logs}");
     }
 }

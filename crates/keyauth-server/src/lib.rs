@@ -26,3 +26,6 @@ pub mod status;
 pub mod tls;
 
 mod wire;
+
+#[cfg(test)]
+mod test_support;

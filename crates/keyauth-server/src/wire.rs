@@ -154,7 +154,7 @@ pub fn key_out(record: &KeyRecord, now: Timestamp) -> pb::ApiKey {
         KeyState::Revoked => pb::KeyState::Revoked,
     };
     pb::ApiKey {
-        id: record.id.to_string(),
+        id: record.id.as_str().to_owned(),
         application_id: record.application_id.as_str().to_owned(),
         environment: environment_out(record.environment).into(),
         name: record.name.clone(),
@@ -180,7 +180,7 @@ pub fn key_out(record: &KeyRecord, now: Timestamp) -> pb::ApiKey {
         replaced_by_key_id: record
             .replaced_by
             .as_ref()
-            .map(ToString::to_string)
+            .map(|id| id.as_str().to_owned())
             .unwrap_or_default(),
         state: state.into(),
         revoke_reason: record.revoke_reason.clone().unwrap_or_default(),

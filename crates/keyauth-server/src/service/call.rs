@@ -14,7 +14,7 @@ use keyauth_core::authority::Idempotency;
 use keyauth_core::sealing::{self, IdempotencyKey};
 use keyauth_core::store::{Changed, Provenance};
 use prost::Message;
-use tonic::metadata::{Ascii, MetadataMap, MetadataValue};
+use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Request, Response, Status};
 use tracing::level_filters::LevelFilter;
 use tracing::{Instrument, Span};
@@ -24,6 +24,11 @@ use super::gate::{Admitted, authorization};
 use crate::status;
 
 pub(crate) const REQUEST_ID: &str = "x-request-id";
+/// The same names as header names made at compile time: looked up and inserted without
+/// parsing the name on every call.
+pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static(sealing::HEADER);
 
 /// Which token a call needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,7 +79,8 @@ impl KeyAuthorityApi {
         let started = Instant::now();
         // The id travels as the header it arrived in (or a fresh one): no copy of the
         // caller's, and no string unless a span, a log line or an audit record needs one.
-        let mut header = presented_request_id(request.metadata()).unwrap_or_else(fresh_request_id);
+        let mut header =
+            presented_request_id(request.metadata().as_ref()).unwrap_or_else(fresh_request_id);
         // Never indexed by HPACK: each call's id is new, so indexing it would only churn both
         // ends' header tables (and walk them on every call).
         header.set_sensitive(true);
@@ -102,9 +108,11 @@ impl KeyAuthorityApi {
                     .flatten(),
             };
             debug_assert_eq!(super::gate::access_of(method), Some(access), "{method}");
-            // Admitted by the gate from the headers (see `gate`), or checked here.
+            // Admitted by the gate from the headers (see `gate`), or checked here: refused by
+            // the gate, or needing no token (then the header is not even looked up).
             let admitted = match request.extensions_mut().remove::<Admitted>() {
                 Some(Admitted(operator)) => Ok(operator),
+                None if !self.tokens.needed(access) => Ok(None),
                 None => self.tokens.admit(access, authorization(&request)),
             };
             match admitted {
@@ -127,14 +135,15 @@ impl KeyAuthorityApi {
             let idempotency_key = match access {
                 Access::Operator => request
                     .metadata()
-                    .get(sealing::HEADER)
+                    .as_ref()
+                    .get(IDEMPOTENCY_KEY)
                     .map(|v| IdempotencyKey::parse(v.as_bytes()))
                     .transpose()?,
                 Access::Verifier | Access::VerifierOrOperator => None,
             };
             let call = Call {
                 method,
-                deadline: deadline(request.metadata()),
+                deadline: deadline(request.metadata().as_ref()),
                 provenance,
                 idempotency_key,
             };
@@ -150,7 +159,10 @@ impl KeyAuthorityApi {
                 }
                 crate::metrics::call(method, res.outcome(), started.elapsed());
                 let mut response = Response::new(res);
-                response.metadata_mut().insert(REQUEST_ID, header);
+                response
+                    .metadata_mut()
+                    .as_mut()
+                    .insert(REQUEST_ID_HEADER, header);
                 Ok(response)
             }
             Err(err) => {
@@ -164,7 +176,10 @@ impl KeyAuthorityApi {
                 let mut status = status::from_error(err);
                 let outcome = keyauth_proto::code_name(status.code());
                 crate::metrics::call(method, outcome, started.elapsed());
-                status.metadata_mut().insert(REQUEST_ID, header);
+                status
+                    .metadata_mut()
+                    .as_mut()
+                    .insert(REQUEST_ID_HEADER, header);
                 Err(status)
             }
         }
@@ -240,7 +255,7 @@ impl Call {
 }
 
 /// The span of one call: every line it logs carries the method and the request id.
-fn rpc_span(method: &'static str, request_id: &str) -> Span {
+pub(crate) fn rpc_span(method: &'static str, request_id: &str) -> Span {
     tracing::info_span!("rpc", method, request_id = %request_id)
 }
 
@@ -251,9 +266,9 @@ fn is_usable_request_id(id: &[u8]) -> bool {
 
 /// The caller's request id, when it is usable, as the header it came in (a shared reference to
 /// the received bytes, not a copy).
-fn presented_request_id(metadata: &MetadataMap) -> Option<MetadataValue<Ascii>> {
-    metadata
-        .get(REQUEST_ID)
+fn presented_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
+    headers
+        .get(REQUEST_ID_HEADER)
         .filter(|v| is_usable_request_id(v.as_bytes()))
         .cloned()
 }
@@ -274,8 +289,8 @@ const FRESH_ID_PREFIX: usize = 9;
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A fresh request id as a header value.
-fn fresh_request_id() -> MetadataValue<Ascii> {
-    MetadataValue::try_from(&fresh_request_id_bytes()[..])
+fn fresh_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&fresh_request_id_bytes())
         .expect("base62 characters make a valid header value")
 }
 
@@ -319,8 +334,8 @@ fn fresh_request_id_bytes() -> [u8; FRESH_ID_LEN] {
 }
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`).
-pub(crate) fn deadline(metadata: &MetadataMap) -> Option<Instant> {
-    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+pub(crate) fn deadline(headers: &HeaderMap) -> Option<Instant> {
+    let value = headers.get(GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let n: u64 = digits.parse().ok()?;
     let timeout = match unit {
@@ -338,8 +353,9 @@ pub(crate) fn deadline(metadata: &MetadataMap) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::Captured;
     use std::collections::HashSet;
-    use std::sync::{Arc, Mutex};
+    use tonic::metadata::MetadataMap;
 
     #[test]
     fn fresh_request_ids_are_unique_base62() {
@@ -358,20 +374,6 @@ mod tests {
         assert_eq!(request_id(Some("two words")).len(), FRESH_ID_LEN);
     }
 
-    /// What a test's subscriber wrote.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[derive(Debug)]
     struct Done;
     impl Outcome for Done {}
@@ -381,24 +383,9 @@ mod tests {
     #[tokio::test]
     async fn a_failing_verifier_call_logs_its_request_id() {
         let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _default = tracing::subscriber::set_default(subscriber);
-
+        let _default = captured.install();
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("calls.db").display());
-        let store = keyauth_core::store::connect(&url, &Default::default())
-            .await
-            .unwrap();
-        let settings = crate::server::AuthoritySettings::default();
-        let authority =
-            crate::server::authority(store, settings, keyauth_core::clock::Clock::System)
-                .await
-                .unwrap();
+        let authority = crate::test_support::authority(&dir).await;
         let none = crate::service::OperatorAuth::new(None);
         let api = KeyAuthorityApi::new(authority, none.clone(), none);
 
@@ -443,7 +430,7 @@ mod tests {
         let fresh = fresh.metadata().get(REQUEST_ID).unwrap().to_str().unwrap();
         assert_eq!(fresh.len(), FRESH_ID_LEN);
 
-        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let logs = captured.text();
         let failed_lines: Vec<&str> = logs.lines().filter(|l| l.contains("failed")).collect();
         assert_eq!(failed_lines.len(), 2, "{logs}");
         assert!(failed_lines[0].contains("request_id=req-loud-2"), "{logs}");
@@ -462,9 +449,9 @@ mod tests {
     fn grpc_timeout_is_parsed() {
         let mut m = MetadataMap::new();
         m.insert("grpc-timeout", "250m".parse().unwrap());
-        let d = deadline(&m).unwrap();
+        let d = deadline(m.as_ref()).unwrap();
         assert!(d > Instant::now() && d <= Instant::now() + Duration::from_millis(250));
         m.insert("grpc-timeout", "x".parse().unwrap());
-        assert!(deadline(&m).is_none());
+        assert!(deadline(m.as_ref()).is_none());
     }
 }

@@ -50,7 +50,7 @@ pub(crate) struct Admitted(pub(crate) Option<String>);
 impl Tokens {
     /// Whether a call of `access` needs a token at all (Verify without a verifier token does
     /// not).
-    fn needed(&self, access: Access) -> bool {
+    pub(crate) fn needed(&self, access: Access) -> bool {
         access != Access::Verifier || self.verifiers.is_configured()
     }
 
@@ -83,7 +83,8 @@ impl Tokens {
 pub(crate) fn authorization<T>(request: &tonic::Request<T>) -> Option<&str> {
     request
         .metadata()
-        .get("authorization")
+        .as_ref()
+        .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
 }
 
