@@ -354,12 +354,24 @@ async fn run(args: Args) -> Result<()> {
         }
     }
 
-    eprintln!("server CPU per call: {} s of each…", args.seconds);
+    // Round after round, as the RPS phase: drift and the 10 ms resolution of the CPU clock
+    // weigh on every workload alike.
+    eprintln!(
+        "server CPU per call: {} rounds of {} s of each…",
+        args.rounds, args.seconds
+    );
+    let mut spent = [Duration::ZERO; Workload::CPU.len()];
+    let mut tallies: Vec<Tally> = Workload::CPU.iter().map(|_| Tally::default()).collect();
+    for _ in 0..args.rounds {
+        for (w, workload) in Workload::CPU.into_iter().enumerate() {
+            let before = warm.cpu_time()?;
+            let tally = drive(workload, &warm_channels, &inputs, concurrency, duration).await;
+            spent[w] += warm.cpu_time()? - before;
+            tallies[w].merge(tally);
+        }
+    }
     let mut cpu = Vec::new();
-    for workload in Workload::CPU {
-        let before = warm.cpu_time()?;
-        let tally = drive(workload, &warm_channels, &inputs, concurrency, duration).await;
-        let spent = warm.cpu_time()? - before;
+    for ((workload, spent), tally) in Workload::CPU.into_iter().zip(spent).zip(&tallies) {
         let calls = tally.total_calls();
         cpu.push(CpuRow {
             workload: workload.label(),
@@ -1582,8 +1594,8 @@ fn print_report(report: &Report, totals: &[Tally]) {
         println!();
         println!(
             "server CPU per call (user + system of the warm server's threads, over the calls of \
-             one {} s run each):",
-            s.seconds
+             {} rounds of {} s each):",
+            s.rounds, s.seconds
         );
         println!(
             "{:<34} {:>9} {:>12} {:>12} {:>9}",

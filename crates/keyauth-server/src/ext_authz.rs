@@ -33,8 +33,8 @@ use keyauth_core::model::{Denial, KeyRecord};
 use keyauth_core::{Authority, Error};
 use tonic::codegen::http::HeaderValue as HttpHeaderValue;
 use tonic::{Code, Request, Response, Status};
+use tracing::Span;
 use tracing::level_filters::LevelFilter;
-use tracing::{Instrument, Span};
 
 pub use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
 pub use keyauth_client::routes::RouteTable;
@@ -180,32 +180,26 @@ impl Authorization for ExtAuthzApi {
         // As for Verify (see `call::handle`): the span is made up front only when debug lines
         // are enabled; otherwise only when the call has something to log, on the way out.
         let eager = LevelFilter::current() >= LevelFilter::DEBUG;
-        let span = if eager {
-            call::rpc_span(RPC, &request_id)
-        } else {
-            Span::none()
-        };
+        let mut span = eager.then(|| call::rpc_span(RPC, &request_id));
         let header = HttpHeaderValue::from_str(&request_id).ok();
-        let result = async {
+        let work = async {
             tracing::debug!("started");
             if self.verifiers.is_configured() {
                 self.verifiers.check(request.metadata())?;
             }
             let deadline = call::deadline(request.metadata().as_ref());
             Ok::<_, Error>(self.decide(request.get_ref(), deadline).await)
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let make_span = || call::rpc_span(RPC, &request_id);
+        let result = call::spanned_once_waiting(&mut span, make_span, work).await;
         let loud = match &result {
             Ok((_, note)) => note.is_some(),
             Err(_) => true,
         };
-        let span = if loud && !eager {
-            call::rpc_span(RPC, &request_id)
-        } else {
-            span
-        };
-        let _enter = span.enter();
+        if loud && span.is_none() {
+            span = Some(make_span());
+        }
+        let _enter = span.as_ref().map(Span::enter);
         match result {
             Ok((answer, note)) => {
                 if let Some(note) = note {

@@ -16,8 +16,8 @@ use keyauth_core::store::{Changed, Provenance};
 use prost::Message;
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Request, Response, Status};
+use tracing::Span;
 use tracing::level_filters::LevelFilter;
-use tracing::{Instrument, Span};
 
 use super::KeyAuthorityApi;
 use super::gate::{Admitted, authorization};
@@ -88,15 +88,13 @@ impl KeyAuthorityApi {
         // The span costs a formatted allocation and the subscriber's bookkeeping per call. It is
         // made up front when something inside the call may log: an operator call (its changes
         // log at info), or any call when debug lines are enabled somewhere. A verifier's call
-        // (Verify, CheckPermission) writes only debug lines while it runs; if it fails, the span
-        // is made on the way out, so the lines it writes then carry the request id all the same.
+        // (Verify, CheckPermission) answered from memory writes nothing while it runs, and runs
+        // without a span; one that has to wait (a cold key: the store, argon2) gets its span the
+        // first time it waits, so that what the store or the driver logs meanwhile (a slow
+        // statement) carries the request id; one that fails gets it on the way out.
         let eager = access != Access::Verifier || LevelFilter::current() >= LevelFilter::DEBUG;
-        let span = if eager {
-            rpc_span(method, request_id)
-        } else {
-            Span::none()
-        };
-        let result = async {
+        let mut span = eager.then(|| rpc_span(method, request_id));
+        let work = async {
             tracing::debug!("started");
             let mut provenance = Provenance {
                 // Only operator calls are audited: the others skip the copy.
@@ -148,12 +146,11 @@ impl KeyAuthorityApi {
                 idempotency_key,
             };
             work(request.into_inner(), call).await
-        }
-        .instrument(span.clone())
-        .await;
+        };
+        let result = spanned_once_waiting(&mut span, || rpc_span(method, request_id), work).await;
         match result {
             Ok(res) => {
-                if eager {
+                if eager && let Some(span) = &span {
                     let _enter = span.enter();
                     tracing::debug!("ok");
                 }
@@ -166,11 +163,7 @@ impl KeyAuthorityApi {
                 Ok(response)
             }
             Err(err) => {
-                let span = if eager {
-                    span
-                } else {
-                    rpc_span(method, request_id)
-                };
+                let span = span.unwrap_or_else(|| rpc_span(method, request_id));
                 let _enter = span.enter();
                 tracing::info!(error = %err, "failed");
                 let mut status = status::from_error(err);
@@ -252,6 +245,29 @@ impl Call {
             respond,
         })
     }
+}
+
+/// Runs `work` in `span` when there is one; otherwise without a span until `work` first waits,
+/// and from then on in the span `make` makes (left in `span` for the caller's last lines). A
+/// call answered from memory thus pays for no span, and one that waits on the store or argon2
+/// has its lines, and those of the libraries under it, carry its request id.
+pub(crate) async fn spanned_once_waiting<T>(
+    span: &mut Option<Span>,
+    make: impl Fn() -> Span,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        let polled = {
+            let _enter = span.as_ref().map(Span::enter);
+            work.as_mut().poll(cx)
+        };
+        if polled.is_pending() && span.is_none() {
+            *span = Some(make());
+        }
+        polled
+    })
+    .await
 }
 
 /// The span of one call: every line it logs carries the method and the request id.
@@ -378,8 +394,9 @@ mod tests {
     struct Done;
     impl Outcome for Done {}
 
-    /// At `info` (what `keyauth serve` logs by default) a verifier's call makes no span while
-    /// it runs; one that fails still logs its request id, and every answer carries the id.
+    /// At `info` (what `keyauth serve` logs by default) a verifier's call answered at once makes
+    /// no span; one that fails, or logs while it waits, still logs its request id, and every
+    /// answer carries the id.
     #[tokio::test]
     async fn a_failing_verifier_call_logs_its_request_id() {
         let captured = Captured::default();
@@ -429,6 +446,22 @@ mod tests {
             .unwrap_err();
         let fresh = fresh.metadata().get(REQUEST_ID).unwrap().to_str().unwrap();
         assert_eq!(fresh.len(), FRESH_ID_LEN);
+        // A call that has to wait (a cold key) gets its span then: what is logged while it
+        // waits (a slow statement) carries its id, though the call succeeds.
+        let waited = api
+            .handle(
+                "Verify",
+                Access::Verifier,
+                call(Some("req-cold-3")),
+                |_, _| async {
+                    tokio::task::yield_now().await;
+                    tracing::warn!("slow statement");
+                    Ok(Done)
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(waited.metadata().get(REQUEST_ID).unwrap(), "req-cold-3");
 
         let logs = captured.text();
         let failed_lines: Vec<&str> = logs.lines().filter(|l| l.contains("failed")).collect();
@@ -443,6 +476,9 @@ mod tests {
             !logs.contains("req-quiet-1"),
             "a call that logs nothing: {logs}"
         );
+        let slow: Vec<&str> = logs.lines().filter(|l| l.contains("slow")).collect();
+        assert_eq!(slow.len(), 1, "{logs}");
+        assert!(slow[0].contains("request_id=req-cold-3"), "{logs}");
     }
 
     #[test]
