@@ -454,19 +454,8 @@ async fn count_calls(workload: &str, calls: usize, cores: usize) -> Result<()> {
 /// and verified `keys` keys over gRPC with the default argon2id parameters.
 async fn serve_rss(keys: usize, cores: usize) -> Result<()> {
     let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into());
-    let dir = tempfile::Builder::new()
-        .prefix("keyauth-bench-serve-rss-")
-        .tempdir()?;
-    let admin_token = keyauth_core::key::random_base62(32)?;
     let before = MemorySample::read()?;
-    let server = BenchServer::start(
-        &dir.path().join("rss.db"),
-        CacheSettings::default(),
-        &admin_token,
-        cores,
-        WARM_THREADS,
-    )
-    .await?;
+    let (_dir, admin_token, server) = warm_server(cores).await?;
     let channels = connect(server.addr, 1).await?;
     let idle = MemorySample::read()?;
     let started = Instant::now();

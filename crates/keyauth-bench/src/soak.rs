@@ -227,6 +227,22 @@ impl Client {
         Ok(())
     }
 
+    /// A key just issued or rolled: verified at once (cold), then put in the pool; the key it
+    /// pushes out is revoked.
+    async fn pool_new(
+        &mut self,
+        shared: &Shared,
+        key: Option<pb::ApiKey>,
+        secret: String,
+    ) -> Result<(), String> {
+        let id = key.map(|k| k.id).unwrap_or_default();
+        self.verify(&secret, true).await?;
+        if let Some(out) = shared.add(Live { id, key: secret }) {
+            self.revoke(out.id).await?;
+        }
+        Ok(())
+    }
+
     /// One call of `kind`; what the answer was, if not the expected one.
     async fn call(
         &mut self,
@@ -300,15 +316,7 @@ impl Client {
                     .await
                     .map_err(status)?
                     .into_inner();
-                let id = issued.key.map(|k| k.id).unwrap_or_default();
-                self.verify(&issued.secret, true).await?;
-                if let Some(out) = shared.add(Live {
-                    id,
-                    key: issued.secret,
-                }) {
-                    self.revoke(out.id).await?;
-                }
-                Ok(())
+                self.pool_new(shared, issued.key, issued.secret).await
             }
             Kind::Revoke => match shared.take(seed) {
                 Some(live) => {
@@ -332,15 +340,7 @@ impl Client {
                     .await
                     .map_err(status)?
                     .into_inner();
-                let id = rolled.key.map(|k| k.id).unwrap_or_default();
-                self.verify(&rolled.secret, true).await?;
-                if let Some(out) = shared.add(Live {
-                    id,
-                    key: rolled.secret,
-                }) {
-                    self.revoke(out.id).await?;
-                }
-                Ok(())
+                self.pool_new(shared, rolled.key, rolled.secret).await
             }
             Kind::Update => {
                 let Some(live) = shared.pick(seed) else {
@@ -452,19 +452,8 @@ fn raced(shared: &Shared, live: &Live, what: String) -> Result<(), String> {
 
 pub(crate) async fn run(seconds: f64, concurrency: usize, cores: usize) -> Result<()> {
     let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into());
-    let dir = tempfile::Builder::new()
-        .prefix("keyauth-bench-soak-")
-        .tempdir()?;
-    let admin_token = keyauth_core::key::random_base62(32)?;
     let before = MemorySample::read()?;
-    let server = BenchServer::start(
-        &dir.path().join("soak.db"),
-        CacheSettings::default(),
-        &admin_token,
-        cores,
-        WARM_THREADS,
-    )
-    .await?;
+    let (_dir, admin_token, server) = warm_server(cores).await?;
     let channels = connect(server.addr, 4).await?;
     let idle = MemorySample::read()?;
     let mib = |kib: u64| kib as f64 / 1024.0;
