@@ -13,11 +13,11 @@ use crate::changes::ChangeHub;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
-use crate::key::{KeyIdOf, PresentedKey};
+use crate::key::{KeyIdOf, KeyView, PresentedKey};
 use crate::key_filter::{KeyFilter, ProbeBudget};
 use crate::model::{
-    ApplicationId, Environment, KeyId, KeyRecord, KeyState, KeyStates, Metadata, Permissions,
-    Verdict,
+    ApplicationId, Environment, KeyId, KeyIdText, KeyRecord, KeyState, KeyStates, Metadata,
+    Permissions, Verdict,
 };
 use crate::model::{REASON_MAX, check_text};
 use crate::paging::PageTokens;
@@ -108,6 +108,30 @@ pub struct Replay {
 pub struct Issued {
     pub record: KeyRecord,
     pub key: PresentedKey,
+}
+
+/// What [`Authority::verify_from_memory`] made of a Verify.
+#[derive(Debug)]
+pub enum Recall {
+    /// Answered from memory.
+    Answered(Result<Verdict, Error>),
+    /// The store or argon2 is needed: [`Authority::verify_waiting`].
+    Wait(Waiting),
+}
+
+/// A Verify that has to wait, as [`Authority::verify_from_memory`] left it.
+#[derive(Debug)]
+pub struct Waiting {
+    pending: Pending,
+    now: Timestamp,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// A proven key whose cached record is older than the TTL.
+    Refresh(Arc<Proven>),
+    /// A key not in the cache.
+    Prove(PresentedKey),
 }
 
 pub struct Authority {
@@ -322,6 +346,7 @@ impl Authority {
             revoke_reason: None,
             last_used_time: None,
             replaced_by: None,
+            memo: Default::default(),
         };
         Ok(Issued { record, key })
     }
@@ -638,41 +663,75 @@ impl Authority {
         required: &[(String, String)],
         deadline: Option<Instant>,
     ) -> Result<Verdict, Error> {
-        let Some(key) = PresentedKey::parse(presented) else {
-            return Ok(Verdict::unauthenticated());
+        match self.verify_from_memory(presented, required) {
+            Recall::Answered(answer) => answer,
+            Recall::Wait(waiting) => self.verify_waiting(waiting, required, deadline).await,
+        }
+    }
+
+    /// [`Authority::verify`] as far as memory answers it, without waiting: a key proven before
+    /// and fresh in the cache, a malformed key, a wrong secret for a cached key, an id no key
+    /// has. Otherwise (the store, argon2) what [`Authority::verify_waiting`] goes on with. The
+    /// key is read where it lies: nothing is copied or allocated unless the call has to wait.
+    pub fn verify_from_memory(&self, presented: &str, required: &[(String, String)]) -> Recall {
+        let Some(key) = KeyView::parse(presented) else {
+            return Recall::Answered(Ok(Verdict::unauthenticated()));
         };
-        let id = key.id();
+        let Some(id) = KeyIdText::new(key.lookup()) else {
+            return Recall::Answered(Ok(Verdict::unauthenticated()));
+        };
         let digest = key.digest();
         let now = self.now();
-        let proven = match self.cache.lookup(&id, &digest) {
+        let pending = match self.cache.lookup(id.as_str(), &digest) {
             // Past the staleness limit nothing is answered from memory.
             Lookup::Proven(_) | Lookup::WrongSecret if self.cut_off() => {
-                return Err(Error::StoreUnreachable);
+                return Recall::Answered(Err(Error::StoreUnreachable));
             }
-            Lookup::WrongSecret => return Ok(Verdict::unauthenticated()),
-            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => p,
-            Lookup::Proven(stale) => match within(deadline, self.refresh(&stale, now)).await? {
-                Some(p) => p,
-                None => return Ok(Verdict::unauthenticated()),
-            },
+            Lookup::WrongSecret => return Recall::Answered(Ok(Verdict::unauthenticated())),
+            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => {
+                return Recall::Answered(Ok(self.judged(&p, now, required)));
+            }
+            Lookup::Proven(stale) => Pending::Refresh(stale),
             Lookup::Miss => {
                 // An id no key has: refused from memory, unless it may be a key another
                 // instance just made (a few such reads a second).
-                if !self.keys.may_contain(&id) && !self.probes.take(now) {
+                let key = key.to_owned();
+                if !self.keys.may_contain(&key.id()) && !self.probes.take(now) {
                     metrics::counter!(crate::metrics::KEY_FILTER_REFUSALS).increment(1);
-                    return Ok(Verdict::unauthenticated());
+                    return Recall::Answered(Ok(Verdict::unauthenticated()));
                 }
-                match within(deadline, self.prove(&key, now, deadline)).await? {
-                    Some(p) => p,
-                    None => return Ok(Verdict::unauthenticated()),
-                }
+                Pending::Prove(key)
             }
         };
+        Recall::Wait(Waiting { pending, now })
+    }
+
+    /// The rest of a Verify that memory could not answer: the stale record re-read, or the
+    /// key proven against the store (argon2id), within `deadline`.
+    pub async fn verify_waiting(
+        &self,
+        waiting: Waiting,
+        required: &[(String, String)],
+        deadline: Option<Instant>,
+    ) -> Result<Verdict, Error> {
+        let Waiting { pending, now } = waiting;
+        let proven = match pending {
+            Pending::Refresh(stale) => within(deadline, self.refresh(&stale, now)).await?,
+            Pending::Prove(key) => within(deadline, self.prove(&key, now, deadline)).await?,
+        };
+        Ok(match proven {
+            Some(p) => self.judged(&p, now, required),
+            None => Verdict::unauthenticated(),
+        })
+    }
+
+    /// A proven key judged at `now` for `required`; its use noted when it is valid.
+    fn judged(&self, proven: &Proven, now: Timestamp, required: &[(String, String)]) -> Verdict {
         let verdict = Verdict::judge(proven.record.clone(), now, required);
         if verdict.is_valid() {
-            self.note_use(&proven, now);
+            self.note_use(proven, now);
         }
-        Ok(verdict)
+        verdict
     }
 
     /// Cold path: one indexed read, argon2id, then cache; one at a time per key id, so
@@ -694,7 +753,7 @@ impl Authority {
         // cannot take the permits of other keys' lookups.
         let _flight = self.flights.join(&id).await;
         // What the flight before this one found, if any.
-        match self.cache.peek(&id, &key.digest()) {
+        match self.cache.peek(id.as_str(), &key.digest()) {
             Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
             Lookup::WrongSecret => return Ok(None),
             _ if self.cache.is_unknown(&id, now) => return Ok(None),
@@ -736,7 +795,7 @@ impl Authority {
     async fn refresh(&self, stale: &Proven, now: Timestamp) -> Result<Option<Arc<Proven>>, Error> {
         let id = &stale.record.id;
         let _flight = self.flights.join(id).await;
-        match self.cache.peek(id, &stale.digest()) {
+        match self.cache.peek(id.as_str(), &stale.digest()) {
             Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
             // Dropped or replaced meanwhile (a revoke, a roll): judged afresh.
             Lookup::WrongSecret => return Ok(None),

@@ -290,7 +290,7 @@ impl VerifyCache {
         }
     }
 
-    pub fn lookup(&self, id: &KeyId, digest: &KeyDigest) -> Lookup {
+    pub fn lookup(&self, id: &str, digest: &KeyDigest) -> Lookup {
         let lookup = self.peek(id, digest);
         // Literal labels: the metric key is a static, built once, not per lookup.
         let counter = match lookup {
@@ -307,7 +307,7 @@ impl VerifyCache {
     }
 
     /// [`VerifyCache::lookup`] without counting it (a second look after waiting for a flight).
-    pub fn peek(&self, id: &KeyId, digest: &KeyDigest) -> Lookup {
+    pub fn peek(&self, id: &str, digest: &KeyDigest) -> Lookup {
         match self.proven.get(id) {
             Some(p) if digests_match(&p.digest, digest) => Lookup::Proven(p),
             Some(_) => Lookup::WrongSecret,
@@ -491,6 +491,7 @@ mod tests {
             revoke_reason: None,
             last_used_time: None,
             replaced_by: None,
+            memo: Default::default(),
         })
     }
 
@@ -500,14 +501,14 @@ mod tests {
         let r = record("key_a");
         let g = c.generation();
         c.remember([1; 32], r.clone(), Timestamp::EPOCH, g).unwrap();
-        assert!(matches!(c.lookup(&r.id, &[1; 32]), Lookup::Proven(_)));
-        assert!(matches!(c.lookup(&r.id, &[2; 32]), Lookup::WrongSecret));
+        assert!(matches!(c.lookup(r.id.as_str(), &[1; 32]), Lookup::Proven(_)));
+        assert!(matches!(c.lookup(r.id.as_str(), &[2; 32]), Lookup::WrongSecret));
         assert!(matches!(
-            c.lookup(&KeyId::from_store("key_b".into()), &[1; 32]),
+            c.lookup("key_b", &[1; 32]),
             Lookup::Miss
         ));
         c.forget(&r.id);
-        assert!(matches!(c.lookup(&r.id, &[1; 32]), Lookup::Miss));
+        assert!(matches!(c.lookup(r.id.as_str(), &[1; 32]), Lookup::Miss));
     }
 
     #[test]
@@ -520,7 +521,7 @@ mod tests {
             c.remember([1; 32], r.clone(), Timestamp::EPOCH, g)
                 .is_none()
         );
-        assert!(matches!(c.lookup(&r.id, &[1; 32]), Lookup::Miss));
+        assert!(matches!(c.lookup(r.id.as_str(), &[1; 32]), Lookup::Miss));
     }
 
     #[test]
@@ -546,7 +547,7 @@ mod tests {
         c.expire_all();
         assert!(!c.is_fresh(&p, Timestamp::EPOCH));
         assert!(
-            matches!(c.lookup(&p.record.id, &[1; 32]), Lookup::Proven(_)),
+            matches!(c.lookup(p.record.id.as_str(), &[1; 32]), Lookup::Proven(_)),
             "still proven"
         );
         let g = c.generation();

@@ -50,6 +50,38 @@ impl KeyId {
     }
 }
 
+/// A key id borrows as its text, so that the cache can be read with an id made on the stack
+/// ([`KeyIdText`]). `KeyId` hashes and compares as its `String`, hence as that `str`.
+impl std::borrow::Borrow<str> for KeyId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The id of a lookup part as text on the stack (`key_` and the lookup): what a Verify answered
+/// from memory reads the cache with, without allocating a [`KeyId`].
+pub struct KeyIdText {
+    text: [u8; 4 + LOOKUP_LEN],
+}
+
+impl KeyIdText {
+    /// `None` unless `lookup` is a lookup part (`LOOKUP_LEN` letters or digits).
+    pub fn new(lookup: &str) -> Option<Self> {
+        if lookup.len() != LOOKUP_LEN || !lookup.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return None;
+        }
+        let mut text = [0; 4 + LOOKUP_LEN];
+        text[..4].copy_from_slice(b"key_");
+        text[4..].copy_from_slice(lookup.as_bytes());
+        Some(KeyIdText { text })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // ASCII by construction.
+        std::str::from_utf8(&self.text).unwrap_or_default()
+    }
+}
+
 impl fmt::Debug for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -302,7 +334,38 @@ pub struct KeyRecord {
     pub revoke_reason: Option<String>,
     pub last_used_time: Option<Timestamp>,
     pub replaced_by: Option<KeyId>,
+    /// What a server derives from this record once and reuses (keyauth-server: the record's
+    /// encoded answer to a Verify). Not part of the record's value: see [`Memo`].
+    pub memo: Memo,
 }
+
+/// Bytes derived from a record once, by whoever reads it, and kept with it. Sound because a
+/// record is not changed once shared (`Arc<KeyRecord>`: the cache, a verdict): a change makes
+/// a new record, and a clone (how a record is changed) starts with an empty memo. Equal for any
+/// two records, and not shown in `Debug`.
+#[derive(Default)]
+pub struct Memo(std::sync::OnceLock<bytes::Bytes>);
+
+impl Memo {
+    /// The memo, made by `make` the first time.
+    pub fn get_or_init(&self, make: impl FnOnce() -> bytes::Bytes) -> &bytes::Bytes {
+        self.0.get_or_init(make)
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Memo) -> bool {
+        true
+    }
+}
+
+impl Eq for Memo {}
 
 impl fmt::Debug for KeyRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -321,13 +384,13 @@ impl fmt::Debug for KeyRecord {
 
 impl KeyRecord {
     /// Bytes the record takes in memory, estimated: the struct and what its strings, metadata
-    /// and permissions hold on the heap (with a few words of bookkeeping each).
+    /// and permissions hold on the heap (with a few words of bookkeeping each), and its memo
+    /// once filled (an encoding of about the same text).
     pub fn approx_bytes(&self) -> usize {
         const PER_ALLOCATION: usize = 16;
         let text = |s: &str| s.len() + PER_ALLOCATION;
         let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
-        std::mem::size_of::<KeyRecord>()
-            + text(self.id.as_str())
+        let fields = text(self.id.as_str())
             + text(self.application_id.as_str())
             + text(&self.name)
             + text(&self.secret_hash)
@@ -339,7 +402,8 @@ impl KeyRecord {
                 .iter()
                 .map(|(k, v)| text(k) + text(v) + 3 * std::mem::size_of::<usize>())
                 .sum::<usize>()
-            + self.permissions.approx_bytes()
+            + self.permissions.approx_bytes();
+        std::mem::size_of::<KeyRecord>() + fields + fields.saturating_sub(text(&self.secret_hash))
     }
 
     /// Revoked wins over expired; a key expires at its `expire_time` exactly.
@@ -421,6 +485,7 @@ mod tests {
             revoke_reason: None,
             last_used_time: None,
             replaced_by: None,
+            memo: Default::default(),
         }
     }
 

@@ -159,8 +159,75 @@ impl PresentedKey {
     /// Parses a presented key: the raw key or a whole `Authorization` header value
     /// (`Bearer <key>`, scheme case-insensitive). `None` for anything that is not a
     /// well-formed key with a correct checksum; no detail, as the caller answers
-    /// `authentication_error` for all of them alike.
+    /// `authentication_error` for all of them alike. The key is copied (and wiped on drop);
+    /// [`KeyView::parse`] checks it in place.
     pub fn parse(presented: &str) -> Option<Self> {
+        KeyView::parse(presented).map(|view| view.to_owned())
+    }
+
+    /// The key as a view (no copy).
+    pub fn view(&self) -> KeyView<'_> {
+        KeyView {
+            raw: &self.full,
+            environment: self.environment,
+        }
+    }
+
+    pub fn environment(&self) -> Environment {
+        self.environment
+    }
+
+    /// The public lookup part.
+    pub fn lookup(&self) -> &str {
+        self.view().lookup()
+    }
+
+    /// The key id, `key_<lookup>`, as text.
+    pub fn id_text(&self) -> String {
+        format!("key_{}", self.lookup())
+    }
+
+    /// The secret part: what argon2id hashes.
+    pub fn secret(&self) -> &[u8] {
+        &self.full.as_bytes()[PREFIX_LEN + LOOKUP_LEN..PREFIX_LEN + LOOKUP_LEN + SECRET_LEN]
+    }
+
+    /// SHA-256 of the whole key.
+    pub fn digest(&self) -> KeyDigest {
+        self.view().digest()
+    }
+
+    /// The full key, for the one response that returns it.
+    pub fn expose(&self) -> &str {
+        &self.full
+    }
+
+    /// Display form: prefix, six leading characters, `...`, the last four.
+    pub fn redacted(&self) -> String {
+        self.view().redacted()
+    }
+}
+
+impl fmt::Debug for PresentedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PresentedKey")
+            .field(&self.redacted())
+            .finish()
+    }
+}
+
+/// A presented key checked in place, borrowed from the request that carried it: what a Verify
+/// answered from memory needs (the lookup part and the digest) without a copy of the key.
+/// [`KeyView::to_owned`] makes the [`PresentedKey`] a call that has to wait keeps.
+#[derive(Clone, Copy)]
+pub struct KeyView<'a> {
+    raw: &'a str,
+    environment: Environment,
+}
+
+impl<'a> KeyView<'a> {
+    /// See [`PresentedKey::parse`]: the same checks, without copying.
+    pub fn parse(presented: &'a str) -> Option<Self> {
         let trimmed = presented.trim_matches(|c: char| c == ' ' || c == '\t');
         let raw = match trimmed.get(..7) {
             Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => trimmed[7..].trim_start(),
@@ -183,10 +250,7 @@ impl PresentedKey {
         if checksum(body.as_bytes()) != check.as_bytes() {
             return None;
         }
-        Some(PresentedKey {
-            full: Zeroizing::new(raw.to_owned()),
-            environment,
-        })
+        Some(KeyView { raw, environment })
     }
 
     pub fn environment(&self) -> Environment {
@@ -194,45 +258,36 @@ impl PresentedKey {
     }
 
     /// The public lookup part.
-    pub fn lookup(&self) -> &str {
-        &self.full[PREFIX_LEN..PREFIX_LEN + LOOKUP_LEN]
-    }
-
-    /// The key id, `key_<lookup>`, as text.
-    pub fn id_text(&self) -> String {
-        format!("key_{}", self.lookup())
-    }
-
-    /// The secret part: what argon2id hashes.
-    pub fn secret(&self) -> &[u8] {
-        &self.full.as_bytes()[PREFIX_LEN + LOOKUP_LEN..PREFIX_LEN + LOOKUP_LEN + SECRET_LEN]
+    pub fn lookup(&self) -> &'a str {
+        &self.raw[PREFIX_LEN..PREFIX_LEN + LOOKUP_LEN]
     }
 
     /// SHA-256 of the whole key.
     pub fn digest(&self) -> KeyDigest {
-        Sha256::digest(self.full.as_bytes()).into()
-    }
-
-    /// The full key, for the one response that returns it.
-    pub fn expose(&self) -> &str {
-        &self.full
+        Sha256::digest(self.raw.as_bytes()).into()
     }
 
     /// Display form: prefix, six leading characters, `...`, the last four.
     pub fn redacted(&self) -> String {
         format!(
             "{}...{}",
-            &self.full[..PREFIX_LEN + 6],
-            &self.full[KEY_LEN - 4..]
+            &self.raw[..PREFIX_LEN + 6],
+            &self.raw[KEY_LEN - 4..]
         )
+    }
+
+    /// The key copied into a [`PresentedKey`] (wiped on drop).
+    pub fn to_owned(self) -> PresentedKey {
+        PresentedKey {
+            full: Zeroizing::new(self.raw.to_owned()),
+            environment: self.environment,
+        }
     }
 }
 
-impl fmt::Debug for PresentedKey {
+impl fmt::Debug for KeyView<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("PresentedKey")
-            .field(&self.redacted())
-            .finish()
+        f.debug_tuple("KeyView").field(&self.redacted()).finish()
     }
 }
 

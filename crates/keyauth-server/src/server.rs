@@ -36,7 +36,8 @@ use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
 use crate::service::{
-    KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, TokenGateLayer, WatchOptions,
+    KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, TokenGateLayer, VerifierRoutes,
+    WatchOptions,
 };
 
 /// How the `Authority` is made: everything but the store and the clock.
@@ -212,15 +213,21 @@ pub async fn run(
         .map_err(Error::internal)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let api = KeyAuthorityServiceServer::new(
+    let api = Arc::new(
         KeyAuthorityApi::new(
             authority.clone(),
             options.operators.clone(),
             options.verifiers.clone(),
         )
         .with_watch(options.watch.clone(), stop_rx.clone()),
-    )
-    .max_decoding_message_size(options.limits.max_request_bytes);
+    );
+    // Verify and CheckPermission on their own path (see `service::verifier`).
+    let api = VerifierRoutes::new(
+        KeyAuthorityServiceServer::from_arc(api.clone())
+            .max_decoding_message_size(options.limits.max_request_bytes),
+        api,
+        options.limits.max_request_bytes,
+    );
     // Tokens checked from the headers, before the body is read (see `service::gate`).
     let api = TokenGateLayer::new(options.operators.clone(), options.verifiers.clone()).layer(api);
     // envoy-types ships no file descriptor set, so reflection does not list this service.

@@ -385,13 +385,10 @@ fn error_out(denial: Denial) -> pb::ApiError {
 }
 
 /// (valid, key, error, http_status) of a verdict.
-pub fn verdict_out(
-    verdict: &Verdict,
-    now: Timestamp,
-) -> (bool, Option<pb::ApiKey>, Option<pb::ApiError>, i32) {
+/// A verdict's fields other than the key: (valid, error, http_status).
+pub fn verdict_out(verdict: &Verdict) -> (bool, Option<pb::ApiError>, i32) {
     (
         verdict.is_valid(),
-        verdict.record.as_deref().map(|r| key_out(r, now)),
         verdict.denial.map(error_out),
         verdict.denial.map_or(200, Denial::http_status),
     )

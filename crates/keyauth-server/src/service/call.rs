@@ -16,8 +16,8 @@ use keyauth_core::store::{Changed, Provenance};
 use prost::Message;
 use tonic::codegen::http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::{Request, Response, Status};
-use tracing::Span;
 use tracing::level_filters::LevelFilter;
+use tracing::{Instrument, Span};
 
 use super::KeyAuthorityApi;
 use super::gate::{Admitted, authorization};
@@ -47,7 +47,6 @@ pub(crate) struct Call {
     /// The RPC's name (`IssueKey`): part of an idempotency fingerprint.
     method: &'static str,
     pub(crate) provenance: Provenance,
-    pub(crate) deadline: Option<Instant>,
     idempotency_key: Option<IdempotencyKey>,
 }
 
@@ -63,7 +62,8 @@ pub(crate) trait Outcome {
 type Respond<'a> = &'a (dyn Fn(&Changed<'_>) -> Vec<u8> + Send + Sync);
 
 impl KeyAuthorityApi {
-    /// Runs one RPC: request id in and out, a tracing span, the token check, error mapping.
+    /// Runs one operator RPC (or GetCatalog): request id in and out, a tracing span, the token
+    /// check, error mapping. Verify and CheckPermission take `verifier`'s path instead.
     pub(crate) async fn handle<Req, Res, F, Fut>(
         &self,
         method: &'static str,
@@ -76,44 +76,24 @@ impl KeyAuthorityApi {
         Fut: std::future::Future<Output = Result<Res, Error>>,
         Res: Outcome,
     {
+        debug_assert_ne!(access, Access::Verifier, "{method} takes the verifier's path");
+        debug_assert_eq!(super::gate::access_of(method), Some(access), "{method}");
         let started = Instant::now();
-        // The id travels as the header it arrived in (or a fresh one): no copy of the
-        // caller's, and no string unless a span, a log line or an audit record needs one.
-        let mut header =
-            presented_request_id(request.metadata().as_ref()).unwrap_or_else(fresh_request_id);
-        // Never indexed by HPACK: each call's id is new, so indexing it would only churn both
-        // ends' header tables (and walk them on every call).
-        header.set_sensitive(true);
+        let header = request_id_header(request.metadata().as_ref());
         let request_id = header.to_str().unwrap_or_default();
-        // The span costs a formatted allocation and the subscriber's bookkeeping per call. It is
-        // made up front when something inside the call may log: an operator call (its changes
-        // log at info), or any call when debug lines are enabled somewhere. A verifier's call
-        // (Verify, CheckPermission) answered from memory writes nothing while it runs, and runs
-        // without a span; one that has to wait (a cold key: the store, argon2) gets its span the
-        // first time it waits, so that what the store or the driver logs meanwhile (a slow
-        // statement) carries the request id; one that fails gets it on the way out.
-        let eager = access != Access::Verifier || LevelFilter::current() >= LevelFilter::DEBUG;
-        let mut span = eager.then(|| rpc_span(method, request_id));
+        // Every line of the call (its changes log at info) carries the method and request id.
+        let span = rpc_span(method, request_id);
         let work = async {
             tracing::debug!("started");
             let mut provenance = Provenance {
                 // Only operator calls are audited: the others skip the copy.
                 request_id: (access == Access::Operator).then(|| request_id.to_owned()),
                 operator: None,
-                // Only the audit trail of operator calls needs it: Verify skips the formatting.
                 peer: (access == Access::Operator)
                     .then(|| crate::connections::remote_addr(&request).map(|a| a.to_string()))
                     .flatten(),
             };
-            debug_assert_eq!(super::gate::access_of(method), Some(access), "{method}");
-            // Admitted by the gate from the headers (see `gate`), or checked here: refused by
-            // the gate, or needing no token (then the header is not even looked up).
-            let admitted = match request.extensions_mut().remove::<Admitted>() {
-                Some(Admitted(operator)) => Ok(operator),
-                None if !self.tokens.needed(access) => Ok(None),
-                None => self.tokens.admit(access, authorization(&request)),
-            };
-            match admitted {
+            match self.admitted(access, &mut request) {
                 Ok(operator) => provenance.operator = operator,
                 Err(refused) if access == Access::Operator => {
                     // Counted in memory, written in aggregate by the housekeeping task: a
@@ -141,40 +121,27 @@ impl KeyAuthorityApi {
             };
             let call = Call {
                 method,
-                deadline: deadline(request.metadata().as_ref()),
                 provenance,
                 idempotency_key,
             };
             work(request.into_inner(), call).await
         };
-        let result = spanned_once_waiting(&mut span, || rpc_span(method, request_id), work).await;
-        match result {
-            Ok(res) => {
-                if eager && let Some(span) = &span {
-                    let _enter = span.enter();
-                    tracing::debug!("ok");
-                }
-                crate::metrics::call(method, res.outcome(), started.elapsed());
-                let mut response = Response::new(res);
-                response
-                    .metadata_mut()
-                    .as_mut()
-                    .insert(REQUEST_ID_HEADER, header);
-                Ok(response)
-            }
-            Err(err) => {
-                let span = span.unwrap_or_else(|| rpc_span(method, request_id));
-                let _enter = span.enter();
-                tracing::info!(error = %err, "failed");
-                let mut status = status::from_error(err);
-                let outcome = keyauth_proto::code_name(status.code());
-                crate::metrics::call(method, outcome, started.elapsed());
-                status
-                    .metadata_mut()
-                    .as_mut()
-                    .insert(REQUEST_ID_HEADER, header);
-                Err(status)
-            }
+        let result = work.instrument(span.clone()).await;
+        finish(method, started, header, Some(span), result)
+    }
+
+    /// A call's admission: the gate's, made from the headers (see `gate`), or checked here
+    /// when the gate refused it or it needs no token (then the header is not even looked up).
+    /// The operator's id when the operator token was presented.
+    pub(crate) fn admitted<T>(
+        &self,
+        access: Access,
+        request: &mut Request<T>,
+    ) -> Result<Option<String>, Error> {
+        match request.extensions_mut().remove::<Admitted>() {
+            Some(Admitted(operator)) => Ok(operator),
+            None if !self.tokens.needed(access) => Ok(None),
+            None => self.tokens.admit(access, authorization(request)),
         }
     }
 
@@ -268,6 +235,67 @@ pub(crate) async fn spanned_once_waiting<T>(
         polled
     })
     .await
+}
+
+/// The end of a call: its metrics, its request id in the answer (or the error), and a line
+/// for a failure, in the call's span (`span`, or one made now).
+pub(crate) fn finish<Res: Outcome>(
+    method: &'static str,
+    started: Instant,
+    request_id: HeaderValue,
+    span: Option<Span>,
+    result: Result<Res, Error>,
+) -> Result<Response<Res>, Status> {
+    match result {
+        Ok(res) => {
+            if let Some(span) = &span {
+                span.in_scope(|| tracing::debug!("ok"));
+            }
+            crate::metrics::call(method, res.outcome(), started.elapsed());
+            let mut response = Response::new(res);
+            response
+                .metadata_mut()
+                .as_mut()
+                .insert(REQUEST_ID_HEADER, request_id);
+            Ok(response)
+        }
+        Err(err) => {
+            let span =
+                span.unwrap_or_else(|| rpc_span(method, request_id.to_str().unwrap_or_default()));
+            let _enter = span.enter();
+            tracing::info!(error = %err, "failed");
+            let mut status = status::from_error(err);
+            let outcome = keyauth_proto::code_name(status.code());
+            crate::metrics::call(method, outcome, started.elapsed());
+            status
+                .metadata_mut()
+                .as_mut()
+                .insert(REQUEST_ID_HEADER, request_id);
+            Err(status)
+        }
+    }
+}
+
+/// The call's request id as the header it arrived in (a shared reference to the received
+/// bytes, no copy), or a fresh one: no string unless a span, a log line or an audit record
+/// needs one. Never indexed by HPACK: each call's id is new, so indexing it would only churn
+/// both ends' header tables (and walk them on every call).
+pub(crate) fn request_id_header(headers: &HeaderMap) -> HeaderValue {
+    let mut header = presented_request_id(headers).unwrap_or_else(fresh_request_id);
+    header.set_sensitive(true);
+    header
+}
+
+/// A verifier's span made up front: only when debug lines are enabled somewhere (its
+/// `started` line written in it). A verifier's call answered from memory writes nothing at
+/// `info`, so it runs without one: see `verifier`.
+pub(crate) fn debug_span(method: &'static str, request_id: &HeaderValue) -> Option<Span> {
+    if LevelFilter::current() < LevelFilter::DEBUG {
+        return None;
+    }
+    let span = rpc_span(method, request_id.to_str().unwrap_or_default());
+    span.in_scope(|| tracing::debug!("started"));
+    Some(span)
 }
 
 /// The span of one call: every line it logs carries the method and the request id.
@@ -390,95 +418,32 @@ mod tests {
         assert_eq!(request_id(Some("two words")).len(), FRESH_ID_LEN);
     }
 
-    #[derive(Debug)]
-    struct Done;
-    impl Outcome for Done {}
-
-    /// At `info` (what `keyauth serve` logs by default) a verifier's call answered at once makes
-    /// no span; one that fails, or logs while it waits, still logs its request id, and every
-    /// answer carries the id.
+    /// Work answered at once makes no span; work that waits gets one then, and what it logs
+    /// from then on (a slow statement) carries the request id.
     #[tokio::test]
-    async fn a_failing_verifier_call_logs_its_request_id() {
+    async fn a_span_is_made_the_first_time_the_work_waits() {
         let captured = Captured::default();
         let _default = captured.install();
-        let dir = tempfile::tempdir().unwrap();
-        let authority = crate::test_support::authority(&dir).await;
-        let none = crate::service::OperatorAuth::new(None);
-        let api = KeyAuthorityApi::new(authority, none.clone(), none);
-
-        let call = |id: Option<&str>| {
-            let mut request = Request::new(());
-            if let Some(id) = id {
-                request
-                    .metadata_mut()
-                    .insert(REQUEST_ID, id.parse().unwrap());
-            }
-            request
-        };
-        let ok = api
-            .handle(
-                "Verify",
-                Access::Verifier,
-                call(Some("req-quiet-1")),
-                |_, _| async { Ok(Done) },
-            )
-            .await
-            .unwrap();
-        assert_eq!(ok.metadata().get(REQUEST_ID).unwrap(), "req-quiet-1");
-        let failed = api
-            .handle(
-                "Verify",
-                Access::Verifier,
-                call(Some("req-loud-2")),
-                |_, _| async { Err::<Done, _>(Error::invalid("key", "not a key")) },
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(failed.metadata().get(REQUEST_ID).unwrap(), "req-loud-2");
-        let fresh = api
-            .handle(
-                "CheckPermission",
-                Access::Verifier,
-                call(None),
-                |_, _| async { Err::<Done, _>(Error::invalid("key", "not a key")) },
-            )
-            .await
-            .unwrap_err();
-        let fresh = fresh.metadata().get(REQUEST_ID).unwrap().to_str().unwrap();
-        assert_eq!(fresh.len(), FRESH_ID_LEN);
-        // A call that has to wait (a cold key) gets its span then: what is logged while it
-        // waits (a slow statement) carries its id, though the call succeeds.
-        let waited = api
-            .handle(
-                "Verify",
-                Access::Verifier,
-                call(Some("req-cold-3")),
-                |_, _| async {
-                    tokio::task::yield_now().await;
-                    tracing::warn!("slow statement");
-                    Ok(Done)
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(waited.metadata().get(REQUEST_ID).unwrap(), "req-cold-3");
-
+        let mut span = None;
+        let quick = spanned_once_waiting(&mut span, || rpc_span("Verify", "req-quick-1"), async {
+            1
+        })
+        .await;
+        assert_eq!(quick, 1);
+        assert!(span.is_none());
+        let waited = spanned_once_waiting(&mut span, || rpc_span("Verify", "req-cold-2"), async {
+            tokio::task::yield_now().await;
+            tracing::warn!("slow statement");
+            2
+        })
+        .await;
+        assert_eq!(waited, 2);
+        assert!(span.is_some());
         let logs = captured.text();
-        let failed_lines: Vec<&str> = logs.lines().filter(|l| l.contains("failed")).collect();
-        assert_eq!(failed_lines.len(), 2, "{logs}");
-        assert!(failed_lines[0].contains("request_id=req-loud-2"), "{logs}");
-        assert!(failed_lines[0].contains("method=\"Verify\""), "{logs}");
-        assert!(
-            failed_lines[1].contains(&format!("request_id={fresh}")),
-            "{logs}"
-        );
-        assert!(
-            !logs.contains("req-quiet-1"),
-            "a call that logs nothing: {logs}"
-        );
         let slow: Vec<&str> = logs.lines().filter(|l| l.contains("slow")).collect();
         assert_eq!(slow.len(), 1, "{logs}");
-        assert!(slow[0].contains("request_id=req-cold-3"), "{logs}");
+        assert!(slow[0].contains("request_id=req-cold-2"), "{logs}");
+        assert!(!logs.contains("req-quick-1"), "{logs}");
     }
 
     #[test]

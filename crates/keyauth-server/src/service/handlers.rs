@@ -23,32 +23,6 @@ impl Outcome for pb::UpdateKeyResponse {}
 impl Outcome for pb::GetCatalogResponse {}
 impl Outcome for pb::ListApplicationsResponse {}
 
-impl Outcome for pb::VerifyResponse {
-    fn outcome(&self) -> &'static str {
-        crate::metrics::verdict_outcome(self.error.as_ref().map(|e| e.code.as_str()))
-    }
-}
-
-impl Outcome for pb::CheckPermissionResponse {
-    fn outcome(&self) -> &'static str {
-        crate::metrics::verdict_outcome(self.error.as_ref().map(|e| e.code.as_str()))
-    }
-}
-
-impl KeyAuthorityApi {
-    /// Verify and CheckPermission alike: the presented key judged for `required`, as
-    /// (valid, key, error, http_status).
-    async fn judged(
-        &self,
-        presented: &str,
-        required: &[(String, String)],
-        deadline: Option<std::time::Instant>,
-    ) -> Result<(bool, Option<pb::ApiKey>, Option<pb::ApiError>, i32), Error> {
-        let verdict = self.authority.verify(presented, required, deadline).await?;
-        Ok(wire::verdict_out(&verdict, self.authority.now()))
-    }
-}
-
 fn page_size(value: i32) -> Result<u32, Error> {
     u32::try_from(value).map_err(|_| Error::invalid("page_size", "must not be negative"))
 }
@@ -191,62 +165,22 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        self.handle(
-            "Verify",
-            Access::Verifier,
-            request,
-            |req, call| async move {
-                // Most calls require nothing: no catalog walk, no allocation.
-                let required = if req.required_permissions.is_empty() {
-                    Vec::new()
-                } else {
-                    self.authority
-                        .catalog()
-                        .permissions(
-                            &wire::permissions_in(&req.required_permissions),
-                            "required_permissions",
-                        )?
-                        .pairs()
-                        .map(|(r, a)| (r.to_owned(), a.to_owned()))
-                        .collect::<Vec<_>>()
-                };
-                let (valid, key, error, http_status) =
-                    self.judged(&req.key, &required, call.deadline).await?;
-                Ok(pb::VerifyResponse {
-                    valid,
-                    key,
-                    error,
-                    http_status,
-                })
-            },
-        )
-        .await
+        // Served by `verifier::VerifierRoutes`; this is the same call for the generated route.
+        let answer = self.judge(request).await?;
+        let (metadata, answer, extensions) = answer.into_parts();
+        let answer = answer.into_verify_response()?;
+        Ok(Response::from_parts(metadata, answer, extensions))
     }
 
     async fn check_permission(
         &self,
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
-        self.handle(
-            "CheckPermission",
-            Access::Verifier,
-            request,
-            |req, call| async move {
-                self.authority
-                    .catalog()
-                    .check(&req.resource, &req.action, "")?;
-                let required = [(req.resource, req.action)];
-                let (allowed, key, error, http_status) =
-                    self.judged(&req.key, &required, call.deadline).await?;
-                Ok(pb::CheckPermissionResponse {
-                    allowed,
-                    key,
-                    error,
-                    http_status,
-                })
-            },
-        )
-        .await
+        // As `verify`.
+        let answer = self.judge(request).await?;
+        let (metadata, answer, extensions) = answer.into_parts();
+        let answer = answer.into_check_permission_response()?;
+        Ok(Response::from_parts(metadata, answer, extensions))
     }
 
     async fn get_key(

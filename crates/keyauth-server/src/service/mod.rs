@@ -5,12 +5,15 @@
 //! - `call`: the per-call plumbing (request id, span, token check, deadline, error mapping,
 //!   metrics) and the one sequence of an idempotent change;
 //! - `handlers`: one `Authority` call per RPC, translated through `wire`;
+//! - `verifier`: Verify and CheckPermission, on a path of their own (a warm key is answered
+//!   without an await, its `ApiKey` encoded once);
 //! - `watch`: the WatchKeyChanges streams.
 
 mod auth;
 pub(crate) mod call;
 mod gate;
 mod handlers;
+mod verifier;
 mod watch;
 
 use std::sync::Arc;
@@ -21,6 +24,7 @@ pub use watch::WatchOptions;
 
 pub use auth::OperatorAuth;
 pub use gate::{TokenGate, TokenGateLayer};
+pub use verifier::VerifierRoutes;
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
 
 pub struct KeyAuthorityApi {

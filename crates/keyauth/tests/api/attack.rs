@@ -393,6 +393,7 @@ async fn the_key_filter_holds_every_page_of_the_store(backend: Backend) {
             revoke_reason: None,
             last_used_time: None,
             replaced_by: None,
+            memo: Default::default(),
         };
         app.authority
             .store()
