@@ -1,15 +1,23 @@
 //! The key parser: any text is refused or parsed into a key whose parts agree with it.
 #![no_main]
 
-use keyauth_core::key::{KeyIdOf, PresentedKey};
-use keyauth_core::model::KeyId;
+use keyauth_core::key::{KeyIdOf, KeyView, PresentedKey};
+use keyauth_core::model::{KeyId, KeyIdText};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
+    // The view (no copy) and the owned key accept the same texts.
+    let view = KeyView::parse(&text);
     let Some(key) = PresentedKey::parse(&text) else {
+        assert!(view.is_none());
         return;
     };
+    let view = view.expect("the view accepts what the owned parse accepts");
+    assert_eq!(view.digest(), key.digest());
+    // The id made on the stack for the cache is the key's id.
+    let id = KeyIdText::new(view.lookup()).expect("a parsed key's lookup is an id");
+    assert_eq!(id.as_str(), key.id().as_str());
     // A parsed key parses again, to the same key, and names a valid id.
     let again = PresentedKey::parse(key.expose()).expect("a parsed key parses again");
     assert_eq!(again.expose(), key.expose());

@@ -501,12 +501,15 @@ mod tests {
         let r = record("key_a");
         let g = c.generation();
         c.remember([1; 32], r.clone(), Timestamp::EPOCH, g).unwrap();
-        assert!(matches!(c.lookup(r.id.as_str(), &[1; 32]), Lookup::Proven(_)));
-        assert!(matches!(c.lookup(r.id.as_str(), &[2; 32]), Lookup::WrongSecret));
         assert!(matches!(
-            c.lookup("key_b", &[1; 32]),
-            Lookup::Miss
+            c.lookup(r.id.as_str(), &[1; 32]),
+            Lookup::Proven(_)
         ));
+        assert!(matches!(
+            c.lookup(r.id.as_str(), &[2; 32]),
+            Lookup::WrongSecret
+        ));
+        assert!(matches!(c.lookup("key_b", &[1; 32]), Lookup::Miss));
         c.forget(&r.id);
         assert!(matches!(c.lookup(r.id.as_str(), &[1; 32]), Lookup::Miss));
     }

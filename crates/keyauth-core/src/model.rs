@@ -494,6 +494,30 @@ mod tests {
     }
 
     #[test]
+    fn an_id_on_the_stack_finds_the_key_id() {
+        let id = KeyIdText::new("AbC123xyz789").unwrap();
+        assert_eq!(id.as_str(), "key_AbC123xyz789");
+        let owned = KeyId::parse(id.as_str(), "id").unwrap();
+        let mut ids = std::collections::HashSet::new();
+        ids.insert(owned);
+        assert!(ids.contains(id.as_str()));
+        for bad in ["", "short", "AbC123xyz78!", "AbC123xyz7890"] {
+            assert!(KeyIdText::new(bad).is_none(), "{bad}");
+        }
+    }
+
+    /// A record's memo is not part of its value, and a clone (a change) starts without it.
+    #[test]
+    fn a_memo_does_not_survive_a_clone() {
+        let r = record(false);
+        r.memo.get_or_init(|| bytes::Bytes::from_static(b"answer"));
+        let changed = r.clone();
+        assert_eq!(changed, r);
+        assert_eq!(changed.memo.get_or_init(|| bytes::Bytes::from_static(b"new")), "new");
+        assert_eq!(r.memo.get_or_init(|| bytes::Bytes::from_static(b"new")), "answer");
+    }
+
+    #[test]
     fn state_order_revoked_before_expired() {
         let mut r = record(false);
         assert_eq!(r.state(t(10)), KeyState::Active);

@@ -367,6 +367,15 @@ mod tests {
             assert_eq!(PresentedKey::parse(&header).unwrap().digest(), key.digest());
             let lower = format!("bearer   {} ", key.expose());
             assert_eq!(PresentedKey::parse(&lower).unwrap().digest(), key.digest());
+            // The view reads the key where it lies: the same parts, a borrowed lookup.
+            let view = KeyView::parse(&lower).expect("own key parses in place");
+            assert_eq!(view.environment(), env);
+            assert_eq!(view.lookup(), key.lookup());
+            assert!(lower.as_bytes().as_ptr_range().contains(&view.lookup().as_ptr()));
+            assert_eq!(view.digest(), key.digest());
+            assert_eq!(view.redacted(), key.redacted());
+            assert!(!format!("{view:?}").contains(&key.expose()[20..]));
+            assert_eq!(view.to_owned().expose(), key.expose());
         }
     }
 

@@ -76,7 +76,11 @@ impl KeyAuthorityApi {
         Fut: std::future::Future<Output = Result<Res, Error>>,
         Res: Outcome,
     {
-        debug_assert_ne!(access, Access::Verifier, "{method} takes the verifier's path");
+        debug_assert_ne!(
+            access,
+            Access::Verifier,
+            "{method} takes the verifier's path"
+        );
         debug_assert_eq!(super::gate::access_of(method), Some(access), "{method}");
         let started = Instant::now();
         let header = request_id_header(request.metadata().as_ref());
@@ -425,10 +429,9 @@ mod tests {
         let captured = Captured::default();
         let _default = captured.install();
         let mut span = None;
-        let quick = spanned_once_waiting(&mut span, || rpc_span("Verify", "req-quick-1"), async {
-            1
-        })
-        .await;
+        let quick =
+            spanned_once_waiting(&mut span, || rpc_span("Verify", "req-quick-1"), async { 1 })
+                .await;
         assert_eq!(quick, 1);
         assert!(span.is_none());
         let waited = spanned_once_waiting(&mut span, || rpc_span("Verify", "req-cold-2"), async {

@@ -24,8 +24,8 @@ pub use watch::WatchOptions;
 
 pub use auth::OperatorAuth;
 pub use gate::{TokenGate, TokenGateLayer};
-pub use verifier::VerifierRoutes;
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
+pub use verifier::VerifierRoutes;
 
 pub struct KeyAuthorityApi {
     authority: Arc<Authority>,

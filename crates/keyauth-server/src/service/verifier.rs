@@ -30,8 +30,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use keyauth_core::authority::Recall;
 use keyauth_core::catalog::Catalog;
-use keyauth_core::model::{KeyRecord, KeyState, Verdict};
 use keyauth_core::clock::Timestamp;
+use keyauth_core::model::{KeyRecord, KeyState, Verdict};
 use keyauth_core::{Authority, Error};
 use keyauth_proto as pb;
 use prost::Message;
@@ -298,7 +298,8 @@ impl<S> VerifierRoutes<S> {
         let max_request_bytes = self.max_request_bytes;
         Box::pin(async move {
             let codec = tonic_prost::ProstCodec::<VerdictAnswer, Req>::default();
-            let mut grpc = Grpc::new(codec).apply_max_message_size_config(Some(max_request_bytes), None);
+            let mut grpc =
+                Grpc::new(codec).apply_max_message_size_config(Some(max_request_bytes), None);
             Ok(grpc.unary(service, request).await)
         })
     }
@@ -389,7 +390,10 @@ mod tests {
                 error,
                 http_status,
             };
-            assert_eq!(pb::CheckPermissionResponse::decode(&bytes[..]).unwrap(), check);
+            assert_eq!(
+                pb::CheckPermissionResponse::decode(&bytes[..]).unwrap(),
+                check
+            );
             assert_eq!(answer.clone().into_verify_response().unwrap(), verify);
             assert_eq!(answer.into_check_permission_response().unwrap(), check);
         }
@@ -426,7 +430,10 @@ mod tests {
             ..Default::default()
         };
         let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
-        let issued = authority.issue(new, &Default::default(), None).await.unwrap();
+        let issued = authority
+            .issue(new, &Default::default(), None)
+            .await
+            .unwrap();
         let secret = issued.key.expose().to_owned();
 
         // Cold: the store and argon2, so a wait.
