@@ -513,8 +513,16 @@ mod tests {
         r.memo.get_or_init(|| bytes::Bytes::from_static(b"answer"));
         let changed = r.clone();
         assert_eq!(changed, r);
-        assert_eq!(changed.memo.get_or_init(|| bytes::Bytes::from_static(b"new")), "new");
-        assert_eq!(r.memo.get_or_init(|| bytes::Bytes::from_static(b"new")), "answer");
+        assert_eq!(
+            changed
+                .memo
+                .get_or_init(|| bytes::Bytes::from_static(b"new")),
+            "new"
+        );
+        assert_eq!(
+            r.memo.get_or_init(|| bytes::Bytes::from_static(b"new")),
+            "answer"
+        );
     }
 
     #[test]

@@ -371,7 +371,12 @@ mod tests {
             let view = KeyView::parse(&lower).expect("own key parses in place");
             assert_eq!(view.environment(), env);
             assert_eq!(view.lookup(), key.lookup());
-            assert!(lower.as_bytes().as_ptr_range().contains(&view.lookup().as_ptr()));
+            assert!(
+                lower
+                    .as_bytes()
+                    .as_ptr_range()
+                    .contains(&view.lookup().as_ptr())
+            );
             assert_eq!(view.digest(), key.digest());
             assert_eq!(view.redacted(), key.redacted());
             assert!(!format!("{view:?}").contains(&key.expose()[20..]));

@@ -362,7 +362,7 @@ pub struct ServeArgs {
     pub http_listen: Option<SocketAddr>,
 
     /// GitHub's secret-scanning public keys: a copy of
-    /// https://api.github.com/meta/public_keys/secret_scanning (JSON), re-read when it changes.
+    /// <https://api.github.com/meta/public_keys/secret_scanning> (JSON), re-read when it changes.
     #[arg(long, env = "KEYAUTH_GITHUB_SCANNING_KEYS", requires = "http_listen")]
     pub github_scanning_keys: Option<PathBuf>,
 

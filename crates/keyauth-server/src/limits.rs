@@ -4,7 +4,7 @@
 //! - a request larger than `max_request_bytes` is refused by tonic's decoder with
 //!   `OUT_OF_RANGE`; gRPC says `RESOURCE_EXHAUSTED` (and so do we, with ErrorInfo
 //!   `REQUEST_TOO_LARGE`). Tonic gives no typed signal for it (only its message text), so this
-//!   layer watches the request body itself: [`FrameWatch`] reads the 5-byte gRPC frame header
+//!   layer watches the request body itself: `FrameWatch` reads the 5-byte gRPC frame header
 //!   of each message as the decoder is fed, and flags a declared length past the limit. The
 //!   refusal is ours when that flag is set and the answer is `OUT_OF_RANGE`;
 //! - metadata larger than `max_header_list_bytes` is refused here with `RESOURCE_EXHAUSTED`

@@ -17,7 +17,8 @@
 //!   length-delimited bytes).
 //!
 //! The generated trait methods (`handlers.rs`) run the same code and decode the key back, so
-//! that both routes give one answer.
+//! that both routes give one answer. The decoded request's copy of the presented key is wiped
+//! when the call is done with it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +39,7 @@ use prost::Message;
 use tonic::codegen::{BoxFuture, Service, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
+use zeroize::Zeroize;
 
 use super::KeyAuthorityApi;
 use super::call::{self, Access, Outcome};
@@ -130,6 +132,18 @@ pub(crate) trait Judged: Send + 'static {
     type Required: AsRef<[(String, String)]> + Send + 'static;
     fn key(&self) -> &str;
     fn required(&mut self, catalog: &Catalog) -> Result<Self::Required, Error>;
+    /// Wipes the decoded copy of the presented key.
+    fn wipe(&mut self);
+}
+
+/// A verifier's request whose presented key is wiped when it is dropped, however the call
+/// ends (the key a cold call keeps is `keyauth_key::PresentedKey`'s own copy, wiped too).
+struct WipedOnDrop<Req: Judged>(Req);
+
+impl<Req: Judged> Drop for WipedOnDrop<Req> {
+    fn drop(&mut self) {
+        self.0.wipe();
+    }
 }
 
 impl Judged for pb::VerifyRequest {
@@ -138,6 +152,10 @@ impl Judged for pb::VerifyRequest {
 
     fn key(&self) -> &str {
         &self.key
+    }
+
+    fn wipe(&mut self) {
+        self.key.zeroize();
     }
 
     fn required(&mut self, catalog: &Catalog) -> Result<Self::Required, Error> {
@@ -162,6 +180,10 @@ impl Judged for pb::CheckPermissionRequest {
 
     fn key(&self) -> &str {
         &self.key
+    }
+
+    fn wipe(&mut self) {
+        self.key.zeroize();
     }
 
     fn required(&mut self, catalog: &Catalog) -> Result<Self::Required, Error> {
@@ -195,8 +217,11 @@ impl Future for Answering {
 impl KeyAuthorityApi {
     /// One Verify or CheckPermission: the token check, the permissions against the catalog,
     /// then the key, from memory when it can (see the module docs).
-    pub(crate) fn judge<Req: Judged>(&self, mut request: Request<Req>) -> Answering {
+    pub(crate) fn judge<Req: Judged>(&self, request: Request<Req>) -> Answering {
         let method = Req::METHOD;
+        let (metadata, extensions, message) = request.into_parts();
+        let mut message = WipedOnDrop(message);
+        let mut request = Request::from_parts(metadata, extensions, ());
         let started = Instant::now();
         let request_id = call::request_id_header(request.metadata().as_ref());
         // Up front only when debug lines are enabled; otherwise made if the call waits or
@@ -210,14 +235,14 @@ impl KeyAuthorityApi {
         if let Err(refused) = self.admitted(Access::Verifier, &mut request) {
             return ready(Err(refused), request_id, span);
         }
-        let (metadata, _, mut message) = request.into_parts();
-        let required = match message.required(self.authority.catalog()) {
+        let metadata = request.into_parts().0;
+        let required = match message.0.required(self.authority.catalog()) {
             Ok(required) => required,
             Err(invalid) => return ready(Err(invalid), request_id, span),
         };
         let waiting = match self
             .authority
-            .verify_from_memory(message.key(), required.as_ref())
+            .verify_from_memory(message.0.key(), required.as_ref())
         {
             Recall::Answered(verdict) => {
                 let now = self.authority.now();
@@ -243,7 +268,7 @@ impl KeyAuthorityApi {
     }
 }
 
-/// Serves Verify and CheckPermission on [`KeyAuthorityApi::judge`]'s path and every other
+/// Serves Verify and CheckPermission on `KeyAuthorityApi::judge`'s path and every other
 /// method through `inner` (the generated service).
 #[derive(Clone)]
 pub struct VerifierRoutes<S> {
@@ -397,6 +422,25 @@ mod tests {
             assert_eq!(answer.clone().into_verify_response().unwrap(), verify);
             assert_eq!(answer.into_check_permission_response().unwrap(), check);
         }
+    }
+
+    /// A verifier's request is wiped of its key when its call is done with it.
+    #[test]
+    fn requests_are_wiped_of_their_key() {
+        let mut verify = pb::VerifyRequest {
+            key: "sk_test_secret".into(),
+            required_permissions: Vec::new(),
+        };
+        verify.wipe();
+        assert!(verify.key.is_empty());
+        let mut check = pb::CheckPermissionRequest {
+            key: "sk_test_secret".into(),
+            resource: "patients".into(),
+            action: "read".into(),
+        };
+        check.wipe();
+        assert!(check.key.is_empty());
+        assert_eq!(check.resource, "patients");
     }
 
     fn verify(key: &str, id: Option<&str>) -> Request<pb::VerifyRequest> {
