@@ -2,8 +2,8 @@
 //!
 //! Every status carries a `google.rpc.ErrorInfo` (domain `keyauth`, a SCREAMING_SNAKE reason);
 //! field problems also carry `google.rpc.BadRequest` field violations, and retryable ones a
-//! `google.rpc.RetryInfo`. Internal failures reach the caller as "internal error, incident
-//! &lt;id&gt;" and reach the log whole.
+//! `google.rpc.RetryInfo`. Internal failures reach the caller as
+//! `internal error, incident <id>` and reach the log whole.
 
 use std::collections::HashMap;
 use std::time::Duration;
