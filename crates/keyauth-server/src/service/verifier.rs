@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use keyauth_core::authority::Recall;
+use keyauth_core::authority::{Recall, Waiting};
 use keyauth_core::catalog::Catalog;
 use keyauth_core::clock::Timestamp;
 use keyauth_core::model::{KeyRecord, KeyState, Verdict};
@@ -214,7 +214,34 @@ impl Future for Answering {
     }
 }
 
+/// What memory made of a verifier's call.
+enum Looked<R> {
+    Answered(VerdictAnswer),
+    /// The key needs the store or argon2; the permissions it is judged for.
+    Wait(Waiting, R),
+}
+
 impl KeyAuthorityApi {
+    /// The token check, the permissions against the catalog, then the key from memory.
+    fn look<Req: Judged>(
+        &self,
+        request: &mut Request<()>,
+        message: &mut Req,
+    ) -> Result<Looked<Req::Required>, Error> {
+        self.admitted(Access::Verifier, request)?;
+        let required = message.required(self.authority.catalog())?;
+        match self
+            .authority
+            .verify_from_memory(message.key(), required.as_ref())
+        {
+            Recall::Answered(verdict) => {
+                let now = self.authority.now();
+                Ok(Looked::Answered(VerdictAnswer::of(&verdict?, now)))
+            }
+            Recall::Wait(waiting) => Ok(Looked::Wait(waiting, required)),
+        }
+    }
+
     /// One Verify or CheckPermission: the token check, the permissions against the catalog,
     /// then the key, from memory when it can (see the module docs).
     pub(crate) fn judge<Req: Judged>(&self, request: Request<Req>) -> Answering {
@@ -232,25 +259,18 @@ impl KeyAuthorityApi {
                 method, started, request_id, span, result,
             )))
         };
-        if let Err(refused) = self.admitted(Access::Verifier, &mut request) {
-            return ready(Err(refused), request_id, span);
-        }
+        // What memory decides runs in the span when there is one (debug), so that any line it
+        // writes carries the request id.
+        let looked = match &span {
+            Some(span) => span.in_scope(|| self.look(&mut request, &mut message.0)),
+            None => self.look(&mut request, &mut message.0),
+        };
+        let (waiting, required) = match looked {
+            Ok(Looked::Answered(answer)) => return ready(Ok(answer), request_id, span),
+            Ok(Looked::Wait(waiting, required)) => (waiting, required),
+            Err(error) => return ready(Err(error), request_id, span),
+        };
         let metadata = request.into_parts().0;
-        let required = match message.0.required(self.authority.catalog()) {
-            Ok(required) => required,
-            Err(invalid) => return ready(Err(invalid), request_id, span),
-        };
-        let waiting = match self
-            .authority
-            .verify_from_memory(message.0.key(), required.as_ref())
-        {
-            Recall::Answered(verdict) => {
-                let now = self.authority.now();
-                let answer = verdict.map(|v| VerdictAnswer::of(&v, now));
-                return ready(answer, request_id, span);
-            }
-            Recall::Wait(waiting) => waiting,
-        };
         drop(message);
         let authority: Arc<Authority> = self.authority.clone();
         Answering::Later(Box::pin(async move {
