@@ -82,10 +82,11 @@ impl VerdictAnswer {
     /// The answer's key decoded: what the generated trait methods return.
     fn into_parts(self) -> Result<(bool, Option<pb::ApiKey>, Option<pb::ApiError>, i32), Status> {
         let key = match self.key {
-            Some(bytes) => Some(
-                pb::ApiKey::decode(bytes)
-                    .map_err(|_| Status::internal("the key's answer could not be read back"))?,
-            ),
+            Some(bytes) => Some(pb::ApiKey::decode(bytes).map_err(|e| {
+                crate::status::from_error(Error::internal(format!(
+                    "the encoded ApiKey of a verdict does not decode: {e}"
+                )))
+            })?),
             None => None,
         };
         Ok((self.valid, key, self.error, self.http_status))
