@@ -58,7 +58,8 @@ pub struct CacheSettings {
 }
 
 impl CacheSettings {
-    /// 100 MiB: about 150,000 typical keys (a name, a few permissions, little metadata).
+    /// 100 MiB: about 100,000 typical keys (a name, a few permissions, little metadata: ~1 KB
+    /// each, the encoded answer a Verify reuses included).
     pub const DEFAULT_MAX_BYTES: u64 = 100 * 1024 * 1024;
     pub const DEFAULT_MAX_COLD_LOOKUPS: usize = 128;
 }
@@ -84,6 +85,9 @@ const SMALL_MAP_ENTRIES: usize = 100_000;
 /// What one cached key costs beyond its record's own bytes: the `Proven` and its `Arc`, the
 /// map's slot and its copy of the id.
 const ENTRY_OVERHEAD: u64 = 160;
+/// What a typical key's entry weighs (a short name, no metadata, its memo filled: see the
+/// test `a_typical_entry_weighs_what_the_budget_assumes`): sizes the map for the budget.
+const TYPICAL_ENTRY_BYTES: u64 = 1000;
 
 /// A key whose full key was proven by argon2id.
 #[derive(Debug)]
@@ -263,10 +267,9 @@ fn younger(made: Timestamp, now: Timestamp, ttl: Duration) -> bool {
 
 impl VerifyCache {
     pub fn new(settings: CacheSettings) -> Self {
-        let typical = 700;
         VerifyCache {
             proven: ProvenCache::with(
-                usize::try_from(settings.max_bytes / typical)
+                usize::try_from(settings.max_bytes / TYPICAL_ENTRY_BYTES)
                     .unwrap_or(usize::MAX)
                     .max(1),
                 settings.max_bytes.max(1),
@@ -493,6 +496,32 @@ mod tests {
             replaced_by: None,
             memo: Default::default(),
         })
+    }
+
+    /// The typical weight the map is sized by, and the default budget's "about 100,000 keys"
+    /// (README, `--cache-max-bytes`), stay what a typical key weighs.
+    #[test]
+    fn a_typical_entry_weighs_what_the_budget_assumes() {
+        let typical = KeyRecord {
+            id: KeyId::from_store("key_AbC123xyz789".into()),
+            application_id: ApplicationId::from_store("app_clinic_42".into()),
+            name: "Production server".into(),
+            redacted: "sk_live_AbC123...wXyZ".into(),
+            restricted: true,
+            permissions: Permissions::from_pairs([
+                ("patients".into(), "read".into()),
+                ("encounters".into(), "read".into()),
+            ]),
+            ..(*record("key_AbC123xyz789")).clone()
+        };
+        let weight = Proven::new([0; 32], Arc::new(typical), Timestamp::EPOCH, 0).weight;
+        println!("a typical entry weighs {weight} bytes");
+        assert!(
+            (TYPICAL_ENTRY_BYTES * 4 / 5..=TYPICAL_ENTRY_BYTES * 5 / 4).contains(&weight),
+            "{weight}"
+        );
+        let keys = CacheSettings::DEFAULT_MAX_BYTES / weight;
+        assert!((90_000..=130_000).contains(&keys), "{keys}");
     }
 
     #[test]

@@ -385,12 +385,13 @@ impl fmt::Debug for KeyRecord {
 impl KeyRecord {
     /// Bytes the record takes in memory, estimated: the struct and what its strings, metadata
     /// and permissions hold on the heap (with a few words of bookkeeping each), and its memo
-    /// once filled (an encoding of about the same text).
+    /// once filled.
     pub fn approx_bytes(&self) -> usize {
         const PER_ALLOCATION: usize = 16;
         let text = |s: &str| s.len() + PER_ALLOCATION;
         let optional = |s: &Option<String>| s.as_deref().map_or(0, text);
-        let fields = text(self.id.as_str())
+        std::mem::size_of::<KeyRecord>()
+            + text(self.id.as_str())
             + text(self.application_id.as_str())
             + text(&self.name)
             + text(&self.secret_hash)
@@ -402,8 +403,34 @@ impl KeyRecord {
                 .iter()
                 .map(|(k, v)| text(k) + text(v) + 3 * std::mem::size_of::<usize>())
                 .sum::<usize>()
-            + self.permissions.approx_bytes();
-        std::mem::size_of::<KeyRecord>() + fields + fields.saturating_sub(text(&self.secret_hash))
+            + self.permissions.approx_bytes()
+            + self.approx_memo_bytes()
+    }
+
+    /// Bytes the memo takes once filled, estimated as an encoding of the record: its text
+    /// with a few bytes of framing each, its timestamps and flags, and the shared buffer's
+    /// bookkeeping (two allocations).
+    fn approx_memo_bytes(&self) -> usize {
+        const FRAMING: usize = 2;
+        const FIXED: usize = 32 + 48;
+        let text = |s: &str| s.len() + FRAMING;
+        text(self.id.as_str())
+            + text(self.application_id.as_str())
+            + text(&self.name)
+            + text(&self.redacted)
+            + self.revoke_reason.as_deref().map_or(0, text)
+            + self.replaced_by.as_ref().map_or(0, |id| text(id.as_str()))
+            + self
+                .metadata
+                .iter()
+                .map(|(k, v)| text(k) + text(v) + FRAMING)
+                .sum::<usize>()
+            + self
+                .permissions
+                .iter()
+                .map(|(r, actions)| text(r) + FRAMING + actions.map(text).sum::<usize>())
+                .sum::<usize>()
+            + FIXED
     }
 
     /// Revoked wins over expired; a key expires at its `expire_time` exactly.

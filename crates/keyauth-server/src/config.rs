@@ -153,9 +153,9 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_HASH_QUEUE", default_value_t = 64)]
     pub hash_queue: usize,
 
-    /// Bytes the proven keys kept in memory may take (estimated per key from its record: a
-    /// key with large metadata counts for more); 0 disables the cache. The default holds about
-    /// 150,000 typical keys.
+    /// Bytes the proven keys kept in memory may take (estimated per key from its record and the
+    /// encoded answer kept with it: a key with large metadata counts for more); 0 disables the
+    /// cache. The default holds about 100,000 typical keys.
     #[arg(long, env = "KEYAUTH_CACHE_MAX_BYTES", default_value_t = CacheSettings::DEFAULT_MAX_BYTES)]
     pub cache_max_bytes: u64,
 
