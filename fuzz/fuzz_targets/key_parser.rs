@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     let view = view.expect("the view accepts what the owned parse accepts");
     assert_eq!(view.digest(), key.digest());
     // The id made on the stack for the cache is the key's id.
-    let id = KeyIdText::new(view.lookup()).expect("a parsed key's lookup is an id");
+    let id = KeyIdText::of(&view);
     assert_eq!(id.as_str(), key.id().as_str());
     // A parsed key parses again, to the same key, and names a valid id.
     let again = PresentedKey::parse(key.expose()).expect("a parsed key parses again");

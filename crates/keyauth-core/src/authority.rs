@@ -677,9 +677,7 @@ impl Authority {
         let Some(key) = KeyView::parse(presented) else {
             return Recall::Answered(Ok(Verdict::unauthenticated()));
         };
-        let Some(id) = KeyIdText::new(key.lookup()) else {
-            return Recall::Answered(Ok(Verdict::unauthenticated()));
-        };
+        let id = KeyIdText::of(&key);
         let digest = key.digest();
         let now = self.now();
         let pending = match self.cache.lookup(id.as_str(), &digest) {

@@ -65,15 +65,12 @@ pub struct KeyIdText {
 }
 
 impl KeyIdText {
-    /// `None` unless `lookup` is a lookup part (`LOOKUP_LEN` letters or digits).
-    pub fn new(lookup: &str) -> Option<Self> {
-        if lookup.len() != LOOKUP_LEN || !lookup.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return None;
-        }
+    /// The id of a parsed key (whose lookup part the parse checked).
+    pub fn of(key: &keyauth_key::KeyView<'_>) -> Self {
         let mut text = [0; 4 + LOOKUP_LEN];
         text[..4].copy_from_slice(b"key_");
-        text[4..].copy_from_slice(lookup.as_bytes());
-        Some(KeyIdText { text })
+        text[4..].copy_from_slice(key.lookup().as_bytes());
+        KeyIdText { text }
     }
 
     pub fn as_str(&self) -> &str {
@@ -488,6 +485,19 @@ impl Verdict {
     pub fn is_valid(&self) -> bool {
         self.denial.is_none()
     }
+
+    /// The state the key was judged in, when its secret was proven (revoked and expired are
+    /// denials of their own; a key denied a permission was active).
+    pub fn state(&self) -> Option<KeyState> {
+        self.record.as_ref()?;
+        Some(match self.denial {
+            Some(Denial::Revoked) => KeyState::Revoked,
+            Some(Denial::Expired) => KeyState::Expired,
+            None | Some(Denial::InsufficientPermissions | Denial::AuthenticationError) => {
+                KeyState::Active
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -522,15 +532,13 @@ mod tests {
 
     #[test]
     fn an_id_on_the_stack_finds_the_key_id() {
-        let id = KeyIdText::new("AbC123xyz789").unwrap();
-        assert_eq!(id.as_str(), "key_AbC123xyz789");
+        let key = keyauth_key::PresentedKey::generate(Environment::Live).unwrap();
+        let id = KeyIdText::of(&key.view());
+        assert_eq!(id.as_str(), format!("key_{}", key.lookup()));
         let owned = KeyId::parse(id.as_str(), "id").unwrap();
         let mut ids = std::collections::HashSet::new();
         ids.insert(owned);
         assert!(ids.contains(id.as_str()));
-        for bad in ["", "short", "AbC123xyz78!", "AbC123xyz7890"] {
-            assert!(KeyIdText::new(bad).is_none(), "{bad}");
-        }
     }
 
     /// A record's memo is not part of its value, and a clone (a change) starts without it.
@@ -570,12 +578,19 @@ mod tests {
         let restricted = Arc::new(record(true));
         let v = Verdict::judge(restricted.clone(), t(1), &need_write);
         assert_eq!(v.denial, Some(Denial::InsufficientPermissions));
+        assert_eq!(v.state(), Some(KeyState::Active));
         assert!(Verdict::judge(restricted, t(1), &need_read).is_valid());
+        assert_eq!(Verdict::unauthenticated().state(), None);
         assert!(Verdict::judge(Arc::new(record(false)), t(1), &need_write).is_valid());
         let mut revoked = record(true);
         revoked.revoke_time = Some(t(0));
         let v = Verdict::judge(Arc::new(revoked), t(1), &need_write);
         assert_eq!(v.denial, Some(Denial::Revoked));
+        assert_eq!(v.state(), Some(KeyState::Revoked));
+        let mut expired = record(false);
+        expired.expire_time = Some(t(1));
+        let v = Verdict::judge(Arc::new(expired), t(1), &need_read);
+        assert_eq!(v.state(), Some(KeyState::Expired));
     }
 
     #[test]

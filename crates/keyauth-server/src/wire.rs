@@ -148,7 +148,12 @@ pub fn new_key_in(req: &pb::IssueKeyRequest, catalog: &Catalog) -> Result<NewKey
 }
 
 pub fn key_out(record: &KeyRecord, now: Timestamp) -> pb::ApiKey {
-    let state = match record.state(now) {
+    key_out_as(record, record.state(now))
+}
+
+/// `record` as an `ApiKey` in `state` (the state a verdict judged it in).
+pub fn key_out_as(record: &KeyRecord, state: KeyState) -> pb::ApiKey {
+    let state = match state {
         KeyState::Active => pb::KeyState::Active,
         KeyState::Expired => pb::KeyState::Expired,
         KeyState::Revoked => pb::KeyState::Revoked,

@@ -31,7 +31,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use keyauth_core::authority::{Recall, Waiting};
 use keyauth_core::catalog::Catalog;
-use keyauth_core::clock::Timestamp;
 use keyauth_core::model::{KeyRecord, KeyState, Verdict};
 use keyauth_core::{Authority, Error};
 use keyauth_proto as pb;
@@ -68,12 +67,16 @@ impl Outcome for VerdictAnswer {
 }
 
 impl VerdictAnswer {
-    /// The answer to `verdict` at `now`.
-    fn of(verdict: &Verdict, now: Timestamp) -> Self {
+    /// The answer to `verdict`, the key in the state it was judged in.
+    fn of(verdict: &Verdict) -> Self {
         let (valid, error, http_status) = wire::verdict_out(verdict);
         VerdictAnswer {
             valid,
-            key: verdict.record.as_deref().map(|r| encoded_key(r, now)),
+            key: verdict
+                .record
+                .as_deref()
+                .zip(verdict.state())
+                .map(|(record, state)| encoded_key(record, state)),
             error,
             http_status,
         }
@@ -115,12 +118,12 @@ impl VerdictAnswer {
     }
 }
 
-/// `record`'s `ApiKey`, encoded: for an active key, once (kept in the record's memo: an
-/// active key's answer changes only with the record, which a change replaces); for a revoked
-/// or expired one (whose state depends on `now`, and which is rarely asked), each time.
-fn encoded_key(record: &KeyRecord, now: Timestamp) -> Bytes {
-    let encode = || Bytes::from(wire::key_out(record, now).encode_to_vec());
-    match record.state(now) {
+/// `record`'s `ApiKey` in `state`, encoded: for an active key, once (kept in the record's
+/// memo: an active key's answer changes only with the record, which a change replaces); for a
+/// revoked or expired one (rarely asked), each time.
+fn encoded_key(record: &KeyRecord, state: KeyState) -> Bytes {
+    let encode = || Bytes::from(wire::key_out_as(record, state).encode_to_vec());
+    match state {
         KeyState::Active => record.memo.get_or_init(encode).clone(),
         KeyState::Expired | KeyState::Revoked => encode(),
     }
@@ -235,10 +238,7 @@ impl KeyAuthorityApi {
             .authority
             .verify_from_memory(message.key(), required.as_ref())
         {
-            Recall::Answered(verdict) => {
-                let now = self.authority.now();
-                Ok(Looked::Answered(VerdictAnswer::of(&verdict?, now)))
-            }
+            Recall::Answered(verdict) => Ok(Looked::Answered(VerdictAnswer::of(&verdict?))),
             Recall::Wait(waiting) => Ok(Looked::Wait(waiting, required)),
         }
     }
@@ -282,8 +282,7 @@ impl KeyAuthorityApi {
                 authority.verify_waiting(waiting, required.as_ref(), deadline),
             )
             .await;
-            let now = authority.now();
-            let answer = verdict.map(|v| VerdictAnswer::of(&v, now));
+            let answer = verdict.map(|v| VerdictAnswer::of(&v));
             call::finish(method, started, request_id, span, answer)
         }))
     }
@@ -523,7 +522,7 @@ mod tests {
             name: "renamed".into(),
             ..record.clone()
         };
-        let renamed = pb::ApiKey::decode(encoded_key(&changed, authority.now())).unwrap();
+        let renamed = pb::ApiKey::decode(encoded_key(&changed, KeyState::Active)).unwrap();
         assert_eq!(renamed.name, "renamed");
 
         // Refused from memory: a malformed key, and a permission outside the catalog.
