@@ -24,7 +24,7 @@ use crate::paging::PageTokens;
 use crate::sealing::{IdempotencyKey, Sealer};
 use crate::store::{
     ApplicationSummary, AuditEvent, Changed, Cursor, EventFilter, EventQuery, Exposed, Exposure,
-    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Store, Updated,
+    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Store, Successor, Updated,
 };
 use crate::usage::UsageRecorder;
 
@@ -451,28 +451,29 @@ impl Authority {
         if expire_time.is_some_and(|e| e <= now) {
             return Err(Error::invalid("expire_time", "must be in the future"));
         }
+        // Read here only to refuse early, before argon2's time is spent: what the new key
+        // inherits is read again by the store inside the transaction that claims `old`, so a
+        // change committed meanwhile (UpdateKey) is carried over, never undone.
         let old = self
             .store
             .get_key(id)
             .await?
             .ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
         refuse_roll(&old, now)?;
-        let new = NewKey {
-            application_id: old.application_id.clone(),
-            environment: old.environment,
-            name: old.name.clone(),
-            permissions: old.permissions.clone(),
-            expire_time: expire_time.or(old.expire_time),
-            metadata: old.metadata.clone(),
+        let key = PresentedKey::generate(old.environment).map_err(Error::internal)?;
+        let successor = Successor {
+            id: key.id(),
+            secret_hash: self.hasher.hash(key.secret(), None).await?,
+            redacted: key.redacted(),
+            create_time: now,
+            expire_time,
         };
-        let mut issued = self.mint(new, now).await?;
-        issued.record.restricted = old.restricted;
-        let write = self.idempotent_write(idem, Some(&issued.key), now)?;
+        let write = self.idempotent_write(idem, Some(&key), now)?;
         let outcome = self
             .store
             .roll_key(
                 id,
-                &issued.record,
+                &successor,
                 now.saturating_add(grace),
                 now,
                 who,
@@ -481,12 +482,12 @@ impl Authority {
             .await;
         self.cache.forget(id);
         match outcome? {
-            Rolled::Done { previous } => {
+            Rolled::Done { new, previous } => {
                 // After the commit (see `issue`).
-                self.keys.insert(&issued.record.id);
+                self.keys.insert(&new.id);
                 self.changes.note_commit();
-                tracing::info!(key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.as_secs(), "key rolled");
-                Ok((issued, previous))
+                tracing::info!(key_id = %id, new_key_id = %new.id, grace_secs = grace.as_secs(), "key rolled");
+                Ok((Issued { record: new, key }, previous))
             }
             Rolled::NotFound => Err(Error::KeyNotFound(id.to_string())),
             Rolled::Refused(current) => {

@@ -219,11 +219,51 @@ pub struct ApplicationSummary {
     pub live: KeyCounts,
 }
 
+/// A roll's new key as minted before its transaction (the secret's hash takes argon2's time).
+/// What the new key inherits is not here: the store copies it from the old key as it stands
+/// inside the transaction that claims it, so no change committed meanwhile is undone.
+#[derive(Debug)]
+pub struct Successor {
+    pub id: KeyId,
+    /// argon2id PHC string of the new secret.
+    pub secret_hash: String,
+    pub redacted: String,
+    pub create_time: Timestamp,
+    /// The expiry the roll names, if any; else the new key expires when `old` would have.
+    pub expire_time: Option<Timestamp>,
+}
+
+impl Successor {
+    /// The new key's record: its own id, secret and times, and `old`'s application,
+    /// environment, name, permissions and metadata as `old` stands now.
+    pub fn of(&self, old: &KeyRecord) -> KeyRecord {
+        KeyRecord {
+            id: self.id.clone(),
+            application_id: old.application_id.clone(),
+            environment: old.environment,
+            name: old.name.clone(),
+            secret_hash: self.secret_hash.clone(),
+            redacted: self.redacted.clone(),
+            restricted: old.restricted,
+            permissions: old.permissions.clone(),
+            metadata: old.metadata.clone(),
+            create_time: self.create_time,
+            expire_time: self.expire_time.or(old.expire_time),
+            revoke_time: None,
+            revoke_reason: None,
+            last_used_time: None,
+            replaced_by: None,
+            memo: Default::default(),
+        }
+    }
+}
+
 /// Outcome of a roll attempt.
 #[derive(Debug)]
 pub enum Rolled {
-    /// The old key now expires at the grace limit and names its replacement.
+    /// The old key now expires at the grace limit and names its replacement, `new`.
     Done {
+        new: KeyRecord,
         previous: KeyRecord,
     },
     NotFound,
@@ -292,12 +332,15 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_key(&self, id: &KeyId) -> Result<Option<KeyRecord>, Error>;
 
-    /// In one transaction: if `old` is active and not yet rolled at `now`, set its expiry to
-    /// `min(expire_time, old_expire)` and its replacement, and insert `new`.
+    /// In one transaction: reads `old` as it stands under the transaction's write lock; if it
+    /// is active and not yet rolled at `now`, inserts its successor (`new`, completed from
+    /// `old` as read there: see [`Successor::of`]), sets `old`'s expiry to
+    /// `min(expire_time, old_expire)` and its replacement. A change committed before the roll's
+    /// transaction is carried over to the successor; one committed after it applies to `old`.
     async fn roll_key(
         &self,
         old: &KeyId,
-        new: &KeyRecord,
+        new: &Successor,
         old_expire: Timestamp,
         now: Timestamp,
         who: &Provenance,

@@ -18,12 +18,12 @@ use sqlx::{
 use super::{
     ApplicationSummary, AuditEvent, CHANGE_CHANNEL, ChangeFeed, Changed, Cursor, EventFilter,
     EventKind, EventQuery, Exposed, Exposure, IdempotencyRecord, IdempotentWrite, KeyCounts,
-    KeyEvent, KeyListing, KeyUpdate, Provenance, Rolled, Store, Updated,
+    KeyEvent, KeyListing, KeyUpdate, Provenance, Rolled, Store, Successor, Updated,
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, KeyState, Metadata, Permissions};
 
 macro_rules! select_keys {
     ($tail:literal) => {
@@ -42,6 +42,9 @@ const INSERT_KEY: &str = "INSERT INTO api_keys (id, application_id, environment,
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 
 const GET_KEY: &str = select_keys!("WHERE id = $1");
+/// The key a change reads and then writes, locked until the change commits (PostgreSQL; a
+/// SQLite write transaction holds the database's write lock from its start).
+const GET_KEY_LOCKED: &str = select_keys!("WHERE id = $1 FOR UPDATE");
 
 /// $5: an environment or NULL for both; $6: the states (`KeyStates::bits`: 1 active, 2
 /// expired, 4 revoked; 0 every state) at $7 (now).
@@ -164,6 +167,10 @@ pub trait Backend: Database + Sync {
         pool: &Pool<Self>,
     ) -> impl Future<Output = Result<Transaction<'static, Self>, sqlx::Error>> + Send;
 
+    /// Reads a key inside a write transaction so that no other change to it commits before
+    /// this transaction does.
+    const GET_KEY_FOR_WRITE: &'static str;
+
     /// Rows a statement changed.
     fn rows_affected(result: &Self::QueryResult) -> u64;
 
@@ -175,6 +182,8 @@ pub trait Backend: Database + Sync {
 
 impl Backend for Sqlite {
     const LABEL: &'static str = "sqlite";
+    /// `BEGIN IMMEDIATE` took the write lock already.
+    const GET_KEY_FOR_WRITE: &'static str = GET_KEY;
 
     /// Takes SQLite's write lock up front: writers queue on the busy timeout instead of
     /// failing when a read lock would need upgrading.
@@ -194,6 +203,7 @@ impl Backend for Sqlite {
 
 impl Backend for Postgres {
     const LABEL: &'static str = "postgres";
+    const GET_KEY_FOR_WRITE: &'static str = GET_KEY_LOCKED;
 
     async fn begin_write(pool: &Pool<Self>) -> Result<Transaction<'static, Self>, sqlx::Error> {
         pool.begin().await
@@ -450,15 +460,30 @@ where
     async fn roll_key(
         &self,
         old: &KeyId,
-        new: &KeyRecord,
+        new: &Successor,
         old_expire: Timestamp,
         now: Timestamp,
         who: &Provenance,
         idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Rolled, Error> {
         let mut tx = DB::begin_write(&self.pool).await?;
+        // Read under the write lock: no change to `old` can commit between this read and the
+        // claim, so the successor inherits `old` as it stands at the roll.
+        let current: Option<KeyRow> = sqlx::query_as(DB::GET_KEY_FOR_WRITE)
+            .bind(old.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(current) = current.map(KeyRecord::try_from).transpose()? else {
+            tx.rollback().await?;
+            return Ok(Rolled::NotFound);
+        };
+        if current.replaced_by.is_some() || current.state(now) != KeyState::Active {
+            tx.rollback().await?;
+            return Ok(Rolled::Refused(current));
+        }
+        let new = new.of(&current);
         // The new row first: the old one's replaced_by_key_id references it.
-        Self::insert(&mut *tx, new).await?;
+        Self::insert(&mut *tx, &new).await?;
         let claimed = sqlx::query(CLAIM_FOR_ROLL)
             .bind(old.as_str())
             .bind(old_expire.as_micros())
@@ -467,9 +492,10 @@ where
             .execute(&mut *tx)
             .await?;
         if DB::rows_affected(&claimed) == 0 {
-            let current = Self::get(&mut *tx, old).await?;
             tx.rollback().await?;
-            return Ok(current.map_or(Rolled::NotFound, Rolled::Refused));
+            return Err(Error::internal(
+                "a key locked for its roll changed meanwhile",
+            ));
         }
         let previous = Self::get(&mut *tx, old)
             .await?
@@ -486,12 +512,12 @@ where
         )
         .await?;
         let changed = Changed::Rolled {
-            new,
+            new: &new,
             previous: &previous,
         };
         Self::remember(&mut *tx, idem, changed).await?;
         tx.commit().await?;
-        Ok(Rolled::Done { previous })
+        Ok(Rolled::Done { new, previous })
     }
 
     async fn revoke_key(

@@ -18,6 +18,7 @@ mod list;
 mod operable;
 mod portal;
 mod process;
+mod races;
 mod roll_revoke;
 mod serving;
 mod tls;
