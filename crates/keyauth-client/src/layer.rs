@@ -23,7 +23,6 @@
 //! - passes `X-Request-Id` through (generating one when absent) to the service and back;
 //! - on success puts the [`VerifiedKey`] into the request's extensions for the handler.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -33,50 +32,17 @@ use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use keyauth_key::Denial;
+use keyauth_contract::Denial;
+pub use keyauth_contract::catalog::Catalog;
+use keyauth_contract::error_body::{error_body, unavailable_body};
+use keyauth_contract::request_id;
+use keyauth_contract::routes::RouteTable;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error_body::{error_body, unavailable_body};
-use crate::routes::{Requirement, RouteTable};
 use crate::verifier::{VerifiedKey, Verifier};
 
-const REQUEST_ID: &str = "x-request-id";
-
-/// Resources and the actions each allows: what the route mapping may name.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Catalog(BTreeMap<String, BTreeSet<String>>);
-
-impl Catalog {
-    /// The product's built-in catalog (keyauth's default).
-    pub fn built_in() -> Self {
-        Catalog::new(
-            keyauth_key::BUILT_IN_CATALOG
-                .iter()
-                .map(|(r, actions)| (r.to_string(), actions.iter().map(|a| a.to_string()))),
-        )
-    }
-
-    /// A catalog of these resources and actions (e.g. the server's `--catalog`).
-    pub fn new<A: IntoIterator<Item = String>>(
-        resources: impl IntoIterator<Item = (String, A)>,
-    ) -> Self {
-        Catalog(
-            resources
-                .into_iter()
-                .map(|(r, a)| (r, a.into_iter().collect()))
-                .collect(),
-        )
-    }
-
-    pub fn has_resource(&self, resource: &str) -> bool {
-        self.0.contains_key(resource)
-    }
-
-    pub fn contains(&self, resource: &str, action: &str) -> bool {
-        self.0.get(resource).is_some_and(|a| a.contains(action))
-    }
-}
+const REQUEST_ID: &str = request_id::HEADER;
 
 /// The tower layer (see the module docs).
 #[derive(Clone)]
@@ -176,17 +142,13 @@ fn denied<B>(denial: Denial, request_id: &HeaderValue) -> Response<KeyAuthBody<B
     refusal(status, body, request_id)
 }
 
-/// The caller's request id when it is usable (1 to 128 visible ASCII characters), else a new
-/// one.
-fn request_id(presented: Option<&HeaderValue>) -> HeaderValue {
+/// The caller's request id when it is usable, else a fresh one (the contract's rules).
+fn request_id_of(presented: Option<&HeaderValue>) -> HeaderValue {
     presented
-        .filter(|v| {
-            let b = v.as_bytes();
-            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-        })
+        .filter(|v| request_id::is_usable(v.as_bytes()))
         .cloned()
         .unwrap_or_else(|| {
-            HeaderValue::from_str(&keyauth_key::unique_base62(20))
+            HeaderValue::from_bytes(&request_id::fresh())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
         })
 }
@@ -212,7 +174,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        let id = request_id(request.headers().get(REQUEST_ID));
+        let id = request_id_of(request.headers().get(REQUEST_ID));
         request.headers_mut().insert(REQUEST_ID, id.clone());
         let requirement =
             shared
@@ -228,11 +190,11 @@ where
             .unwrap_or("")
             .to_owned();
         Box::pin(async move {
-            let required = match &requirement {
-                Requirement::Permission(p) => std::slice::from_ref(p),
-                Requirement::Unmapped | Requirement::Unknown(_) => &[],
-            };
-            let verdict = match shared.verifier.verify(&presented, required).await {
+            let verdict = match shared
+                .verifier
+                .verify(&presented, requirement.required())
+                .await
+            {
                 Ok(verdict) => verdict,
                 Err(unavailable) => {
                     tracing::warn!(error = %unavailable, "key check unavailable; answering 503");
@@ -248,13 +210,7 @@ where
                 (None, None) => return Ok(denied(Denial::AuthenticationError, &id)),
                 (None, Some(key)) => key,
             };
-            let refused = match requirement {
-                // A route-table mistake: never allowed, for any key.
-                Requirement::Unknown(_) => true,
-                Requirement::Unmapped => key.restricted,
-                Requirement::Permission(_) => false,
-            };
-            if refused {
+            if requirement.refuses(key.restricted) {
                 return Ok(denied(Denial::InsufficientPermissions, &id));
             }
             request.extensions_mut().insert(key);
@@ -272,10 +228,10 @@ mod tests {
     #[test]
     fn request_ids_are_kept_or_made() {
         let given = HeaderValue::from_static("abc-123");
-        assert_eq!(request_id(Some(&given)), given);
+        assert_eq!(request_id_of(Some(&given)), given);
         let long = HeaderValue::from_str(&"x".repeat(200)).unwrap();
-        assert_ne!(request_id(Some(&long)), long);
-        assert_eq!(request_id(None).len(), 20);
+        assert_ne!(request_id_of(Some(&long)), long);
+        assert_eq!(request_id_of(None).len(), 20);
     }
 
     #[test]
@@ -289,13 +245,5 @@ mod tests {
         let r: Response<KeyAuthBody<()>> = denied(Denial::InsufficientPermissions, &id);
         assert_eq!(r.status(), StatusCode::FORBIDDEN);
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
-    }
-
-    #[test]
-    fn the_built_in_catalog_is_the_products() {
-        let c = Catalog::built_in();
-        assert!(c.contains("patients", "delete"));
-        assert!(!c.contains("encounters", "delete"));
-        assert!(!c.contains("billing", "read"));
     }
 }

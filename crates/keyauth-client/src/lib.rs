@@ -1,5 +1,7 @@
 //! Calling keyauth from Rust. Stands on `keyauth-proto` (the generated client and messages)
-//! and `keyauth-key` (the key format).
+//! and `keyauth-contract` (the key format, denials, catalog, verdict rule, route mapping, error
+//! body and request ids, shared with the server; `routes` and `error_body` are re-exported
+//! here as they were).
 //!
 //! - [`Client`]: typed calls to every RPC, tokens, request ids, timeouts, safe retries;
 //! - [`Verifier`]: verification in the caller's process, kept current by `WatchKeyChanges`;
@@ -10,13 +12,13 @@
 //! - [`error_body`]: the seed's JSON error body of a refused request.
 
 pub mod client;
-pub mod error_body;
 pub mod layer;
-pub mod routes;
 pub mod tls;
 pub mod verifier;
 
+pub use keyauth_contract::{error_body, routes};
+
 pub use client::{Client, ClientBuilder, ConnectError};
-pub use keyauth_key::Denial;
+pub use keyauth_contract::Denial;
 pub use layer::{Catalog, KeyAuth, KeyAuthLayer};
 pub use verifier::{Unavailable, Verdict, VerifiedKey, Verifier, VerifierOptions};

@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use keyauth_key::{Denial, PresentedKey, digests_match};
+use keyauth_contract::routes::Permission;
+use keyauth_contract::{Denial, KeyView, digests_match};
 use keyauth_proto as pb;
 use quick_cache::sync::{Cache, DefaultLifecycle};
 use quick_cache::{DefaultHashBuilder, Weighter};
 use tonic::Status;
 
 use crate::client::Client;
-use crate::routes::Permission;
 
 /// The answer is not known: keyauth could not be asked (or refused the question), and nothing
 /// fresh enough is cached. A caller answers 503, never "valid".
@@ -159,24 +159,30 @@ impl Entry {
         }
     }
 
-    /// The server's rules: revoked, then expired, then permissions.
+    /// The server's rule (`keyauth_contract::verdict`): revoked, then expired, then
+    /// permissions.
     fn judge(&self, now_micros: i64, required: &[Permission]) -> Verdict {
-        let denial = if self.revoked {
-            Some(Denial::Revoked)
-        } else if self.expire_micros.is_some_and(|e| e <= now_micros) {
-            Some(Denial::Expired)
-        } else if required
+        let required = required
             .iter()
-            .any(|p| !self.key.allows(&p.resource, &p.action))
-        {
-            Some(Denial::InsufficientPermissions)
-        } else {
-            None
-        };
+            .map(|p| (p.resource.as_str(), p.action.as_str()));
         Verdict {
             key: Some(self.key.clone()),
-            denial,
+            denial: keyauth_contract::verdict::judge(self, now_micros, required),
         }
+    }
+}
+
+impl keyauth_contract::verdict::ProvenKey for Entry {
+    fn is_revoked(&self) -> bool {
+        self.revoked
+    }
+
+    fn is_expired_at(&self, now_micros: i64) -> bool {
+        self.expire_micros.is_some_and(|e| e <= now_micros)
+    }
+
+    fn allows(&self, resource: &str, action: &str) -> bool {
+        self.key.allows(resource, action)
     }
 }
 
@@ -352,7 +358,8 @@ impl Verifier {
         presented: &str,
         required: &[Permission],
     ) -> Result<Verdict, Unavailable> {
-        let Some(key) = PresentedKey::parse(presented) else {
+        // Parsed in place, as the server does: a call answered from memory copies nothing.
+        let Some(key) = KeyView::parse(presented) else {
             return Ok(Verdict::unauthenticated());
         };
         let id = key.id_text();
@@ -371,7 +378,7 @@ impl Verifier {
         let answer = state
             .client
             .verify(pb::VerifyRequest {
-                key: key.expose().to_owned(),
+                key: key.to_owned().expose().to_owned(),
                 required_permissions: required_out(required),
             })
             .await
@@ -397,13 +404,9 @@ impl Verifier {
     }
 }
 
+/// A denial the server answered; a code this version does not know is still a refusal.
 fn denial_of(code: &str) -> Denial {
-    match code {
-        "api_key_revoked" => Denial::Revoked,
-        "api_key_expired" => Denial::Expired,
-        "insufficient_permissions" => Denial::InsufficientPermissions,
-        _ => Denial::AuthenticationError,
-    }
+    Denial::from_code(code).unwrap_or(Denial::AuthenticationError)
 }
 
 fn required_out(required: &[Permission]) -> Vec<pb::Permission> {

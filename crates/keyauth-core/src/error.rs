@@ -98,22 +98,10 @@ pub enum Error {
     Internal(String),
 }
 
-/// Characters of a caller's string an error message or a log field shows at most.
-pub const ECHO_MAX_CHARS: usize = 64;
+pub use keyauth_contract::{ECHO_MAX_CHARS, echo};
 
 /// Field violations an error message (and the status's BadRequest details) lists at most.
 pub const MAX_VIOLATIONS_SHOWN: usize = 10;
-
-/// A caller's string as an error message or a log field may show it: quoted and escaped like
-/// `{:?}`, and cut after [`ECHO_MAX_CHARS`] characters, marked `…(cut, N bytes)`. The one way
-/// caller input reaches a message, so that no request can make an answer or a log line as
-/// large as itself.
-pub fn echo(s: &str) -> String {
-    match s.char_indices().nth(ECHO_MAX_CHARS) {
-        None => format!("{s:?}"),
-        Some((end, _)) => format!("{:?}…(cut, {} bytes)", &s[..end], s.len()),
-    }
-}
 
 fn describe(violations: &[FieldViolation]) -> String {
     let mut text = violations

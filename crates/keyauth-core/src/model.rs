@@ -447,6 +447,21 @@ impl KeyRecord {
     }
 }
 
+impl keyauth_contract::verdict::ProvenKey for KeyRecord {
+    fn is_revoked(&self) -> bool {
+        self.revoke_time.is_some()
+    }
+
+    fn is_expired_at(&self, now_micros: i64) -> bool {
+        self.expire_time
+            .is_some_and(|e| e.as_micros() <= now_micros)
+    }
+
+    fn allows(&self, resource: &str, action: &str) -> bool {
+        KeyRecord::allows(self, resource, action)
+    }
+}
+
 /// The answer to a Verify or CheckPermission: the record whenever the secret was proven.
 #[derive(Clone, Debug)]
 pub struct Verdict {
@@ -462,20 +477,15 @@ impl Verdict {
         }
     }
 
-    /// Judges a proven key: revoked before expired, permissions last.
+    /// Judges a proven key by the contract's rule (`keyauth_contract::verdict`): revoked
+    /// before expired, permissions last.
     pub fn judge(
         record: std::sync::Arc<KeyRecord>,
         now: Timestamp,
         required: &[(String, String)],
     ) -> Self {
-        let denial = match record.state(now) {
-            KeyState::Revoked => Some(Denial::Revoked),
-            KeyState::Expired => Some(Denial::Expired),
-            KeyState::Active if required.iter().any(|(r, a)| !record.allows(r, a)) => {
-                Some(Denial::InsufficientPermissions)
-            }
-            KeyState::Active => None,
-        };
+        let required = required.iter().map(|(r, a)| (r.as_str(), a.as_str()));
+        let denial = keyauth_contract::verdict::judge(&*record, now.as_micros(), required);
         Verdict {
             record: Some(record),
             denial,

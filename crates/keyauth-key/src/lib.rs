@@ -59,6 +59,19 @@ pub enum Denial {
 }
 
 impl Denial {
+    /// Every denial, in the order of the rule that judges a key.
+    pub const ALL: [Denial; 4] = [
+        Denial::AuthenticationError,
+        Denial::Revoked,
+        Denial::Expired,
+        Denial::InsufficientPermissions,
+    ];
+
+    /// The denial whose [`Denial::code`] is `code`, if any.
+    pub fn from_code(code: &str) -> Option<Denial> {
+        Denial::ALL.into_iter().find(|d| d.code() == code)
+    }
+
     pub fn code(self) -> &'static str {
         match self {
             Denial::AuthenticationError => "authentication_error",
@@ -184,7 +197,7 @@ impl PresentedKey {
 
     /// The key id, `key_<lookup>`, as text.
     pub fn id_text(&self) -> String {
-        format!("key_{}", self.lookup())
+        self.view().id_text()
     }
 
     /// The secret part: what argon2id hashes.
@@ -260,6 +273,11 @@ impl<'a> KeyView<'a> {
     /// The public lookup part.
     pub fn lookup(&self) -> &'a str {
         &self.raw[PREFIX_LEN..PREFIX_LEN + LOOKUP_LEN]
+    }
+
+    /// The key id, `key_<lookup>`, as text.
+    pub fn id_text(&self) -> String {
+        format!("key_{}", self.lookup())
     }
 
     /// SHA-256 of the whole key.

@@ -20,7 +20,7 @@ use keyauth_core::hashing::HashParams;
 use keyauth_core::store::StoreOptions;
 use zeroize::Zeroizing;
 
-use keyauth_client::routes::RouteTable;
+use keyauth_contract::routes::RouteTable;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::propagation::FollowOptions;
 use keyauth_core::sealing::SealKey;

@@ -10,7 +10,7 @@
 //! 2. the request id: the HTTP request's `x-request-id` (Envoy's own id when absent);
 //! 3. the permission the request needs: the route's `context_extensions`
 //!    (`keyauth_resource` + `keyauth_action`), else the `--ext-authz-routes` table, else the
-//!    default `/api/v1/<resource>…` mapping (`keyauth_client::routes`);
+//!    default `/api/v1/<resource>…` mapping (`keyauth_contract::routes`);
 //! 4. the key, from the HTTP `authorization` header, checked by `Authority::verify` like
 //!    Verify (same cache, same order: revoked → expired → permissions).
 //!
@@ -27,8 +27,9 @@ use envoy_types::ext_authz::v3::pb::{
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::google::rpc;
-use keyauth_client::error_body;
-use keyauth_client::routes::{Permission, Requirement};
+use keyauth_contract::error_body;
+use keyauth_contract::routes::{Permission, Requirement};
+use keyauth_core::catalog::CatalogCheck;
 use keyauth_core::model::{Denial, KeyRecord};
 use keyauth_core::{Authority, Error};
 use tonic::codegen::http::HeaderValue as HttpHeaderValue;
@@ -37,7 +38,7 @@ use tracing::Span;
 use tracing::level_filters::LevelFilter;
 
 pub use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
-pub use keyauth_client::routes::RouteTable;
+pub use keyauth_contract::routes::RouteTable;
 
 use crate::service::OperatorAuth;
 use crate::service::call::{self, REQUEST_ID};
@@ -253,10 +254,11 @@ impl ExtAuthzApi {
             );
         };
         let requirement = self.requirement(request, http);
-        let required = match &requirement {
-            Requirement::Permission(p) => vec![(p.resource.clone(), p.action.clone())],
-            Requirement::Unmapped | Requirement::Unknown(_) => Vec::new(),
-        };
+        let required: Vec<_> = requirement
+            .required()
+            .iter()
+            .map(|p| (p.resource.clone(), p.action.clone()))
+            .collect();
         let presented = http.headers.get(AUTHORIZATION).map_or("", String::as_str);
         let verdict = match self.authority.verify(presented, &required, deadline).await {
             Ok(verdict) => verdict,
@@ -273,25 +275,21 @@ impl ExtAuthzApi {
         let Some(record) = verdict.record else {
             return (Answer::Denied(Denial::AuthenticationError), None);
         };
-        match requirement {
-            Requirement::Permission(_) => (Answer::Allowed(record), None),
-            Requirement::Unmapped if !record.restricted => (Answer::Allowed(record), None),
-            Requirement::Unmapped => (
-                Answer::Denied(Denial::InsufficientPermissions),
-                Some(Note::RestrictedUnmapped),
-            ),
-            Requirement::Unknown(p) => (
-                Answer::Denied(Denial::InsufficientPermissions),
-                Some(Note::UnknownPermission(p)),
-            ),
+        if !requirement.refuses(record.restricted) {
+            return (Answer::Allowed(record), None);
         }
+        let note = match requirement {
+            Requirement::Unknown(p) => Note::UnknownPermission(p),
+            Requirement::Unmapped | Requirement::Permission(_) => Note::RestrictedUnmapped,
+        };
+        (Answer::Denied(Denial::InsufficientPermissions), Some(note))
     }
 
     /// The permission the request needs: the route's context_extensions, else the route
     /// table, else the default mapping.
     fn requirement(&self, request: &CheckRequest, http: &HttpRequest) -> Requirement {
         let catalog = self.authority.catalog();
-        let in_catalog = |r: &str, a: &str| catalog.check(r, a, "").is_ok();
+        let in_catalog = |r: &str, a: &str| catalog.contains(r, a);
         let extensions = request.attributes.as_ref().map(|a| &a.context_extensions);
         let resource = extensions.and_then(|e| e.get(RESOURCE_EXTENSION));
         let action = extensions.and_then(|e| e.get(ACTION_EXTENSION));

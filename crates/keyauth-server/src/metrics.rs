@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use keyauth_contract::{Denial, rpc};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder};
 
 /// Calls answered, by `rpc` (the method name) and `outcome`: `ok` for operator RPCs, `valid`
@@ -203,45 +204,22 @@ fn same(a: &'static str, b: &'static str) -> bool {
 pub fn verdict_outcome(error_code: Option<&str>) -> &'static str {
     match error_code {
         None => "valid",
-        Some("authentication_error") => "authentication_error",
-        Some("api_key_expired") => "api_key_expired",
-        Some("api_key_revoked") => "api_key_revoked",
-        Some("insufficient_permissions") => "insufficient_permissions",
-        // A code this list does not know yet: still a denial, without an unbounded label.
-        Some(_) => "denied",
+        Some(code) => Denial::from_code(code)
+            .map(Denial::code)
+            // A code this list does not know yet: still a denial, without an unbounded label.
+            .unwrap_or("denied"),
     }
 }
 
 /// The `rpc` label of a `keyauth.v1.KeyAuthorityService` path, or `Check` for Envoy's
 /// `envoy.service.auth.v3.Authorization/Check` (`None` for other services). Callers choose
-/// paths, so only known method names become labels; the rest are `other`.
+/// paths, so only the contract's method names become labels; the rest are `other`.
 pub fn rpc_of_path(path: &str) -> Option<&'static str> {
     if path == "/envoy.service.auth.v3.Authorization/Check" {
         return Some("Check");
     }
-    const METHODS: &[&str] = &[
-        "IssueKey",
-        "RollKey",
-        "RevokeKey",
-        "Verify",
-        "CheckPermission",
-        "GetKey",
-        "ListKeys",
-        "ListKeyEvents",
-        "ReportExposedKeys",
-        "WatchKeyChanges",
-        "UpdateKey",
-        "GetCatalog",
-        "ListApplications",
-    ];
-    let method = path.strip_prefix("/keyauth.v1.KeyAuthorityService/")?;
-    Some(
-        METHODS
-            .iter()
-            .find(|m| **m == method)
-            .copied()
-            .unwrap_or("other"),
-    )
+    let method = rpc::method_of_path(path)?;
+    Some(rpc::find(method).map_or("other", |(name, _)| name))
 }
 
 #[cfg(test)]

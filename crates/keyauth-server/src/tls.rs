@@ -12,13 +12,13 @@
 //! content) naming the file and why. At start-up the same checks stop the start instead,
 //! naming the setting.
 //!
-//! The PEM checks are shared with the client side (`keyauth_client::tls`).
+//! The PEM checks are shared with the client side (`keyauth_contract::pem`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use keyauth_client::tls::{TlsSettingError, bad, certificates, private_key, read};
+use keyauth_contract::pem::{TlsSettingError, bad, certificates, private_key, read};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;

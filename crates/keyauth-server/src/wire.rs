@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use keyauth_core::Error;
 use keyauth_core::authority::{ExposureOutcome, NewKey};
-use keyauth_core::catalog::{Catalog, RequestedPermission};
+use keyauth_core::catalog::{Catalog, CatalogCheck, RequestedPermission};
 use keyauth_core::clock::Timestamp;
 use keyauth_core::model::{
     ApplicationId, Denial, Environment, KeyRecord, KeyState, Verdict, check_metadata, parse_name,

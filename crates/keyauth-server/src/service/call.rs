@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use keyauth_contract::request_id;
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
 use keyauth_core::sealing::{self, IdempotencyKey};
@@ -23,24 +24,14 @@ use super::KeyAuthorityApi;
 use super::gate::{Admitted, authorization};
 use crate::status;
 
-pub(crate) const REQUEST_ID: &str = "x-request-id";
+pub(crate) const REQUEST_ID: &str = request_id::HEADER;
 /// The same names as header names made at compile time: looked up and inserted without
 /// parsing the name on every call.
 pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static(sealing::HEADER);
 
-/// Which token a call needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Access {
-    /// The operator token; a refusal is audited.
-    Operator,
-    /// The verifier token, when one is configured.
-    Verifier,
-    /// The verifier token (when one is configured) or the operator token: what both a
-    /// verifying service and an operator's console read (GetCatalog).
-    VerifierOrOperator,
-}
+pub(crate) use keyauth_contract::rpc::Access;
 
 /// What a handler knows about its call beyond the message.
 pub(crate) struct Call {
@@ -307,78 +298,24 @@ pub(crate) fn rpc_span(method: &'static str, request_id: &str) -> Span {
     tracing::info_span!("rpc", method, request_id = %request_id)
 }
 
-/// Whether a presented request id is usable: 1 to 128 visible ASCII characters.
-fn is_usable_request_id(id: &[u8]) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
-}
-
 /// The caller's request id, when it is usable, as the header it came in (a shared reference to
 /// the received bytes, not a copy).
 fn presented_request_id(headers: &HeaderMap) -> Option<HeaderValue> {
     headers
         .get(REQUEST_ID_HEADER)
-        .filter(|v| is_usable_request_id(v.as_bytes()))
+        .filter(|v| request_id::is_usable(v.as_bytes()))
         .cloned()
 }
 
-/// The call's request id: the caller's, when it is usable (1 to 128 visible ASCII characters),
-/// else a fresh one.
+/// The call's request id: the caller's, when it is usable, else a fresh one.
 pub(crate) fn request_id(presented: Option<&str>) -> String {
-    presented
-        .filter(|v| is_usable_request_id(v.as_bytes()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| String::from_utf8_lossy(&fresh_request_id_bytes()).into_owned())
+    request_id::or_fresh(presented)
 }
-
-/// Characters of a fresh request id.
-const FRESH_ID_LEN: usize = 20;
-/// Of which the process's random prefix (62^9 ≈ 2^53.6).
-const FRESH_ID_PREFIX: usize = 9;
-const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 /// A fresh request id as a header value.
 fn fresh_request_id() -> HeaderValue {
-    HeaderValue::from_bytes(&fresh_request_id_bytes())
+    HeaderValue::from_bytes(&request_id::fresh())
         .expect("base62 characters make a valid header value")
-}
-
-/// A fresh request id: 20 base62 characters, unique, not secret (ids correlate log lines,
-/// audit records and answers). Nine characters are drawn at random once per process, so that
-/// ids of different processes do not collide; the other eleven are this process's call
-/// counter passed through a bijection of 64-bit integers (a random key, an odd multiplier), so
-/// that they are unique within the process without looking sequential. No system call, no
-/// lock, no allocation.
-fn fresh_request_id_bytes() -> [u8; FRESH_ID_LEN] {
-    use std::sync::OnceLock;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    struct Seed {
-        prefix: [u8; FRESH_ID_PREFIX],
-        key: u64,
-    }
-    static SEED: OnceLock<Seed> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = SEED.get_or_init(|| {
-        let random = keyauth_core::key::unique_base62(FRESH_ID_PREFIX + 11);
-        let bytes = random.as_bytes();
-        let mut prefix = [0u8; FRESH_ID_PREFIX];
-        prefix.copy_from_slice(&bytes[..FRESH_ID_PREFIX]);
-        let key = bytes[FRESH_ID_PREFIX..]
-            .iter()
-            .fold(0u64, |k, &b| k.wrapping_mul(62).wrapping_add(u64::from(b)));
-        Seed { prefix, key }
-    });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    // Both steps are bijections of u64: distinct counters give distinct values.
-    let mut x = (n ^ seed.key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    let mut id = [0u8; FRESH_ID_LEN];
-    id[..FRESH_ID_PREFIX].copy_from_slice(&seed.prefix);
-    // 62^11 > 2^64: eleven digits hold any u64.
-    for slot in id[FRESH_ID_PREFIX..].iter_mut().rev() {
-        *slot = BASE62[(x % 62) as usize];
-        x /= 62;
-    }
-    id
 }
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`).
@@ -402,25 +339,7 @@ pub(crate) fn deadline(headers: &HeaderMap) -> Option<Instant> {
 mod tests {
     use super::*;
     use crate::test_support::Captured;
-    use std::collections::HashSet;
     use tonic::metadata::MetadataMap;
-
-    #[test]
-    fn fresh_request_ids_are_unique_base62() {
-        let ids: HashSet<[u8; FRESH_ID_LEN]> =
-            (0..100_000).map(|_| fresh_request_id_bytes()).collect();
-        assert_eq!(ids.len(), 100_000);
-        for id in ids.iter().take(100) {
-            assert!(id.iter().all(u8::is_ascii_alphanumeric), "{id:?}");
-            assert_eq!(
-                id[..FRESH_ID_PREFIX],
-                fresh_request_id_bytes()[..FRESH_ID_PREFIX]
-            );
-        }
-        assert_eq!(request_id(None).len(), FRESH_ID_LEN);
-        assert_eq!(request_id(Some("req-1")), "req-1");
-        assert_eq!(request_id(Some("two words")).len(), FRESH_ID_LEN);
-    }
 
     /// Work answered at once makes no span; work that waits gets one then, and what it logs
     /// from then on (a slow statement) carries the request id.

@@ -12,7 +12,7 @@
 //! - admitted: the admission ([`Admitted`]: the operator id, if any) goes to the handler in the
 //!   request's extensions, so the token is not checked twice.
 //!
-//! Which token each RPC needs is [`access_of`]: the one table, which the handlers' own
+//! Which token each RPC needs is the contract's table (`keyauth_contract::rpc`), which the handlers' own
 //! `Access` must match (checked in debug builds by `call::handle`).
 
 use std::task::{Context, Poll};
@@ -22,19 +22,9 @@ use tonic::server::NamedService;
 use tower_layer::Layer;
 
 use super::auth::OperatorAuth;
-use super::call::Access;
+use keyauth_contract::rpc::Access;
 
-/// Which token a method of the key authority service needs; `None` for an unknown method
-/// (tonic answers it UNIMPLEMENTED).
-pub(crate) fn access_of(method: &str) -> Option<Access> {
-    Some(match method {
-        "Verify" | "CheckPermission" | "WatchKeyChanges" => Access::Verifier,
-        "GetCatalog" => Access::VerifierOrOperator,
-        "IssueKey" | "RollKey" | "RevokeKey" | "UpdateKey" | "GetKey" | "ListKeys"
-        | "ListKeyEvents" | "ReportExposedKeys" | "ListApplications" => Access::Operator,
-        _ => return None,
-    })
-}
+pub(crate) use keyauth_contract::rpc::access_of;
 
 /// The tokens a call may present, and what each admits.
 #[derive(Clone, Debug)]

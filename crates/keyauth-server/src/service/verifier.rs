@@ -30,7 +30,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use keyauth_core::authority::{Recall, Waiting};
-use keyauth_core::catalog::Catalog;
+use keyauth_core::catalog::{Catalog, CatalogCheck};
 use keyauth_core::model::{KeyRecord, KeyState, Verdict};
 use keyauth_core::{Authority, Error};
 use keyauth_proto as pb;

@@ -1,5 +1,5 @@
 //! Which permission an HTTP request needs: the one route → permission mapping, shared by
-//! keyauth's Envoy ext_authz front and the tower layer of this crate. Plain Rust: it knows
+//! keyauth's Envoy ext_authz front and the tower layer of `keyauth-client`. Plain Rust: it knows
 //! nothing of gRPC, Envoy or the store; whether a resource/action pair is in the permission
 //! catalog is asked of the caller (a closure).
 //!
@@ -64,6 +64,26 @@ pub enum Requirement {
 }
 
 impl Requirement {
+    /// The permissions a key must hold, to ask of the verifier: the mapped permission, or none
+    /// (an unmapped or unknown requirement is decided by [`Requirement::refuses`]).
+    pub fn required(&self) -> &[Permission] {
+        match self {
+            Requirement::Permission(p) => std::slice::from_ref(p),
+            Requirement::Unmapped | Requirement::Unknown(_) => &[],
+        }
+    }
+
+    /// Whether a key that passed verification (its secret proven, active, holding
+    /// [`Requirement::required`]) is still refused: an unknown permission refuses every key,
+    /// an unmapped request refuses a restricted key.
+    pub fn refuses(&self, restricted: bool) -> bool {
+        match self {
+            Requirement::Permission(_) => false,
+            Requirement::Unmapped => restricted,
+            Requirement::Unknown(_) => true,
+        }
+    }
+
     /// An explicitly named permission (e.g. from a proxy's per-route settings), checked
     /// against the catalog.
     pub fn explicit(

@@ -1,6 +1,6 @@
 //! The seed's JSON error body, `{"error":{"code":"…","message":"…","type":"…"}}`, built in one
 //! place: keyauth's Envoy ext_authz front sends it as the body of a refused request, and the
-//! tower layer of this crate will answer with the same bytes.
+//! tower layer of `keyauth-client` answers with the same bytes.
 
 use serde::Serialize;
 
