@@ -463,6 +463,40 @@ pub fn op<T>(message: T) -> Request<T> {
     request
 }
 
+/// A request with the operator token and this idempotency key.
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = op(message);
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+/// A roll of `key_id` with the default grace period and no expiry of its own.
+pub fn roll_request(key_id: impl Into<String>) -> pb::RollKeyRequest {
+    pb::RollKeyRequest {
+        key_id: key_id.into(),
+        grace_period: None,
+        expire_time: None,
+    }
+}
+
+/// Issues a standard key over `client` (any server, the operator token) and remembers its
+/// secret for the leak checks.
+pub async fn issue_over(
+    client: &mut KeyAuthorityServiceClient<Channel>,
+    app: &str,
+    env: pb::Environment,
+) -> pb::IssueKeyResponse {
+    let issued = client
+        .issue_key(op(standard(app, env)))
+        .await
+        .expect("operator RPCs take the operator token")
+        .into_inner();
+    register_secret(&issued.secret);
+    issued
+}
+
 pub fn standard(app: &str, env: pb::Environment) -> pb::IssueKeyRequest {
     pb::IssueKeyRequest {
         application_id: app.into(),
@@ -642,3 +676,4 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 pub fn error_code(response: &pb::VerifyResponse) -> Option<&str> {
     response.error.as_ref().map(|e| e.code.as_str())
 }
+
