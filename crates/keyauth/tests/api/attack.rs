@@ -149,20 +149,8 @@ async fn concurrent_first_verifies_of_one_key_read_the_store_once(backend: Backe
     };
     let (_, secret) = app.issue_test_key().await;
     let reads = app.key_reads();
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let (mut client, key) = (app.client.clone(), secret.clone());
-        calls.spawn(async move {
-            client
-                .verify(keyauth_proto::VerifyRequest {
-                    key,
-                    required_permissions: vec![],
-                })
-                .await
-        });
-    }
-    for answer in calls.join_all().await {
-        assert!(answer.unwrap().into_inner().valid);
+    for answer in app.verify_concurrently(vec![secret; 20]).await {
+        assert!(answer.unwrap().valid);
     }
     assert_eq!(app.key_reads() - reads, 1, "one store read, one argon2");
     app.stop().await;
@@ -176,20 +164,8 @@ async fn concurrent_refreshes_of_one_key_read_the_store_once(backend: Backend) {
     assert!(app.verify(&secret).await.valid);
     app.clock.advance(std::time::Duration::from_secs(31));
     let reads = app.key_reads();
-    let mut calls = tokio::task::JoinSet::new();
-    for _ in 0..20 {
-        let (mut client, key) = (app.client.clone(), secret.clone());
-        calls.spawn(async move {
-            client
-                .verify(keyauth_proto::VerifyRequest {
-                    key,
-                    required_permissions: vec![],
-                })
-                .await
-        });
-    }
-    for answer in calls.join_all().await {
-        assert!(answer.unwrap().into_inner().valid);
+    for answer in app.verify_concurrently(vec![secret; 20]).await {
+        assert!(answer.unwrap().valid);
     }
     assert_eq!(
         app.key_reads() - reads,
@@ -200,61 +176,12 @@ async fn concurrent_refreshes_of_one_key_read_the_store_once(backend: Backend) {
 }
 
 async fn too_many_cold_lookups_answer_unavailable_at_once(backend: Backend) {
-    use keyauth_core::cache::CacheSettings;
-    use keyauth_core::hashing::HashParams;
     // One cold lookup at a time, a slow hash, no cache: concurrent cold calls are refused at
     // once (not queued), and no answer is a guess.
-    let options = Options {
-        hash: HashParams {
-            m_cost: 32768,
-            t_cost: 3,
-            p_cost: 1,
-        },
-        hash_queue: 64,
-        cache: CacheSettings {
-            max_bytes: 0,
-            max_cold_lookups: 1,
-            ..CacheSettings::default()
-        },
-        ..Options::default()
-    };
-    let Some(app) = spawn_with(backend, options).await else {
-        return;
-    };
-    let mut secrets = Vec::new();
-    for _ in 0..6 {
-        secrets.push(app.issue_test_key().await.1);
-    }
-    let mut calls = tokio::task::JoinSet::new();
-    for key in secrets {
-        let mut client = app.client.clone();
-        calls.spawn(async move {
-            client
-                .verify(keyauth_proto::VerifyRequest {
-                    key,
-                    required_permissions: vec![],
-                })
-                .await
-        });
-    }
-    let (mut valid, mut unavailable) = (0, 0);
-    for answer in calls.join_all().await {
-        match answer {
-            Ok(r) => {
-                assert!(r.into_inner().valid);
-                valid += 1;
-            }
-            Err(status) => {
-                assert_status(Err::<(), _>(status), Code::Unavailable, Some("OVERLOADED"));
-                unavailable += 1;
-            }
-        }
-    }
-    assert!(
-        valid >= 1 && unavailable >= 1,
-        "valid {valid}, unavailable {unavailable}"
-    );
-    app.stop().await;
+    let mut options = slow_and_uncached();
+    options.hash_queue = 64;
+    options.cache.max_cold_lookups = 1;
+    assert_a_cold_rush_is_refused(backend, options, Some("OVERLOADED")).await;
 }
 
 both_stores!(refused_operator_calls_write_nothing_inline_and_are_limited);
@@ -348,10 +275,43 @@ async fn refused_operator_calls_write_nothing_inline_and_are_limited(backend: Ba
 
 both_stores!(the_key_filter_holds_every_page_of_the_store);
 
+/// The record the authority would store for a standard `paged` test key just issued (never
+/// used, changed, nor revoked): for writing straight to the store, behind a server's back.
+fn fresh_record(
+    key: &keyauth_core::key::PresentedKey,
+    name: String,
+    secret_hash: String,
+    create_time: keyauth_core::clock::Timestamp,
+) -> keyauth_core::model::KeyRecord {
+    use keyauth_core::key::KeyIdOf;
+    use keyauth_core::model::{ApplicationId, Environment, KeyRecord, Metadata, Permissions};
+    KeyRecord {
+        // Who it is.
+        id: key.id(),
+        redacted: key.redacted(),
+        secret_hash,
+        application_id: ApplicationId::parse("paged", "application_id").unwrap(),
+        environment: Environment::Test,
+        name,
+        // A standard key: every permission, no metadata.
+        restricted: false,
+        permissions: Permissions::default(),
+        metadata: Metadata::new(),
+        // Its life so far: made, nothing since.
+        create_time,
+        replaced_by: None,
+        expire_time: None,
+        revoke_time: None,
+        revoke_reason: None,
+        last_used_time: None,
+        memo: Default::default(),
+    }
+}
+
 async fn the_key_filter_holds_every_page_of_the_store(backend: Backend) {
     use keyauth_core::hashing::{HashParams, Hasher};
-    use keyauth_core::key::{KeyIdOf, PresentedKey};
-    use keyauth_core::model::{ApplicationId, Environment, KeyRecord, Metadata, Permissions};
+    use keyauth_core::key::PresentedKey;
+    use keyauth_core::model::Environment;
     use keyauth_core::store::Provenance;
     let cheap = HashParams {
         m_cost: 8,
@@ -377,24 +337,12 @@ async fn the_key_filter_holds_every_page_of_the_store(backend: Backend) {
     for i in 0..2500 {
         let key =
             PresentedKey::from_parts(Environment::Test, &format!("page{i:08}"), &secret).unwrap();
-        let record = KeyRecord {
-            id: key.id(),
-            application_id: ApplicationId::parse("paged", "application_id").unwrap(),
-            environment: Environment::Test,
-            name: format!("paged {i}"),
-            secret_hash: hash.clone(),
-            redacted: key.redacted(),
-            restricted: false,
-            permissions: Permissions::default(),
-            metadata: Metadata::new(),
-            create_time: app.authority.now(),
-            expire_time: None,
-            revoke_time: None,
-            revoke_reason: None,
-            last_used_time: None,
-            replaced_by: None,
-            memo: Default::default(),
-        };
+        let record = fresh_record(
+            &key,
+            format!("paged {i}"),
+            hash.clone(),
+            app.authority.now(),
+        );
         app.authority
             .store()
             .insert_key(&record, &Provenance::default(), None)

@@ -35,14 +35,6 @@ fn with_id<T>(mut request: Request<T>, id: &str) -> Request<T> {
     request
 }
 
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = op(message);
-    request
-        .metadata_mut()
-        .insert("idempotency-key", key.parse().unwrap());
-    request
-}
-
 async fn a_retry_replays_the_identical_response(backend: Backend) {
     let Some(app) = spawn_with(backend, sealed()).await else {
         return;
@@ -71,11 +63,7 @@ async fn a_retry_replays_the_identical_response(backend: Backend) {
     assert!(app.verify(&again.secret).await.valid);
 
     let key_id = first.key.unwrap().id;
-    let roll = pb::RollKeyRequest {
-        key_id: key_id.clone(),
-        grace_period: None,
-        expire_time: None,
-    };
+    let roll = roll_request(key_id.clone());
     let rolled = client
         .roll_key(with_key(roll.clone(), "roll-1"))
         .await
@@ -211,14 +199,7 @@ async fn without_a_seal_key_secret_replays_are_refused(backend: Backend) {
     assert!(status.message().contains("KEYAUTH_SEAL_KEY"), "{status:?}");
     let (key, _) = app.issue_test_key().await;
     let roll = client
-        .roll_key(with_key(
-            pb::RollKeyRequest {
-                key_id: key.id.clone(),
-                grace_period: None,
-                expire_time: None,
-            },
-            "no-seal-roll",
-        ))
+        .roll_key(with_key(roll_request(key.id.clone()), "no-seal-roll"))
         .await;
     assert_status(roll, Code::FailedPrecondition, Some("SEAL_KEY_MISSING"));
     assert_eq!(
@@ -349,14 +330,7 @@ async fn every_change_is_in_the_audit_trail(backend: Backend) {
     register_secret(&issued.secret);
     let id = issued.key.unwrap().id;
     let rolled = client
-        .roll_key(with_id(
-            op(pb::RollKeyRequest {
-                key_id: id.clone(),
-                grace_period: None,
-                expire_time: None,
-            }),
-            "req-roll",
-        ))
+        .roll_key(with_id(op(roll_request(id.clone())), "req-roll"))
         .await
         .unwrap()
         .into_inner();

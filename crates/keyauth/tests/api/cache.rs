@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use keyauth_core::cache::CacheSettings;
-use keyauth_core::hashing::HashParams;
 use keyauth_core::key::PresentedKey;
 use keyauth_core::model::Environment;
 use keyauth_proto as pb;
@@ -223,57 +222,10 @@ async fn unknown_ids_are_remembered_briefly(backend: Backend) {
 
 async fn a_saturated_hash_pool_answers_unavailable(backend: Backend) {
     // One slow worker, nobody may wait, no cache: concurrent cold Verify calls overflow.
-    let options = Options {
-        hash: HashParams {
-            m_cost: 32768,
-            t_cost: 3,
-            p_cost: 1,
-        },
-        hash_workers: 1,
-        hash_queue: 0,
-        cache: CacheSettings {
-            max_bytes: 0,
-            ..CacheSettings::default()
-        },
-        ..Options::default()
-    };
-    let Some(app) = spawn_with(backend, options).await else {
-        return;
-    };
-    let mut secrets = Vec::new();
-    for _ in 0..6 {
-        secrets.push(app.issue_test_key().await.1);
-    }
-    let calls = secrets.iter().cloned().map(|s| {
-        let mut client = app.client.clone();
-        tokio::spawn(async move {
-            client
-                .verify(pb::VerifyRequest {
-                    key: s,
-                    required_permissions: vec![],
-                })
-                .await
-        })
-    });
-    let mut valid = 0;
-    let mut unavailable = 0;
-    for call in calls.collect::<Vec<_>>() {
-        match call.await.unwrap() {
-            Ok(r) => {
-                assert!(r.into_inner().valid, "an answer is never a guess");
-                valid += 1;
-            }
-            Err(status) => {
-                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-                unavailable += 1;
-            }
-        }
-    }
-    assert!(
-        valid >= 1 && unavailable >= 1,
-        "valid {valid}, unavailable {unavailable}"
-    );
-    app.stop().await;
+    let mut options = slow_and_uncached();
+    options.hash_workers = 1;
+    options.hash_queue = 0;
+    assert_a_cold_rush_is_refused(backend, options, None).await;
 }
 
 async fn last_use_is_recorded_and_flushed_at_shutdown(backend: Backend) {

@@ -34,14 +34,7 @@ async fn the_webhook_speaks_tls_with_the_grpc_certificate() {
     let Some(app) = spawn_with(Backend::Sqlite, options).await else {
         return;
     };
-    let (_, secret) = app
-        .issue(standard(APP, pb::Environment::Live))
-        .await
-        .unwrap();
-    let body = alerts(
-        std::slice::from_ref(&secret),
-        "https://github.com/octo/leaky",
-    );
+    let (secret, body) = leaked_to_github(&app).await;
 
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
@@ -205,12 +198,44 @@ pub fn exposed(events: &[pb::KeyEvent]) -> Vec<&pb::KeyEvent> {
         .collect()
 }
 
+/// The live and the rolled key of `leaks` refused as revoked at once, the caches
+/// notwithstanding, and two `exposed` events written since `before`, nothing else: every
+/// event now.
+async fn assert_live_and_rolled_revoked(
+    app: &TestApp,
+    leaks: &Leaks,
+    before: &[pb::KeyEvent],
+) -> Vec<pb::KeyEvent> {
+    for secret in [&leaks.live.1, &leaks.rolled.1] {
+        let verdict = app.verify(secret).await;
+        assert_eq!(error_code(&verdict), Some("api_key_revoked"), "{verdict:?}");
+    }
+    let after = events(app).await;
+    assert_eq!(after.len(), before.len() + 2);
+    assert_eq!(exposed(&after).len(), 2);
+    after
+}
+
 fn report(keys: Vec<String>, source: &str, url: &str) -> pb::ReportExposedKeysRequest {
     pb::ReportExposedKeysRequest {
         keys,
         source: source.into(),
         url: url.into(),
     }
+}
+
+/// ReportExposedKeys of `keys` by the `paste-monitor`, with the operator token.
+async fn reported(app: &TestApp, keys: Vec<String>, url: &str) -> pb::ReportExposedKeysResponse {
+    let request = op(report(keys, "paste-monitor", url));
+    let answer = app.client.clone().report_exposed_keys(request).await;
+    answer.unwrap().into_inner()
+}
+
+/// The outcome of each reported key, in the order reported.
+fn assert_outcomes(answer: &pb::ReportExposedKeysResponse, want: &[pb::ExposureOutcome]) {
+    let outcomes: Vec<i32> = answer.results.iter().map(|r| r.outcome).collect();
+    let want: Vec<i32> = want.iter().map(|o| *o as i32).collect();
+    assert_eq!(outcomes, want);
 }
 
 async fn a_report_revokes_the_keys_it_proves(backend: Backend) {
@@ -224,26 +249,17 @@ async fn a_report_revokes_the_keys_it_proves(backend: Backend) {
     let before = events(&app).await;
     let url = "https://paste.example/raw/abc";
 
-    let answer = app
-        .client
-        .clone()
-        .report_exposed_keys(op(report(leaks.tokens(), "paste-monitor", url)))
-        .await
-        .unwrap()
-        .into_inner();
     use pb::ExposureOutcome as O;
-    let outcomes: Vec<_> = answer.results.iter().map(|r| r.outcome).collect();
-    assert_eq!(
-        outcomes,
-        [
-            O::Unknown as i32,
-            O::Revoked as i32,
-            O::AlreadyRevoked as i32,
-            O::Revoked as i32,
-            O::NotAKey as i32,
-            O::Unknown as i32,
-        ]
-    );
+    let answer = reported(&app, leaks.tokens(), url).await;
+    let first = [
+        O::Unknown,
+        O::Revoked,
+        O::AlreadyRevoked,
+        O::Revoked,
+        O::NotAKey,
+        O::Unknown,
+    ];
+    assert_outcomes(&answer, &first);
     let live_key = PresentedKey::parse(&leaks.live.1).unwrap();
     assert_eq!(
         answer.results[0].key_id, leaks.live.0.id,
@@ -265,15 +281,8 @@ async fn a_report_revokes_the_keys_it_proves(backend: Backend) {
         assert!(!shown.contains(&token), "the answer holds a reported key");
     }
 
-    // Revoked at once, the caches notwithstanding.
-    for secret in [&leaks.live.1, &leaks.rolled.1] {
-        let verdict = app.verify(secret).await;
-        assert_eq!(error_code(&verdict), Some("api_key_revoked"), "{verdict:?}");
-    }
-    let after = events(&app).await;
-    assert_eq!(after.len(), before.len() + 2);
+    let after = assert_live_and_rolled_revoked(&app, &leaks, &before).await;
     let new = exposed(&after);
-    assert_eq!(new.len(), 2);
     let mut ids: Vec<_> = new.iter().map(|e| e.key_id.clone()).collect();
     ids.sort();
     let mut want = vec![leaks.live.0.id.clone(), leaks.rolled.0.id.clone()];
@@ -295,24 +304,11 @@ async fn a_report_revokes_the_keys_it_proves(backend: Backend) {
     );
 
     // The same report again changes nothing.
-    let again = app
-        .client
-        .clone()
-        .report_exposed_keys(op(report(leaks.tokens(), "paste-monitor", url)))
-        .await
-        .unwrap()
-        .into_inner();
-    let outcomes: Vec<_> = again.results.iter().map(|r| r.outcome).collect();
-    assert_eq!(
-        outcomes,
-        [
-            O::Unknown as i32,
-            O::AlreadyRevoked as i32,
-            O::AlreadyRevoked as i32,
-            O::AlreadyRevoked as i32,
-            O::NotAKey as i32,
-            O::Unknown as i32,
-        ]
+    let again = reported(&app, leaks.tokens(), url).await;
+    let known = O::AlreadyRevoked;
+    assert_outcomes(
+        &again,
+        &[O::Unknown, known, known, known, O::NotAKey, O::Unknown],
     );
     assert_eq!(events(&app).await, after, "no second event");
     app.stop().await;
@@ -463,6 +459,19 @@ pub fn alerts(tokens: &[String], url: &str) -> Vec<u8> {
     serde_json::to_vec(&alerts).unwrap()
 }
 
+/// A live key issued on `app`, and GitHub's payload alerting of it.
+async fn leaked_to_github(app: &TestApp) -> (String, Vec<u8>) {
+    let (_, secret) = app
+        .issue(standard(APP, pb::Environment::Live))
+        .await
+        .unwrap();
+    let body = alerts(
+        std::slice::from_ref(&secret),
+        "https://github.com/octo/leaky",
+    );
+    (secret, body)
+}
+
 /// HTTP headers, (name, value).
 pub type Headers = Vec<(String, String)>;
 
@@ -535,14 +544,8 @@ async fn github_alerts_revoke_the_keys_keyauth_issued(backend: Backend) {
         assert_eq!(entry["token_type"], "keyauth_api_key");
     }
 
-    for secret in [&leaks.live.1, &leaks.rolled.1] {
-        let verdict = app.verify(secret).await;
-        assert_eq!(error_code(&verdict), Some("api_key_revoked"), "{verdict:?}");
-    }
-    let after = events(&app).await;
-    assert_eq!(after.len(), before.len() + 2);
+    let after = assert_live_and_rolled_revoked(&app, &leaks, &before).await;
     let new = exposed(&after);
-    assert_eq!(new.len(), 2);
     for e in &new {
         assert_eq!((e.source.as_str(), e.url.as_str()), ("github:content", url));
         assert!(e.peer.starts_with("127.0.0.1:"), "{e:?}");
@@ -569,14 +572,7 @@ async fn refused_alerts_change_nothing(backend: Backend) {
     let Some(app) = spawn_with(backend, github.options()).await else {
         return;
     };
-    let (_, secret) = app
-        .issue(standard(APP, pb::Environment::Live))
-        .await
-        .unwrap();
-    let body = alerts(
-        std::slice::from_ref(&secret),
-        "https://github.com/octo/leaky",
-    );
+    let (secret, body) = leaked_to_github(&app).await;
     let before = events(&app).await;
 
     let other = SigningKey::generate();

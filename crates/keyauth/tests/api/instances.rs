@@ -27,12 +27,7 @@ async fn postgres_db() -> Option<TestDb> {
 }
 
 async fn issue(client: &mut KeyAuthorityServiceClient<Channel>, app: &str) -> (String, String) {
-    let r = client
-        .issue_key(op(standard(app, pb::Environment::Live)))
-        .await
-        .unwrap()
-        .into_inner();
-    register_secret(&r.secret);
+    let r = issue_over(client, app, pb::Environment::Live).await;
     (r.key.unwrap().id, r.secret)
 }
 
@@ -398,16 +393,9 @@ async fn kill_9_mid_change_leaves_whole_states() {
         let mut on_victim = victim.client().await;
         let call = tokio::spawn(async move {
             if round % 2 == 0 {
-                on_victim
-                    .roll_key(op(pb::RollKeyRequest {
-                        key_id: id,
-                        grace_period: None,
-                        expire_time: None,
-                    }))
-                    .await
-                    .map(|r| {
-                        register_secret(&r.get_ref().secret);
-                    })
+                on_victim.roll_key(op(roll_request(id))).await.map(|r| {
+                    register_secret(&r.get_ref().secret);
+                })
             } else {
                 on_victim
                     .revoke_key(op(pb::RevokeKeyRequest {
@@ -489,15 +477,7 @@ async fn concurrent_rolls_through_two_instances_have_one_winner() {
         let (id, _) = issue(&mut on_a, "race").await;
         let roll = |client: &KeyAuthorityServiceClient<Channel>, id: String| {
             let mut client = client.clone();
-            tokio::spawn(async move {
-                client
-                    .roll_key(op(pb::RollKeyRequest {
-                        key_id: id,
-                        grace_period: None,
-                        expire_time: None,
-                    }))
-                    .await
-            })
+            tokio::spawn(async move { client.roll_key(op(roll_request(id))).await })
         };
         let (x, y) = (roll(&on_a, id.clone()), roll(&on_b, id));
         let results = [x.await.unwrap(), y.await.unwrap()];
@@ -530,15 +510,7 @@ async fn revoke_racing_roll_is_one_of_two_orders() {
         let mut roller = on_a.clone();
         let mut revoker = on_b.clone();
         let roll_id = id.clone();
-        let roll = tokio::spawn(async move {
-            roller
-                .roll_key(op(pb::RollKeyRequest {
-                    key_id: roll_id,
-                    grace_period: None,
-                    expire_time: None,
-                }))
-                .await
-        });
+        let roll = tokio::spawn(async move { roller.roll_key(op(roll_request(roll_id))).await });
         let revoke_id = id.clone();
         let revoke = tokio::spawn(async move {
             // Vary who gets there first.

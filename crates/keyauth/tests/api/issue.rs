@@ -264,13 +264,7 @@ async fn operator_rpcs_need_the_operator_token(backend: Backend) {
         None,
     );
     assert_status(
-        client
-            .roll_key(pb::RollKeyRequest {
-                key_id: key.id.clone(),
-                grace_period: None,
-                expire_time: None,
-            })
-            .await,
+        client.roll_key(roll_request(key.id.clone())).await,
         Code::Unauthenticated,
         None,
     );

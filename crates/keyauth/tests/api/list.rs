@@ -198,44 +198,24 @@ async fn refuses_forged_and_mismatched_page_tokens(backend: Backend) {
     )
     .await;
     assert_status(other_env, Code::InvalidArgument, None);
-    assert_status(
-        list(
-            &app,
-            pb::ListKeysRequest {
-                application_id: "pager".into(),
-                page_size: -1,
-                ..Default::default()
-            },
-        )
-        .await,
-        Code::InvalidArgument,
-        None,
-    );
-    assert_status(
-        list(
-            &app,
-            pb::ListKeysRequest {
-                application_id: "".into(),
-                ..Default::default()
-            },
-        )
-        .await,
-        Code::InvalidArgument,
-        None,
-    );
-    assert_status(
-        list(
-            &app,
-            pb::ListKeysRequest {
-                application_id: "pager".into(),
-                environment: 5,
-                ..Default::default()
-            },
-        )
-        .await,
-        Code::InvalidArgument,
-        None,
-    );
+    for bad in [
+        pb::ListKeysRequest {
+            application_id: "pager".into(),
+            page_size: -1,
+            ..Default::default()
+        },
+        pb::ListKeysRequest {
+            application_id: "".into(),
+            ..Default::default()
+        },
+        pb::ListKeysRequest {
+            application_id: "pager".into(),
+            environment: 5,
+            ..Default::default()
+        },
+    ] {
+        assert_status(list(&app, bad).await, Code::InvalidArgument, None);
+    }
     app.stop().await;
 }
 

@@ -11,7 +11,7 @@ use tonic::{Code, Request};
 
 use crate::helpers::pki::{Pki, sqlite_url};
 use crate::helpers::process::{ServerProcess, keyauth, log_lines, wait_for_line};
-use crate::helpers::{Backend, assert_status, error_code, op, register_secret, spawn, standard};
+use crate::helpers::{Backend, assert_status, error_code, issue_over, op, spawn};
 
 /// One Verify of a garbage key over TLS: Ok(code of the denial) or the error, whether it
 /// happened at connect or at the call.
@@ -114,12 +114,7 @@ async fn verify_requires_the_verifier_token_when_one_is_configured() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&sqlite_url(&dir), &["--verifier-token", VERIFIER_TOKEN]);
     let mut client = server.client().await;
-    let issued = client
-        .issue_key(op(standard("app_1", pb::Environment::Test)))
-        .await
-        .expect("operator RPCs still take the operator token")
-        .into_inner();
-    register_secret(&issued.secret);
+    let issued = issue_over(&mut client, "app_1", pb::Environment::Test).await;
     let verify = || pb::VerifyRequest {
         key: issued.secret.clone(),
         required_permissions: vec![],
@@ -216,27 +211,20 @@ async fn metrics_count_calls_by_rpc_and_outcome() {
     let metrics = format!("127.0.0.1:{}", free_port());
     let server = ServerProcess::start(&sqlite_url(&dir), &["--metrics-listen", &metrics]);
     let mut client = server.client().await;
-    let issued = client
-        .issue_key(op(standard("app_1", pb::Environment::Test)))
-        .await
-        .unwrap()
-        .into_inner();
-    register_secret(&issued.secret);
+    let issued = issue_over(&mut client, "app_1", pb::Environment::Test).await;
     let verify = |key: &str| pb::VerifyRequest {
         key: key.into(),
         required_permissions: vec![],
     };
+    let verifier = client.clone();
+    let verified = async |key: &str| {
+        let answer = verifier.clone().verify(verify(key)).await;
+        answer.unwrap().into_inner()
+    };
     for _ in 0..2 {
-        assert!(
-            client
-                .verify(verify(&issued.secret))
-                .await
-                .unwrap()
-                .into_inner()
-                .valid
-        );
+        assert!(verified(&issued.secret).await.valid);
     }
-    client.verify(verify("garbage")).await.unwrap();
+    verified("garbage").await;
     assert_status(
         client
             .get_key(op(pb::GetKeyRequest {
@@ -297,14 +285,7 @@ async fn metrics_count_calls_by_rpc_and_outcome() {
     }
 
     // The counter moves.
-    assert!(
-        client
-            .verify(verify(&issued.secret))
-            .await
-            .unwrap()
-            .into_inner()
-            .valid
-    );
+    assert!(verified(&issued.secret).await.valid);
     let text = scrape(&metrics).await;
     assert_eq!(sample(&text, calls, &valid), Some(3.0), "{text}");
 }
@@ -362,12 +343,7 @@ async fn a_call_past_the_request_timeout_is_refused_alone() {
     let secret = {
         let server = ServerProcess::start(&db, &slow);
         let mut client = server.client().await;
-        let issued = client
-            .issue_key(op(standard("app_1", pb::Environment::Test)))
-            .await
-            .unwrap()
-            .into_inner();
-        register_secret(&issued.secret);
+        let issued = issue_over(&mut client, "app_1", pb::Environment::Test).await;
         issued.secret
     };
     // A timeout well below one check of that hash (and well above a cheap call); no cache,

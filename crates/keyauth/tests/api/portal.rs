@@ -57,12 +57,29 @@ async fn update(
         .unwrap())
 }
 
-fn with_key<T>(message: T, key: &str) -> Request<T> {
-    let mut request = op(message);
-    request
-        .metadata_mut()
-        .insert("idempotency-key", key.parse().unwrap());
-    request
+/// One field of a key, for an UpdateKey of it alone.
+enum Only {
+    ExpireTime(Option<prost_types::Timestamp>),
+    Permissions(Vec<pb::Permission>),
+}
+
+/// UpdateKey of `id`: this one field, and the mask naming it.
+async fn update_only(app: &TestApp, id: &str, field: Only) -> Result<pb::ApiKey, tonic::Status> {
+    let mut key = pb::ApiKey {
+        id: id.into(),
+        ..Default::default()
+    };
+    let path = match field {
+        Only::ExpireTime(expire_time) => {
+            key.expire_time = expire_time;
+            "expire_time"
+        }
+        Only::Permissions(permissions) => {
+            key.permissions = permissions;
+            "permissions"
+        }
+    };
+    update(app, key, &[path]).await
 }
 
 async fn events(app: &TestApp, request: pb::ListKeyEventsRequest) -> Vec<pb::KeyEvent> {
@@ -119,17 +136,10 @@ async fn update_changes_each_path(backend: Backend) {
     assert_eq!(tagged.name, "renamed");
 
     // permissions: a non-empty set restricts a standard key, an empty set makes it standard.
-    let restricted = update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            permissions: vec![permission("patients", &["read"])],
-            ..Default::default()
-        },
-        &["permissions"],
-    )
-    .await
-    .unwrap();
+    let read_only = vec![permission("patients", &["read"])];
+    let restricted = update_only(&app, &key.id, Only::Permissions(read_only))
+        .await
+        .unwrap();
     assert!(restricted.restricted);
     assert_eq!(
         restricted.permissions,
@@ -141,16 +151,9 @@ async fn update_changes_each_path(backend: Backend) {
             .unwrap()
             .allowed
     );
-    let standard_again = update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            ..Default::default()
-        },
-        &["permissions"],
-    )
-    .await
-    .unwrap();
+    let standard_again = update_only(&app, &key.id, Only::Permissions(vec![]))
+        .await
+        .unwrap();
     assert!(!standard_again.restricted && standard_again.permissions.is_empty());
     assert!(
         app.check(&secret, "patients", "write")
@@ -160,42 +163,19 @@ async fn update_changes_each_path(backend: Backend) {
     );
 
     // expire_time: set, move, clear.
-    let expiring = update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            expire_time: Some(at(&app, 60)),
-            ..Default::default()
-        },
-        &["expire_time"],
-    )
-    .await
-    .unwrap();
+    let expiring = update_only(&app, &key.id, Only::ExpireTime(Some(at(&app, 60))))
+        .await
+        .unwrap();
     assert_eq!(expiring.expire_time, Some(at(&app, 60)));
-    let moved = update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            expire_time: Some(at(&app, 3600)),
-            ..Default::default()
-        },
-        &["expire_time"],
-    )
-    .await
-    .unwrap();
+    let moved = update_only(&app, &key.id, Only::ExpireTime(Some(at(&app, 3600))))
+        .await
+        .unwrap();
     assert_eq!(moved.expire_time, Some(at(&app, 3600)));
     app.clock.advance(Duration::from_secs(120));
     assert!(app.verify(&secret).await.valid, "the moved expiry holds");
-    let cleared = update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            ..Default::default()
-        },
-        &["expire_time"],
-    )
-    .await
-    .unwrap();
+    let cleared = update_only(&app, &key.id, Only::ExpireTime(None))
+        .await
+        .unwrap();
     assert_eq!(cleared.expire_time, None);
     app.clock.advance(Duration::from_secs(7200));
     assert!(app.verify(&secret).await.valid);
@@ -272,13 +252,9 @@ async fn update_refuses_what_it_cannot_do(backend: Backend) {
         None,
     );
     assert_eq!(violated_fields(&status), ["key.name"]);
-    let outside_catalog = pb::ApiKey {
-        id: key.id.clone(),
-        permissions: vec![permission("spaceships", &["fly"])],
-        ..Default::default()
-    };
+    let outside_catalog = vec![permission("spaceships", &["fly"])];
     let status = assert_status(
-        update(&app, outside_catalog, &["permissions"]).await,
+        update_only(&app, &key.id, Only::Permissions(outside_catalog)).await,
         Code::InvalidArgument,
         None,
     );
@@ -288,13 +264,8 @@ async fn update_refuses_what_it_cannot_do(backend: Backend) {
             .all(|f| f.starts_with("key.permissions")),
         "{status:?}"
     );
-    let past = pb::ApiKey {
-        id: key.id.clone(),
-        expire_time: Some(at(&app, -1)),
-        ..Default::default()
-    };
     let status = assert_status(
-        update(&app, past, &["expire_time"]).await,
+        update_only(&app, &key.id, Only::ExpireTime(Some(at(&app, -1)))).await,
         Code::InvalidArgument,
         None,
     );
@@ -331,15 +302,7 @@ async fn update_refuses_what_it_cannot_do(backend: Backend) {
     // A rolled key's expiry is its grace period.
     let rolled = app.roll(&key.id, None).await.unwrap();
     let status = assert_status(
-        update(
-            &app,
-            pb::ApiKey {
-                id: key.id.clone(),
-                ..Default::default()
-            },
-            &["expire_time"],
-        )
-        .await,
+        update_only(&app, &key.id, Only::ExpireTime(None)).await,
         Code::FailedPrecondition,
         Some("KEY_ALREADY_ROLLED"),
     );
@@ -380,17 +343,10 @@ async fn a_removed_permission_is_refused_at_once(backend: Backend) {
             .unwrap()
             .allowed
     );
-    update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            permissions: vec![permission("patients", &["read"])],
-            ..Default::default()
-        },
-        &["permissions"],
-    )
-    .await
-    .unwrap();
+    let read_only = vec![permission("patients", &["read"])];
+    update_only(&app, &key.id, Only::Permissions(read_only))
+        .await
+        .unwrap();
     let denied = app.check(&secret, "patients", "write").await.unwrap();
     assert!(!denied.allowed);
     assert_eq!(denied.error.unwrap().code, "insufficient_permissions");
@@ -871,13 +827,7 @@ async fn a_replay_opens_after_a_seal_key_rotation(backend: Backend) {
         return;
     };
     let request = standard("rotation", pb::Environment::Live);
-    let first = app
-        .client
-        .clone()
-        .issue_key(with_key(request.clone(), "before-rotation"))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = issue_once(&app, &request, "before-rotation").await.unwrap();
     register_secret(&first.secret);
     let db = app.stop().await;
 
@@ -892,23 +842,15 @@ async fn a_replay_opens_after_a_seal_key_rotation(backend: Backend) {
         },
     )
     .await;
-    let again = rotated
-        .client
-        .clone()
-        .issue_key(with_key(request.clone(), "before-rotation"))
+    let again = issue_once(&rotated, &request, "before-rotation")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(again.secret, first.secret);
     assert_eq!(again.key, first.key);
     // Sealed now: under the new key.
-    let fresh = rotated
-        .client
-        .clone()
-        .issue_key(with_key(request.clone(), "after-rotation"))
+    let fresh = issue_once(&rotated, &request, "after-rotation")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     register_secret(&fresh.secret);
     let db = rotated.stop().await;
 
@@ -921,23 +863,29 @@ async fn a_replay_opens_after_a_seal_key_rotation(backend: Backend) {
         },
     )
     .await;
-    let replay = dropped
-        .client
-        .clone()
-        .issue_key(with_key(request.clone(), "after-rotation"))
+    let replay = issue_once(&dropped, &request, "after-rotation")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(replay.secret, fresh.secret);
     assert!(
-        dropped
-            .client
-            .clone()
-            .issue_key(with_key(request, "before-rotation"))
+        issue_once(&dropped, &request, "before-rotation")
             .await
             .is_err()
     );
     dropped.stop().await;
+}
+
+/// IssueKey of `request` under the idempotency key `key`.
+async fn issue_once(
+    app: &TestApp,
+    request: &pb::IssueKeyRequest,
+    key: &str,
+) -> Result<pb::IssueKeyResponse, tonic::Status> {
+    let mut client = app.client.clone();
+    Ok(client
+        .issue_key(with_key(request.clone(), key))
+        .await?
+        .into_inner())
 }
 
 async fn watchers_hear_of_an_update(backend: Backend) {
@@ -978,17 +926,10 @@ async fn watchers_hear_of_an_update(backend: Backend) {
     assert!(verifier.verify(&secret, &write).await.unwrap().is_valid());
     assert_eq!(verifier.cached(), 1);
 
-    update(
-        &app,
-        pb::ApiKey {
-            id: key.id.clone(),
-            permissions: vec![permission("patients", &["read"])],
-            ..Default::default()
-        },
-        &["permissions"],
-    )
-    .await
-    .unwrap();
+    let read_only = vec![permission("patients", &["read"])];
+    update_only(&app, &key.id, Only::Permissions(read_only))
+        .await
+        .unwrap();
     // The stream tells the change…
     let change = loop {
         let message = tokio::time::timeout(Duration::from_secs(5), stream.message())

@@ -8,7 +8,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use keyauth_proto as pb;
 
 use crate::helpers::process::{ServerProcess, keyauth, wait_for_line};
-use crate::helpers::{op, register_secret, standard};
+use crate::helpers::{issue_over, op};
 
 #[test]
 fn bad_settings_exit_2_naming_the_setting() {
@@ -176,12 +176,7 @@ async fn the_binary_serves_the_github_webhook_and_stops_on_sigterm() {
     // The one start-up line names both listeners.
     let http_addr: std::net::SocketAddr = server.http_addr().parse().unwrap();
     let mut client = server.client().await;
-    let issued = client
-        .issue_key(op(standard("app_1", pb::Environment::Live)))
-        .await
-        .unwrap()
-        .into_inner();
-    register_secret(&issued.secret);
+    let issued = issue_over(&mut client, "app_1", pb::Environment::Live).await;
     let body = crate::exposed::alerts(std::slice::from_ref(&issued.secret), "https://x.test");
     let (status, answer) = crate::exposed::post_to(http_addr, &github.signed(&body), body).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
@@ -281,12 +276,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_0() {
         ],
     );
     let mut client = server.client().await;
-    let issued = client
-        .issue_key(op(standard("app_1", pb::Environment::Test)))
-        .await
-        .unwrap()
-        .into_inner();
-    register_secret(&issued.secret);
+    let issued = issue_over(&mut client, "app_1", pb::Environment::Test).await;
 
     let mut verifier = client.clone();
     let in_flight = tokio::spawn(async move {

@@ -186,15 +186,7 @@ async fn concurrent_rolls_of_one_key_have_one_winner(backend: Backend) {
         for _ in 0..8 {
             let mut client = app.client.clone();
             let id = key.id.clone();
-            rolls.spawn(async move {
-                client
-                    .roll_key(op(pb::RollKeyRequest {
-                        key_id: id,
-                        grace_period: None,
-                        expire_time: None,
-                    }))
-                    .await
-            });
+            rolls.spawn(async move { client.roll_key(op(roll_request(id))).await });
         }
         let results = rolls.join_all().await;
         let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();

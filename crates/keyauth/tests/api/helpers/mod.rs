@@ -463,6 +463,57 @@ pub fn op<T>(message: T) -> Request<T> {
     request
 }
 
+/// A request with the operator token and this idempotency key.
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = op(message);
+    request
+        .metadata_mut()
+        .insert("idempotency-key", key.parse().unwrap());
+    request
+}
+
+/// A roll of `key_id` with the default grace period and no expiry of its own.
+pub fn roll_request(key_id: impl Into<String>) -> pb::RollKeyRequest {
+    pb::RollKeyRequest {
+        key_id: key_id.into(),
+        grace_period: None,
+        expire_time: None,
+    }
+}
+
+/// A server with an argon2 cost slow enough that concurrent cold checks overlap, and no cache
+/// (every Verify is cold).
+pub fn slow_and_uncached() -> Options {
+    Options {
+        hash: HashParams {
+            m_cost: 32768,
+            t_cost: 3,
+            p_cost: 1,
+        },
+        cache: CacheSettings {
+            max_bytes: 0,
+            ..CacheSettings::default()
+        },
+        ..Options::default()
+    }
+}
+
+/// Issues a standard key over `client` (any server, the operator token) and remembers its
+/// secret for the leak checks.
+pub async fn issue_over(
+    client: &mut KeyAuthorityServiceClient<Channel>,
+    app: &str,
+    env: pb::Environment,
+) -> pb::IssueKeyResponse {
+    let issued = client
+        .issue_key(op(standard(app, env)))
+        .await
+        .expect("operator RPCs take the operator token")
+        .into_inner();
+    register_secret(&issued.secret);
+    issued
+}
+
 pub fn standard(app: &str, env: pb::Environment) -> pb::IssueKeyRequest {
     pb::IssueKeyRequest {
         application_id: app.into(),
@@ -584,6 +635,27 @@ impl TestApp {
             .into_inner())
     }
 
+    /// Verify (no permissions) of each key, all at once, in tasks of their own.
+    pub async fn verify_concurrently(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Vec<Result<pb::VerifyResponse, Status>> {
+        let mut calls = tokio::task::JoinSet::new();
+        for key in keys {
+            let mut client = self.client.clone();
+            calls.spawn(async move {
+                client
+                    .verify(pb::VerifyRequest {
+                        key,
+                        required_permissions: vec![],
+                    })
+                    .await
+                    .map(|r| r.into_inner())
+            });
+        }
+        calls.join_all().await
+    }
+
     /// Key records the store has read so far.
     pub fn key_reads(&self) -> u64 {
         self.authority.store().key_reads()
@@ -641,4 +713,48 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 
 pub fn error_code(response: &pb::VerifyResponse) -> Option<&str> {
     response.error.as_ref().map(|e| e.code.as_str())
+}
+
+/// Six keys issued on a server with `options`, then verified all at once: each answer valid or
+/// UNAVAILABLE (with this ErrorInfo reason when given), at least one of each.
+pub async fn assert_a_cold_rush_is_refused(
+    backend: Backend,
+    options: Options,
+    reason: Option<&str>,
+) {
+    let Some(app) = spawn_with(backend, options).await else {
+        return;
+    };
+    let mut secrets = Vec::new();
+    for _ in 0..6 {
+        secrets.push(app.issue_test_key().await.1);
+    }
+    let answers = app.verify_concurrently(secrets).await;
+    assert_valid_or_unavailable(answers, reason);
+    app.stop().await;
+}
+
+/// Concurrent Verify answers that are each valid or UNAVAILABLE (with this ErrorInfo reason
+/// when given), at least one of each: an overloaded server refuses, it never guesses.
+pub fn assert_valid_or_unavailable(
+    answers: Vec<Result<pb::VerifyResponse, Status>>,
+    reason: Option<&str>,
+) {
+    let (mut valid, mut unavailable) = (0, 0);
+    for answer in answers {
+        match answer {
+            Ok(r) => {
+                assert!(r.valid, "an answer is never a guess");
+                valid += 1;
+            }
+            Err(status) => {
+                assert_status(Err::<(), _>(status), Code::Unavailable, reason);
+                unavailable += 1;
+            }
+        }
+    }
+    assert!(
+        valid >= 1 && unavailable >= 1,
+        "valid {valid}, unavailable {unavailable}"
+    );
 }
