@@ -1,18 +1,17 @@
 //! Running the commands: one RPC per `keys` subcommand (a paging loop for listings), and
-//! `verify`.
+//! `verify`; each through a [`Client`] made from the connection flags by [`connect`].
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use serde_json::{Value, json};
-use tonic::Request;
-use tonic::metadata::MetadataValue;
 
+use keyauth_client::client::bearer;
+use keyauth_client::{Client, ClientBuilder, ConnectError, tls};
 use keyauth_proto as pb;
 
 use crate::args::*;
-use crate::connect::*;
 use crate::exit::*;
 use crate::render::*;
 
@@ -99,28 +98,116 @@ pub(crate) fn listing(
     }
 }
 
-/// A request carrying the operator token, and a request id of its own (`cli-…`) so that the
-/// audit trail can be matched with this run.
-pub(crate) fn operator<T>(token: &MetadataValue<tonic::metadata::Ascii>, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", token.clone());
-    if let Ok(id) = format!("cli-{}", request_id_suffix()).parse() {
-        request.metadata_mut().insert("x-request-id", id);
+/// `client` for one operator request: with a request id of its own (`cli-` and 16 random
+/// base62 characters) so that the audit trail can be matched with this run.
+pub(crate) fn operator(client: &Client) -> Client {
+    client.with_request_id(&format!("cli-{}", keyauth_key::unique_base62(16)))
+}
+
+/// Connects eagerly, so that an unreachable server (or a failed TLS handshake) is exit 3 before
+/// any request is sent. Bad settings (the URL, a TLS file) are exit 2 before any connection.
+/// `tokens` adds the command's token to the [`ClientBuilder`]. The `timeout` bounds reaching
+/// the server, its TLS handshake and each call; reads are retried by the client. Changes carry
+/// no idempotency key (IssueKey and RollKey with one need the server to have a seal key), so
+/// they are sent once.
+pub(crate) async fn connect(
+    connection: &Connection,
+    tokens: impl FnOnce(ClientBuilder) -> ClientBuilder,
+) -> Result<Client, Failure> {
+    let server = connection.server.trim();
+    let (scheme, rest) = server.split_once("://").unwrap_or(("http", server));
+    let https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
+        return Err(invalid_server(
+            server,
+            "use http://HOST:PORT (plaintext) or https://HOST:PORT (TLS)",
+        ));
+    };
+    let url = format!("{}://{rest}", if https { "https" } else { "http" });
+    let mut builder = tokens(Client::builder(url))
+        .connect_timeout(connection.timeout)
+        .handshake_timeout(connection.timeout)
+        .timeout(connection.timeout)
+        .idempotency(false);
+    if https {
+        // Without --ca-cert the system's root certificates are trusted (as curl and browsers
+        // do); a private CA needs --ca-cert.
+        if let Some(ca) = &connection.ca_cert {
+            builder = builder.ca_certificate(ca);
+        }
+        match (&connection.client_cert, &connection.client_key) {
+            (Some(cert), Some(key)) => builder = builder.identity(cert, key),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(half_identity(
+                    tls::CLIENT_CERT_SETTING,
+                    tls::CLIENT_KEY_SETTING,
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(half_identity(
+                    tls::CLIENT_KEY_SETTING,
+                    tls::CLIENT_CERT_SETTING,
+                ));
+            }
+        }
+    } else if connection.ca_cert.is_some()
+        || connection.client_cert.is_some()
+        || connection.client_key.is_some()
+    {
+        return Err(Failure::Usage(format!(
+            "--ca-cert, --client-cert and --client-key are for TLS, but --server (KEYAUTH_SERVER) {server:?} is plaintext: use https://"
+        )));
     }
-    request
+    builder.connect().await.map_err(|e| match e {
+        ConnectError::Url { why, .. } => invalid_server(server, &why),
+        ConnectError::Setting(why) => Failure::Usage(why),
+        ConnectError::Tls(e) => {
+            let what = if connection.client_cert.is_some() {
+                format!(
+                    "invalid {} with {}",
+                    tls::CLIENT_CERT_SETTING,
+                    tls::CLIENT_KEY_SETTING
+                )
+            } else if connection.ca_cert.is_none() {
+                format!(
+                    "cannot use the system's root certificates for {server} (give the CA with {})",
+                    tls::CA_CERT_SETTING
+                )
+            } else {
+                format!("cannot use these TLS settings for {server}")
+            };
+            Failure::Usage(with_causes(
+                format!("{what}: {e}"),
+                std::error::Error::source(&e),
+            ))
+        }
+        ConnectError::Unreachable(e) => Failure::Unreachable(with_causes(
+            format!("cannot connect to {server}: {e}"),
+            std::error::Error::source(&e),
+        )),
+    })
+}
+
+fn invalid_server(server: &str, why: &str) -> Failure {
+    Failure::Usage(format!(
+        "invalid --server (KEYAUTH_SERVER) {server:?}: {why}"
+    ))
+}
+
+fn half_identity(given: &str, missing: &str) -> Failure {
+    Failure::Usage(format!("{given} is set but {missing} is not"))
 }
 
 pub(crate) const SECRET_NOTE: &str =
     "the full key above is shown this once: keyauth keeps only a hash of it. Store it now.";
 
-/// The `authorization` value of the operator token; when there is none, a usage error saying
-/// that `who` (plural: "operator commands") need it.
-pub(crate) fn operator_token(
-    token: Option<&str>,
-    who: &str,
-) -> Result<MetadataValue<tonic::metadata::Ascii>, Failure> {
+/// The operator token, trimmed; when there is none, a usage error saying that `who` (plural:
+/// "operator commands") need it.
+pub(crate) fn operator_token<'a>(token: Option<&'a str>, who: &str) -> Result<&'a str, Failure> {
     let token = match token.map(str::trim) {
         Some(t) if !t.is_empty() => t,
         _ => {
@@ -129,9 +216,12 @@ pub(crate) fn operator_token(
             )));
         }
     };
-    format!("Bearer {token}").parse().map_err(|_| {
-        Failure::Usage("--admin-token (KEYAUTH_ADMIN_TOKEN) must be printable ASCII".into())
-    })
+    match bearer(token) {
+        Some(_) => Ok(token),
+        None => Err(Failure::Usage(
+            "--admin-token (KEYAUTH_ADMIN_TOKEN) must be printable ASCII".into(),
+        )),
+    }
 }
 
 pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
@@ -139,10 +229,10 @@ pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
     // Local checks first: a usage error never needs the server.
     let request = prepare(&args.command)?;
     let json = args.connection.json;
-    let mut client = connect(&args.connection).await?;
+    let client = connect(&args.connection, |b| b.operator_token(token)).await?;
     match request {
         Prepared::Issue(req) => {
-            let res = client.issue_key(operator(&token, req)).await?.into_inner();
+            let res = operator(&client).issue_key(req).await?;
             let key = res.key.unwrap_or_default();
             if json {
                 return Ok(json_output(json!({
@@ -158,7 +248,7 @@ pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
             })
         }
         Prepared::Roll(req) => {
-            let res = client.roll_key(operator(&token, req)).await?.into_inner();
+            let res = operator(&client).roll_key(req).await?;
             let key = res.key.unwrap_or_default();
             let previous = res.previous_key.unwrap_or_default();
             if json {
@@ -183,20 +273,17 @@ pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
             })
         }
         Prepared::Revoke(req) => {
-            let res = client.revoke_key(operator(&token, req)).await?.into_inner();
+            let res = operator(&client).revoke_key(req).await?;
             Ok(single_key(json, &res.key.unwrap_or_default()))
         }
         Prepared::Get(req) => {
-            let res = client.get_key(operator(&token, req)).await?.into_inner();
+            let res = operator(&client).get_key(req).await?;
             Ok(single_key(json, &res.key.unwrap_or_default()))
         }
         Prepared::List { mut request, all } => {
             let mut pages = Vec::new();
             loop {
-                let res = client
-                    .list_keys(operator(&token, request.clone()))
-                    .await?
-                    .into_inner();
+                let res = operator(&client).list_keys(request.clone()).await?;
                 pages.extend(res.keys);
                 match next_page(all, res.next_page_token) {
                     Ok(token) => request.page_token = token,
@@ -210,10 +297,7 @@ pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
         Prepared::Events { mut request, all } => {
             let mut pages = Vec::new();
             loop {
-                let res = client
-                    .list_key_events(operator(&token, request.clone()))
-                    .await?
-                    .into_inner();
+                let res = operator(&client).list_key_events(request.clone()).await?;
                 pages.extend(res.events);
                 match next_page(all, res.next_page_token) {
                     Ok(token) => request.page_token = token,
@@ -335,23 +419,27 @@ pub(crate) async fn run_verify(args: &VerifyArgs) -> Result<(Output, bool), Fail
     if key.is_empty() {
         return Err(Failure::Usage("KEY is empty".into()));
     }
-    let mut request = Request::new(pb::VerifyRequest {
+    let request = pb::VerifyRequest {
         key,
         required_permissions: permissions_out(&args.permissions),
-    });
-    match args.verifier_token.as_deref().map(str::trim) {
+    };
+    let token = match args.verifier_token.as_deref().map(str::trim) {
         Some(token) if !token.is_empty() => {
-            let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
-                Failure::Usage(
+            if bearer(token).is_none() {
+                return Err(Failure::Usage(
                     "--verifier-token (KEYAUTH_VERIFIER_TOKEN) must be printable ASCII".into(),
-                )
-            })?;
-            request.metadata_mut().insert("authorization", value);
+                ));
+            }
+            Some(token)
         }
-        _ => {}
-    }
-    let mut client = connect(&args.connection).await?;
-    let res = client.verify(request).await?.into_inner();
+        _ => None,
+    };
+    let client = connect(&args.connection, |b| match token {
+        Some(token) => b.verifier_token(token),
+        None => b,
+    })
+    .await?;
+    let res = client.verify(request).await?;
     let output = if args.connection.json {
         json_output(json!({
             "valid": res.valid,
@@ -382,14 +470,4 @@ pub(crate) async fn run_verify(args: &VerifyArgs) -> Result<(Output, bool), Fail
         }
     };
     Ok((output, res.valid))
-}
-
-/// 16 random base62 characters for a request id (unique, not secret).
-fn request_id_suffix() -> String {
-    use rand::RngExt;
-    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut rng = rand::rng();
-    (0..16)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }

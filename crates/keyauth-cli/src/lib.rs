@@ -1,8 +1,10 @@
-//! The operator CLI: `keyauth keys issue|roll|revoke|get|list|events` and `keyauth verify`, a
-//! gRPC client of a running server; and `keyauth scan`, which finds keys in files offline (and
-//! with `--report` has the server revoke them) (the generated `KeyAuthorityServiceClient`), over plaintext
-//! (`http://`) or TLS (`https://`, trusting `--ca-cert`, optionally presenting a client
-//! certificate for mTLS).
+//! The operator CLI: `keyauth keys issue|roll|revoke|get|list|events` and `keyauth verify`,
+//! calls to a running server through `keyauth-client`'s [`Client`](keyauth_client::Client)
+//! (tokens, request ids, timeouts and the retries of reads are the client's); and `keyauth
+//! scan`, which finds keys in files offline (and with `--report` has the server revoke them,
+//! through ReportExposedKeys). The server is called over plaintext (`http://`, also when
+//! `--server` has no scheme) or TLS (`https://`, trusting `--ca-cert`, or the system's root
+//! certificates without it; optionally presenting a client certificate for mTLS).
 //!
 //! Output is an aligned table by default and one JSON object with `--json`. The exit code is
 //! what a script relies on: 0 success (or a valid key), 1 a refusal (the key is not valid, or
@@ -16,7 +18,6 @@
 
 mod args;
 mod commands;
-mod connect;
 mod exit;
 mod render;
 mod scan;

@@ -17,11 +17,9 @@ use clap::Args;
 use keyauth_key::PresentedKey;
 use keyauth_proto as pb;
 use serde_json::json;
-use tonic::metadata::MetadataValue;
 
 use crate::args::Connection;
-use crate::commands::{Output, emit, json_output, operator, operator_token};
-use crate::connect::connect;
+use crate::commands::{Output, connect, emit, json_output, operator, operator_token};
 use crate::exit::{EXIT_DENIED, EXIT_OK, Failure};
 
 /// Bytes looked at to tell a binary file (a NUL among them).
@@ -126,7 +124,7 @@ async fn run(args: &ScanArgs) -> Result<(Output, bool), Failure> {
         walk(path, &mut scan);
     }
     if let Some(token) = token {
-        report(args, &token, &mut scan.found).await?;
+        report(args, token, &mut scan.found).await?;
     }
     let found = !scan.found.is_empty();
     Ok((render(args, &scan), found))
@@ -210,15 +208,11 @@ fn scan_file(path: &Path, scan: &mut Scan) {
 
 /// Sends the keys found to ReportExposedKeys, one call per file (its path as the URL), and
 /// notes each key's outcome.
-async fn report(
-    args: &ScanArgs,
-    token: &MetadataValue<tonic::metadata::Ascii>,
-    found: &mut [Found],
-) -> Result<(), Failure> {
+async fn report(args: &ScanArgs, token: &str, found: &mut [Found]) -> Result<(), Failure> {
     if found.is_empty() {
         return Ok(());
     }
-    let mut client = connect(&args.connection).await?;
+    let client = connect(&args.connection, |b| b.operator_token(token)).await?;
     let mut start = 0;
     while start < found.len() {
         let path = found[start].path.clone();
@@ -240,10 +234,7 @@ async fn report(
             source: args.source.clone(),
             url,
         };
-        let answer = client
-            .report_exposed_keys(operator(token, request))
-            .await?
-            .into_inner();
+        let answer = operator(&client).report_exposed_keys(request).await?;
         for (f, result) in found[start..end].iter_mut().zip(&answer.results) {
             f.outcome = Some(outcome_name(result.outcome));
         }

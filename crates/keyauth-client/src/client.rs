@@ -1,14 +1,21 @@
-//! [`Client`]: typed calls to every RPC of keyauth, over plaintext or TLS/mTLS.
+//! [`Client`]: one typed method for each RPC of `KeyAuthorityService` (IssueKey, RollKey,
+//! RevokeKey, UpdateKey, Verify, CheckPermission, GetKey, ListKeys, ListKeyEvents,
+//! ReportExposedKeys, WatchKeyChanges, GetCatalog, ListApplications), over plaintext or
+//! TLS/mTLS.
 //!
 //! - Tokens: the operator token goes on operator RPCs, the verifier token on Verify,
-//!   CheckPermission and WatchKeyChanges (`authorization: Bearer …`).
+//!   CheckPermission and WatchKeyChanges, and on GetCatalog the verifier token when one is set,
+//!   else the operator token (`authorization: Bearer …`).
 //! - Request ids: [`Client::with_request_id`] passes the caller's `x-request-id` on, so one id
 //!   follows a request through every service.
-//! - Timeouts: a connect timeout and a per-call timeout (both 5 s unless set).
-//! - Safe retries: IssueKey, RollKey and RevokeKey carry an `idempotency-key` (one per call,
-//!   the same on every retry), so a retry after `UNAVAILABLE` or `ABORTED` replays the first
-//!   call's answer instead of making a second key. Reads are retried the same way. Up to
-//!   [`ClientBuilder::retries`] retries, with exponential backoff and jitter.
+//! - Timeouts: a connect timeout and a per-call timeout (both 5 s unless set), and optionally
+//!   one for the TLS handshake ([`ClientBuilder::handshake_timeout`]).
+//! - Safe retries: IssueKey, RollKey, RevokeKey and UpdateKey carry an `idempotency-key` (one
+//!   per call, the same on every retry), so a retry after `UNAVAILABLE` or `ABORTED` replays the
+//!   first call's answer instead of making a second key. Reads, and ReportExposedKeys (reporting
+//!   a key again changes nothing), are retried the same way without one. Up to
+//!   [`ClientBuilder::retries`] retries, with exponential backoff and jitter. WatchKeyChanges
+//!   is never retried: its caller resumes by revision.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -45,8 +52,13 @@ use crate::tls;
 /// Why a client could not be made.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// A setting is wrong (the URL, a token, a TLS file).
+    /// The URL is not one keyauth can be called at: the URL, and why.
+    Url { url: String, why: String },
+    /// A setting is wrong (a token, a TLS file).
     Setting(String),
+    /// The TLS files were read, but the transport cannot use them (e.g. no system root
+    /// certificates, or a client key that does not go with its certificate).
+    Tls(tonic::transport::Error),
     /// The server could not be reached.
     Unreachable(tonic::transport::Error),
 }
@@ -54,13 +66,36 @@ pub enum ConnectError {
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            ConnectError::Url { url, why } => write!(f, "keyauth URL {url:?}: {why}"),
             ConnectError::Setting(why) => f.write_str(why),
+            ConnectError::Tls(e) => write!(f, "cannot use these TLS settings: {e}"),
             ConnectError::Unreachable(e) => write!(f, "cannot connect to keyauth: {e}"),
         }
     }
 }
 
-impl std::error::Error for ConnectError {}
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectError::Tls(e) | ConnectError::Unreachable(e) => std::error::Error::source(e),
+            ConnectError::Url { .. } | ConnectError::Setting(_) => None,
+        }
+    }
+}
+
+/// The `authorization` value that carries `token` (`Bearer TOKEN`), or `None` when the token
+/// cannot be sent in a header (it holds a control character).
+///
+/// ```
+/// use keyauth_client::client::bearer;
+///
+/// assert_eq!(bearer("s3cret").unwrap(), "Bearer s3cret");
+/// assert!(bearer("line\nbreak").is_none());
+/// assert!(bearer("nul\0").is_none());
+/// ```
+pub fn bearer(token: &str) -> Option<AsciiMetadataValue> {
+    MetadataValue::try_from(format!("Bearer {token}")).ok()
+}
 
 /// Settings of a [`Client`].
 #[derive(Clone)]
@@ -71,6 +106,7 @@ pub struct ClientBuilder {
     ca: Option<PathBuf>,
     identity: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
+    handshake_timeout: Option<Duration>,
     timeout: Duration,
     retries: u32,
     idempotency: bool,
@@ -96,14 +132,16 @@ impl std::fmt::Debug for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// The operator token, for IssueKey, RollKey, RevokeKey, GetKey, ListKeys, ListKeyEvents.
+    /// The operator token, for IssueKey, RollKey, RevokeKey, UpdateKey, GetKey, ListKeys,
+    /// ListKeyEvents, ReportExposedKeys and ListApplications (and GetCatalog when no verifier
+    /// token is set).
     pub fn operator_token(mut self, token: impl Into<String>) -> Self {
         self.operator_token = Some(token.into());
         self
     }
 
-    /// The verifier token, for Verify, CheckPermission and WatchKeyChanges (when the server
-    /// requires one).
+    /// The verifier token, for Verify, CheckPermission, WatchKeyChanges and GetCatalog (when
+    /// the server requires one).
     pub fn verifier_token(mut self, token: impl Into<String>) -> Self {
         self.verifier_token = Some(token.into());
         self
@@ -126,6 +164,13 @@ impl ClientBuilder {
         self
     }
 
+    /// Longest wait for the TLS handshake of a connection (default: no limit of its own; the
+    /// connect timeout covers only reaching the server).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
     /// Longest wait for one call (each retry has its own).
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
@@ -138,7 +183,8 @@ impl ClientBuilder {
         self
     }
 
-    /// Whether IssueKey, RollKey and RevokeKey carry an `idempotency-key` (default: yes), which
+    /// Whether IssueKey, RollKey, RevokeKey and UpdateKey carry an `idempotency-key` (default:
+    /// yes), which
     /// makes their retries safe. IssueKey and RollKey then need the server to have a seal key
     /// (`KEYAUTH_SEAL_KEY_FILE`): it keeps the secret sealed for the replay. Without one, turn
     /// this off; such calls are then never retried.
@@ -155,7 +201,10 @@ impl ClientBuilder {
     }
 
     fn endpoint(&self) -> Result<Endpoint, ConnectError> {
-        let bad = |why: String| ConnectError::Setting(format!("keyauth URL {:?}: {why}", self.url));
+        let bad = |why: String| ConnectError::Url {
+            url: self.url.clone(),
+            why,
+        };
         let mut endpoint = Endpoint::from_shared(self.url.clone())
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(self.connect_timeout)
@@ -168,11 +217,12 @@ impl ClientBuilder {
                 .identity
                 .as_ref()
                 .map(|(c, k)| (c.as_path(), k.as_path()));
-            let config = tls::client_config(self.ca.as_deref(), identity)
+            let mut config = tls::client_config(self.ca.as_deref(), identity)
                 .map_err(|e| ConnectError::Setting(e.to_string()))?;
-            endpoint = endpoint
-                .tls_config(config)
-                .map_err(|e| ConnectError::Setting(e.to_string()))?;
+            if let Some(timeout) = self.handshake_timeout {
+                config = config.timeout(timeout);
+            }
+            endpoint = endpoint.tls_config(config).map_err(ConnectError::Tls)?;
         } else if !self.url.starts_with("http://") {
             return Err(bad("use http://HOST:PORT or https://HOST:PORT".into()));
         }
@@ -180,10 +230,10 @@ impl ClientBuilder {
     }
 
     fn finish(self, channel: Channel) -> Result<Client, ConnectError> {
-        let bearer = |token: Option<&String>, what: &str| {
+        let header = |token: Option<&String>, what: &str| {
             token
                 .map(|t| {
-                    MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| {
+                    bearer(t).ok_or_else(|| {
                         ConnectError::Setting(format!("the {what} token is not valid ASCII"))
                     })
                 })
@@ -191,8 +241,8 @@ impl ClientBuilder {
         };
         Ok(Client {
             inner: KeyAuthorityServiceClient::new(channel),
-            operator: bearer(self.operator_token.as_ref(), "operator")?,
-            verifier: bearer(self.verifier_token.as_ref(), "verifier")?,
+            operator: header(self.operator_token.as_ref(), "operator")?,
+            verifier: header(self.verifier_token.as_ref(), "verifier")?,
             request_id: None,
             retries: self.retries,
             idempotency: self.idempotency,
@@ -238,10 +288,12 @@ impl std::fmt::Debug for Client {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Token {
     Operator,
     Verifier,
+    /// The verifier token when one is set, else the operator token (GetCatalog).
+    VerifierOrOperator,
 }
 
 /// Whether a failed call may be sent again: the server did not answer, or asked to retry.
@@ -258,6 +310,21 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(jitter)
 }
 
+/// One method of a unary RPC: `change` carries an idempotency key (and is retried only with
+/// one), `read` is retried as it is; `$token` is the [`Token`] it sends.
+macro_rules! unary {
+    ($(#[$doc:meta])* $kind:ident $method:ident($request:ident) -> $response:ident, $token:ident) => {
+        $(#[$doc])*
+        pub async fn $method(&self, r: pb::$request) -> Result<pb::$response, Status> {
+            let change = unary!(@change $kind);
+            self.call(r, Token::$token, change, |mut c, r| async move { c.$method(r).await })
+                .await
+        }
+    };
+    (@change change) => { true };
+    (@change read) => { false };
+}
+
 impl Client {
     pub fn builder(url: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
@@ -267,6 +334,7 @@ impl Client {
             ca: None,
             identity: None,
             connect_timeout: Duration::from_secs(5),
+            handshake_timeout: None,
             timeout: Duration::from_secs(5),
             retries: 3,
             idempotency: true,
@@ -284,14 +352,19 @@ impl Client {
         client
     }
 
+    /// The `authorization` value a call of `token` carries, if any.
+    fn token(&self, token: Token) -> Option<&AsciiMetadataValue> {
+        match token {
+            Token::Operator => self.operator.as_ref(),
+            Token::Verifier => self.verifier.as_ref(),
+            Token::VerifierOrOperator => self.verifier.as_ref().or(self.operator.as_ref()),
+        }
+    }
+
     fn request<T>(&self, message: T, token: Token, idempotency: Option<&str>) -> Request<T> {
         let mut request = Request::new(message);
         let metadata = request.metadata_mut();
-        let token = match token {
-            Token::Operator => &self.operator,
-            Token::Verifier => &self.verifier,
-        };
-        if let Some(value) = token {
+        if let Some(value) = self.token(token) {
             metadata.insert("authorization", value.clone());
         }
         if let Some(id) = &self.request_id {
@@ -339,69 +412,55 @@ impl Client {
         }
     }
 
-    pub async fn issue_key(&self, r: pb::IssueKeyRequest) -> Result<pb::IssueKeyResponse, Status> {
-        self.call(r, Token::Operator, true, |mut c, r| async move {
-            c.issue_key(r).await
-        })
-        .await
+    unary! {
+        /// IssueKey: a new key; its secret is in the answer, this once.
+        change issue_key(IssueKeyRequest) -> IssueKeyResponse, Operator
     }
-
-    pub async fn roll_key(&self, r: pb::RollKeyRequest) -> Result<pb::RollKeyResponse, Status> {
-        self.call(r, Token::Operator, true, |mut c, r| async move {
-            c.roll_key(r).await
-        })
-        .await
+    unary! {
+        /// RollKey: a new key in place of one, which keeps working for the grace period.
+        change roll_key(RollKeyRequest) -> RollKeyResponse, Operator
     }
-
-    pub async fn revoke_key(
-        &self,
-        r: pb::RevokeKeyRequest,
-    ) -> Result<pb::RevokeKeyResponse, Status> {
-        self.call(r, Token::Operator, true, |mut c, r| async move {
-            c.revoke_key(r).await
-        })
-        .await
+    unary! {
+        /// RevokeKey: the key stops working at once.
+        change revoke_key(RevokeKeyRequest) -> RevokeKeyResponse, Operator
     }
-
-    pub async fn get_key(&self, r: pb::GetKeyRequest) -> Result<pb::GetKeyResponse, Status> {
-        self.call(r, Token::Operator, false, |mut c, r| async move {
-            c.get_key(r).await
-        })
-        .await
+    unary! {
+        /// UpdateKey: the fields named in `update_mask` (name, metadata, permissions, expiry).
+        change update_key(UpdateKeyRequest) -> UpdateKeyResponse, Operator
     }
-
-    pub async fn list_keys(&self, r: pb::ListKeysRequest) -> Result<pb::ListKeysResponse, Status> {
-        self.call(r, Token::Operator, false, |mut c, r| async move {
-            c.list_keys(r).await
-        })
-        .await
+    unary! {
+        /// GetKey: one key, never its secret.
+        read get_key(GetKeyRequest) -> GetKeyResponse, Operator
     }
-
-    pub async fn list_key_events(
-        &self,
-        r: pb::ListKeyEventsRequest,
-    ) -> Result<pb::ListKeyEventsResponse, Status> {
-        self.call(r, Token::Operator, false, |mut c, r| async move {
-            c.list_key_events(r).await
-        })
-        .await
+    unary! {
+        /// ListKeys: a page of an application's keys, newest first.
+        read list_keys(ListKeysRequest) -> ListKeysResponse, Operator
     }
-
-    pub async fn verify(&self, r: pb::VerifyRequest) -> Result<pb::VerifyResponse, Status> {
-        self.call(r, Token::Verifier, false, |mut c, r| async move {
-            c.verify(r).await
-        })
-        .await
+    unary! {
+        /// ListKeyEvents: a page of the audit trail, newest first.
+        read list_key_events(ListKeyEventsRequest) -> ListKeyEventsResponse, Operator
     }
-
-    pub async fn check_permission(
-        &self,
-        r: pb::CheckPermissionRequest,
-    ) -> Result<pb::CheckPermissionResponse, Status> {
-        self.call(r, Token::Verifier, false, |mut c, r| async move {
-            c.check_permission(r).await
-        })
-        .await
+    unary! {
+        /// ReportExposedKeys: the keys of this authority among them are revoked. Retried like a
+        /// read: reporting a key again changes nothing (its outcome is then "already revoked").
+        read report_exposed_keys(ReportExposedKeysRequest) -> ReportExposedKeysResponse, Operator
+    }
+    unary! {
+        /// ListApplications: a page of the applications that have keys, with their key counts.
+        read list_applications(ListApplicationsRequest) -> ListApplicationsResponse, Operator
+    }
+    unary! {
+        /// Verify: a denial is an answer (`valid: false`), not an error.
+        read verify(VerifyRequest) -> VerifyResponse, Verifier
+    }
+    unary! {
+        /// CheckPermission: may this key perform this action on this resource?
+        read check_permission(CheckPermissionRequest) -> CheckPermissionResponse, Verifier
+    }
+    unary! {
+        /// GetCatalog: the permission catalog in force (the verifier token when one is set,
+        /// else the operator token).
+        read get_catalog(GetCatalogRequest) -> GetCatalogResponse, VerifierOrOperator
     }
 
     /// Opens a WatchKeyChanges stream from now (`None`) or resuming after a revision (not
@@ -458,10 +517,109 @@ mod tests {
     }
 
     #[test]
-    fn bad_urls_are_settings_errors() {
-        assert!(matches!(
-            Client::builder("ftp://x").connect_lazy(),
-            Err(ConnectError::Setting(_))
-        ));
+    fn bad_urls_are_url_errors() {
+        let err = Client::builder("ftp://x").connect_lazy().unwrap_err();
+        assert!(matches!(&err, ConnectError::Url { url, .. } if url == "ftp://x"));
+        assert!(
+            err.to_string().starts_with("keyauth URL \"ftp://x\": "),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_that_cannot_be_sent_are_settings_errors() {
+        let err = Client::builder("http://127.0.0.1:1")
+            .operator_token("line\nbreak")
+            .connect_lazy()
+            .unwrap_err();
+        assert!(matches!(err, ConnectError::Setting(_)), "{err}");
+    }
+
+    /// Every `rpc` of the service in the proto, and the method of [`Client`] that calls it (a
+    /// method that does not exist does not compile).
+    #[test]
+    fn every_rpc_has_a_method() {
+        macro_rules! methods {
+            ($($rpc:literal => $method:ident),* $(,)?) => {
+                vec![$({
+                    let _ = Client::$method;
+                    $rpc
+                }),*]
+            };
+        }
+        let mut covered = methods![
+            "IssueKey" => issue_key,
+            "RollKey" => roll_key,
+            "RevokeKey" => revoke_key,
+            "UpdateKey" => update_key,
+            "Verify" => verify,
+            "CheckPermission" => check_permission,
+            "GetKey" => get_key,
+            "ListKeys" => list_keys,
+            "ListKeyEvents" => list_key_events,
+            "ReportExposedKeys" => report_exposed_keys,
+            "WatchKeyChanges" => watch_key_changes,
+            "GetCatalog" => get_catalog,
+            "ListApplications" => list_applications,
+        ];
+        let proto = include_str!("../../../proto/keyauth/v1/keyauth.proto");
+        let mut rpcs: Vec<&str> = proto
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("rpc "))
+            .filter_map(|rest| rest.split('(').next())
+            .collect();
+        rpcs.sort_unstable();
+        covered.sort_unstable();
+        assert_eq!(rpcs, covered);
+    }
+
+    #[tokio::test]
+    async fn calls_carry_their_token_request_id_and_idempotency_key() {
+        let both = Client::builder("http://127.0.0.1:1")
+            .operator_token("op")
+            .verifier_token("ver")
+            .connect_lazy()
+            .unwrap()
+            .with_request_id("req-1");
+        let header = |client: &Client, token, key| {
+            let request = client.request((), token, key);
+            let get = |name| {
+                request
+                    .metadata()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+            };
+            [
+                get("authorization"),
+                get("x-request-id"),
+                get("idempotency-key"),
+            ]
+        };
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            header(&both, Token::Operator, Some("kc-1")),
+            [some("Bearer op"), some("req-1"), some("kc-1")]
+        );
+        assert_eq!(
+            header(&both, Token::Verifier, None),
+            [some("Bearer ver"), some("req-1"), None]
+        );
+        assert_eq!(
+            header(&both, Token::VerifierOrOperator, None)[0],
+            some("Bearer ver")
+        );
+        // GetCatalog falls back on the operator token; no token, no header.
+        let operator = Client::builder("http://127.0.0.1:1")
+            .operator_token("op")
+            .connect_lazy()
+            .unwrap();
+        assert_eq!(
+            header(&operator, Token::VerifierOrOperator, None),
+            [some("Bearer op"), None, None]
+        );
+        assert_eq!(header(&operator, Token::Verifier, None), [None, None, None]);
+        // A request id that cannot be sent is dropped, not an error.
+        let bad_id = operator.with_request_id("line\nbreak");
+        assert_eq!(header(&bad_id, Token::Operator, None)[1], None);
     }
 }
