@@ -9,7 +9,7 @@ use tokio::task::JoinSet;
 use crate::error::Result;
 use crate::keys::{issue_keys, warm_cache};
 use crate::load::Clients;
-use crate::servers::{connect, warm_server};
+use crate::servers::{connect, operator_client, warm_server};
 use crate::tally::Outcome;
 use crate::workloads::{Inputs, Workload};
 
@@ -24,8 +24,12 @@ pub async fn run(workload: &str, calls: usize, cores: usize) -> Result<()> {
     };
     let (_dir, admin_token, server) = warm_server(cores).await?;
     let channels = connect(server.addr, 2).await?;
-    let keys = issue_keys(&channels[0], 2, &admin_token).await?;
-    warm_cache(&channels[0], &keys).await?;
+    let keys = {
+        let client = operator_client(server.addr, &admin_token).await?;
+        let keys = issue_keys(&client, 2).await?;
+        warm_cache(&client, &keys).await?;
+        keys
+    };
     let inputs = Arc::new(Inputs::new(keys.clone(), keys)?);
     let mut tasks = JoinSet::new();
     for task in 0..TASKS {

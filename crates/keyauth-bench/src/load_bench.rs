@@ -17,7 +17,7 @@ use crate::load::drive;
 use crate::memory::{CHEAP_HASH, memory_phase};
 use crate::procfs::load_average;
 use crate::report::{Report, Settings, print_memory, print_report, rows, write_json};
-use crate::servers::{BenchServer, connect, warm_server};
+use crate::servers::{BenchServer, connect, operator_client, warm_server};
 use crate::tally::Tally;
 use crate::workloads::{Inputs, Workload};
 
@@ -79,10 +79,15 @@ pub async fn run(args: &Args, cores: usize) -> Result<()> {
     eprintln!("issuing {keys} keys to each server…");
     let warm_channels = connect(warm.addr, args.channels as usize).await?;
     let cold_channels = connect(cold.addr, args.channels as usize).await?;
-    let warm_keys = issue_keys(&warm_channels[0], keys, &admin_token).await?;
-    let cold_keys = issue_keys(&cold_channels[0], keys, &admin_token).await?;
-    eprintln!("warming the cache…");
-    warm_cache(&warm_channels[0], &warm_keys).await?;
+    let (warm_keys, cold_keys) = {
+        let warm_client = operator_client(warm.addr, &admin_token).await?;
+        let cold_client = operator_client(cold.addr, &admin_token).await?;
+        let warm_keys = issue_keys(&warm_client, keys).await?;
+        let cold_keys = issue_keys(&cold_client, keys).await?;
+        eprintln!("warming the cache…");
+        warm_cache(&warm_client, &warm_keys).await?;
+        (warm_keys, cold_keys)
+    };
 
     let inputs = Arc::new(Inputs::new(warm_keys, cold_keys)?);
     let channels_for = |workload| match workload {

@@ -5,37 +5,27 @@
 use std::time::Instant;
 
 use keyauth_core::hashing::HashParams;
-use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use tokio::task::JoinSet;
-use tonic::metadata::MetadataValue;
 
 use crate::error::{BoxError, Result};
-use crate::keys::{SETUP_PARALLELISM, issue_request, verify_request};
+use crate::keys::{SETUP_PARALLELISM, issue_message, verify_request};
 use crate::procfs::MemorySample;
-use crate::servers::{connect, warm_server};
+use crate::servers::{operator_client, warm_server};
 
 pub async fn run(keys: usize, cores: usize) -> Result<()> {
     let arenas = std::env::var("MALLOC_ARENA_MAX").unwrap_or_else(|_| "unset".into());
     let before = MemorySample::read()?;
     let (_dir, admin_token, server) = warm_server(cores).await?;
-    let channels = connect(server.addr, 1).await?;
+    let client = operator_client(server.addr, &admin_token).await?;
     let idle = MemorySample::read()?;
     let started = Instant::now();
-    let bearer: MetadataValue<_> = format!("Bearer {admin_token}").parse()?;
     let mut tasks = JoinSet::new();
     for worker in 0..SETUP_PARALLELISM {
-        let mut client = KeyAuthorityServiceClient::new(channels[0].clone());
-        let bearer = bearer.clone();
+        let client = client.clone();
         tasks.spawn(async move {
             for i in (worker..keys).step_by(SETUP_PARALLELISM) {
-                let request = issue_request("rss", i, &bearer);
-                let secret = client.issue_key(request).await?.into_inner().secret;
-                if !client
-                    .verify(verify_request(&secret))
-                    .await?
-                    .into_inner()
-                    .valid
-                {
+                let secret = client.issue_key(issue_message("rss", i)).await?.secret;
+                if !client.verify(verify_request(&secret)).await?.valid {
                     return Err::<_, BoxError>(format!("key {i} did not verify").into());
                 }
             }
@@ -60,6 +50,6 @@ pub async fn run(keys: usize, cores: usize) -> Result<()> {
         mib(after.rss_kib),
         mib(after.hwm_kib),
     );
-    drop(channels);
+    drop(client);
     server.stop().await
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keyauth_client::Client;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::clock::Clock;
 use keyauth_core::hashing::HashParams;
@@ -23,6 +24,10 @@ use crate::procfs;
 
 /// The name of the warm server's threads, whose CPU time the last phase counts.
 pub const WARM_THREADS: &str = "keyauth-warm";
+
+/// Longest wait for a set-up call ([`operator_client`]): set-up is not timed, and it may run
+/// under valgrind (`--count-calls`), where one argon2id hash takes seconds.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A keyauth server running on a runtime of its own in this process (threads named `threads`,
 /// so their CPU time can be told from the client's).
@@ -154,4 +159,17 @@ pub async fn connect(addr: SocketAddr, n: usize) -> Result<Vec<Channel>> {
         );
     }
     Ok(channels)
+}
+
+/// A keyauth-client connection to `addr` with the operator token, for set-up calls (issuing
+/// keys, proving them). No idempotency keys: IssueKey is sent once, as a plain call, and the
+/// server seals no secret for a replay.
+pub async fn operator_client(addr: SocketAddr, admin_token: &str) -> Result<Client> {
+    Ok(Client::builder(format!("http://{addr}"))
+        .operator_token(admin_token)
+        .idempotency(false)
+        .connect_timeout(SETUP_TIMEOUT)
+        .timeout(SETUP_TIMEOUT)
+        .connect()
+        .await?)
 }

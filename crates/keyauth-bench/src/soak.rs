@@ -35,7 +35,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::error::Result;
-use crate::keys::{APPLICATION, issue_request, verify_request};
+use crate::keys::{APPLICATION, issue_message, verify_request};
 use crate::procfs::MemorySample;
 use crate::servers::{connect, warm_server};
 
@@ -320,7 +320,7 @@ impl Client {
             }
             Kind::Issue => {
                 let n = shared.issued.fetch_add(1, Ordering::Relaxed) as usize;
-                let mut request = issue_request("soak", n, &self.bearer);
+                let mut request = self.operator(issue_message("soak", n));
                 if n.is_multiple_of(2) {
                     let idempotency: MetadataValue<_> =
                         format!("soak-{n}").parse().map_err(|_| "idempotency key")?;
