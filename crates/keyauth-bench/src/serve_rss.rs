@@ -5,10 +5,9 @@
 use std::time::Instant;
 
 use keyauth_core::hashing::HashParams;
-use tokio::task::JoinSet;
 
-use crate::error::{BoxError, Result};
-use crate::keys::{SETUP_PARALLELISM, issue_message, verify_request};
+use crate::error::Result;
+use crate::keys::{issue_message, spread, verify_request};
 use crate::procfs::MemorySample;
 use crate::servers::{operator_client, warm_server};
 
@@ -19,22 +18,18 @@ pub async fn run(keys: usize, cores: usize) -> Result<()> {
     let client = operator_client(server.addr, &admin_token).await?;
     let idle = MemorySample::read()?;
     let started = Instant::now();
-    let mut tasks = JoinSet::new();
-    for worker in 0..SETUP_PARALLELISM {
-        let client = client.clone();
-        tasks.spawn(async move {
-            for i in (worker..keys).step_by(SETUP_PARALLELISM) {
-                let secret = client.issue_key(issue_message("rss", i)).await?.secret;
-                if !client.verify(verify_request(&secret)).await?.valid {
-                    return Err::<_, BoxError>(format!("key {i} did not verify").into());
-                }
+    let issuer = client.clone();
+    spread(keys, move |i| {
+        let client = issuer.clone();
+        async move {
+            let secret = client.issue_key(issue_message("rss", i)).await?.secret;
+            if !client.verify(verify_request(&secret)).await?.valid {
+                return Err(format!("key {i} did not verify").into());
             }
             Ok(())
-        });
-    }
-    while let Some(joined) = tasks.join_next().await {
-        joined??;
-    }
+        }
+    })
+    .await?;
     let took = started.elapsed();
     let after = MemorySample::read()?;
     let mib = |kib: u64| kib as f64 / 1024.0;
