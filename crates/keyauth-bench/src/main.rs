@@ -44,7 +44,7 @@
 //! Modules, each importing only from those listed before it (no cycles):
 //!
 //! - leaves: `error` (the error type), `procfs` (VmRSS/VmHWM, threads' CPU time, load average);
-//! - set-up: `keys` (issuing and proving keys), `servers` (the in-process servers, the
+//! - building blocks: `keys` (issuing and proving keys), `servers` (the in-process servers, the
 //!   connections to them), `workloads` (what each call presents), `tally` (outcomes and
 //!   latency histograms), `load` (the load driver), `memory` (the memory phase),
 //!   `argon2_cost`, `cpu` (server CPU per call), `report` (table, terminal, JSON);
