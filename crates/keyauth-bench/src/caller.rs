@@ -29,7 +29,7 @@ use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
 use keyauth_server::service::OperatorAuth;
 use tokio::task::JoinSet;
 
-use crate::Result;
+use crate::error::{BoxError, Result};
 
 const PATIENTS: &str = r#"{"object":"list","url":"/api/v1/patients","has_more":false,"data":[{"id":"pat_1234567890","object":"patient","uhid":"UG123456789A"}]}"#;
 
@@ -144,7 +144,7 @@ async fn load(
                     Err(e) => return Err(e),
                 }
             }
-            Ok::<_, crate::BoxError>(h)
+            Ok::<_, BoxError>(h)
         });
     }
     tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
@@ -349,7 +349,7 @@ async fn across_instances(url: &str, admin: &str, http: &Http, n: usize) -> Resu
         drop(verifier);
         a.stop().await?;
         b.stop().await?;
-        Ok::<_, crate::BoxError>(h)
+        Ok::<_, BoxError>(h)
     }
     .await;
     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

@@ -16,12 +16,28 @@
 //! and the RSS growth over the second half of the run.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use keyauth_core::hashing::HashParams;
+use keyauth_core::key::PresentedKey;
+use keyauth_core::model::Environment;
+use keyauth_proto as pb;
+use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use prost_types::FieldMask;
+use tokio::task::JoinSet;
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
-use super::*;
+use crate::error::Result;
+use crate::keys::{APPLICATION, issue_message, verify_request};
+use crate::procfs::MemorySample;
+use crate::servers::{connect, warm_server};
 
 /// Keys the pool holds at most; the oldest is revoked when a new one joins.
 const POOL: usize = 2_000;
@@ -180,7 +196,9 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
-/// One client task's connection and token.
+/// One client task's connection and token. Raw tonic clients, not keyauth-client's: this is
+/// the load itself, and it sends what `Client` would not (a wrong token, idempotency keys of
+/// its own choosing, no retries).
 struct Client {
     keys: KeyAuthorityServiceClient<Channel>,
     health: HealthClient<Channel>,
@@ -302,7 +320,7 @@ impl Client {
             }
             Kind::Issue => {
                 let n = shared.issued.fetch_add(1, Ordering::Relaxed) as usize;
-                let mut request = issue_request("soak", n, &self.bearer);
+                let mut request = self.operator(issue_message("soak", n));
                 if n.is_multiple_of(2) {
                     let idempotency: MetadataValue<_> =
                         format!("soak-{n}").parse().map_err(|_| "idempotency key")?;
