@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use keyauth_core::authority::NewKey;
 use keyauth_core::cache::CacheSettings;
-use keyauth_core::catalog::{Catalog, RequestedPermission};
+use keyauth_core::catalog::{Catalog, CatalogCheck, RequestedPermission};
 use keyauth_core::clock::Clock;
 use keyauth_core::hashing::HashParams;
 use keyauth_core::model::{ApplicationId, Environment, Metadata, Permissions};
