@@ -229,6 +229,30 @@ impl fmt::Debug for PresentedKey {
     }
 }
 
+/// `presented` without a leading `Bearer ` (any case) and the blanks after it.
+fn without_scheme(presented: &str) -> &str {
+    match presented.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => presented[7..].trim_start(),
+        _ => presented,
+    }
+}
+
+/// The display form of anything shaped like a key (raw or `Bearer …`: a key's prefix and
+/// length, base62 after the prefix), its checksum not verified: for printing what a caller
+/// sent, whether or not it is a real key. `None` for anything else.
+pub fn redact_shaped(presented: &str) -> Option<String> {
+    let raw = without_scheme(presented.trim());
+    let shaped = raw.len() == KEY_LEN
+        && (raw.starts_with("sk_test_") || raw.starts_with("sk_live_"))
+        && raw[PREFIX_LEN..].bytes().all(|b| b.is_ascii_alphanumeric());
+    shaped.then(|| redaction(raw))
+}
+
+/// Prefix, six leading characters, `...`, the last four, of a key-shaped `raw`.
+fn redaction(raw: &str) -> String {
+    format!("{}...{}", &raw[..PREFIX_LEN + 6], &raw[KEY_LEN - 4..])
+}
+
 /// A presented key checked in place, borrowed from the request that carried it: what a Verify
 /// answered from memory needs (the lookup part and the digest) without a copy of the key.
 /// [`KeyView::to_owned`] makes the [`PresentedKey`] a call that has to wait keeps.
@@ -241,11 +265,7 @@ pub struct KeyView<'a> {
 impl<'a> KeyView<'a> {
     /// See [`PresentedKey::parse`]: the same checks, without copying.
     pub fn parse(presented: &'a str) -> Option<Self> {
-        let trimmed = presented.trim_matches(|c: char| c == ' ' || c == '\t');
-        let raw = match trimmed.get(..7) {
-            Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => trimmed[7..].trim_start(),
-            _ => trimmed,
-        };
+        let raw = without_scheme(presented.trim_matches(|c: char| c == ' ' || c == '\t'));
         if raw.len() != KEY_LEN || !raw.is_ascii() {
             return None;
         }
@@ -287,11 +307,7 @@ impl<'a> KeyView<'a> {
 
     /// Display form: prefix, six leading characters, `...`, the last four.
     pub fn redacted(&self) -> String {
-        format!(
-            "{}...{}",
-            &self.raw[..PREFIX_LEN + 6],
-            &self.raw[KEY_LEN - 4..]
-        )
+        redaction(self.raw)
     }
 
     /// The key copied into a [`PresentedKey`] (wiped on drop).

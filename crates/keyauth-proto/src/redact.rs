@@ -7,24 +7,11 @@ use crate::{
     VerifyRequest,
 };
 
-/// The display form of a presented key (raw or `Bearer …`): prefix, six characters, `...`,
-/// the last four, for anything shaped like a key (`sk_test_`/`sk_live_` and 58 characters);
-/// otherwise only its length. The checksum is not verified here: this is for printing.
+/// The display form of a presented key (raw or `Bearer …`): the contract's redaction
+/// (`keyauth_key::redact_shaped`) for anything shaped like a key; otherwise only its length.
+/// The checksum is not verified here: this is for printing.
 pub fn redact_presented(presented: &str) -> String {
-    const KEY_LEN: usize = 58;
-    let trimmed = presented.trim();
-    let raw = match trimmed.get(..7) {
-        Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => trimmed[7..].trim_start(),
-        _ => trimmed,
-    };
-    let shaped = raw.len() == KEY_LEN
-        && (raw.starts_with("sk_test_") || raw.starts_with("sk_live_"))
-        && raw[8..].bytes().all(|b| b.is_ascii_alphanumeric());
-    if shaped {
-        format!("{}...{}", &raw[..14], &raw[KEY_LEN - 4..])
-    } else {
-        format!("<{} bytes>", presented.len())
-    }
+    keyauth_key::redact_shaped(presented).unwrap_or_else(|| format!("<{} bytes>", presented.len()))
 }
 
 struct Redacted<'a>(&'a str);
