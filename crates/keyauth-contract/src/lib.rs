@@ -10,12 +10,14 @@
 //!   requirement decision shared by Envoy's ext_authz front and the tower layer;
 //! - [`error_body`]: the seed's JSON error body;
 //! - [`request_id`]: which `x-request-id` is kept, and how a fresh one is made;
-//! - [`rpc`]: the RPCs of `KeyAuthorityService` and the token each needs;
+//! - [`rpc`]: the RPCs of `KeyAuthorityService`, the token and the roles each needs;
+//! - [`principal`]: who is calling: [`principal::Principal`], its roles and scope;
 //! - [`pem`]: the checks of PEM certificate and key files, named by their setting.
 
 pub mod catalog;
 pub mod error_body;
 pub mod pem;
+pub mod principal;
 pub mod request_id;
 pub mod routes;
 pub mod rpc;

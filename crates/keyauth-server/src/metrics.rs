@@ -219,7 +219,7 @@ pub fn rpc_of_path(path: &str) -> Option<&'static str> {
         return Some("Check");
     }
     let method = rpc::method_of_path(path)?;
-    Some(rpc::find(method).map_or("other", |(name, _)| name))
+    Some(rpc::find(method).map_or("other", |rpc| rpc.name))
 }
 
 #[cfg(test)]
