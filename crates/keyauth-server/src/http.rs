@@ -174,9 +174,7 @@ pub(crate) async fn serve(
         let app = app
             .clone()
             .layer(axum::Extension(Peer(peer)))
-            .layer(axum::Extension(crate::connections::PeerInfo::detached(
-                peer,
-            )));
+            .layer(axum::Extension(crate::peer::PeerInfo::detached(peer)));
         let watcher = graceful.watcher();
         // The configuration in force now: a reload later leaves this connection as it is.
         let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.http()));

@@ -2,14 +2,16 @@
 //! converted back.
 
 use keyauth_core::Error;
+use keyauth_core::authority::Idempotency;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
 use keyauth_core::store::{Changed, EventFilter, EventQuery, Exposure};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_server::KeyAuthorityService;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::KeyAuthorityApi;
-use super::call::{Access, Outcome};
+use super::call::{Access, Call, Outcome};
 use crate::wire;
 
 impl Outcome for pb::IssueKeyResponse {}
@@ -25,6 +27,38 @@ impl Outcome for pb::ListApplicationsResponse {}
 
 fn page_size(value: i32) -> Result<u32, Error> {
     u32::try_from(value).map_err(|_| Error::invalid("page_size", "must not be negative"))
+}
+
+/// The record a change left, when it is the kind of change the caller answers.
+type ChangedRecord = for<'a> fn(&Changed<'a>) -> Option<&'a KeyRecord>;
+
+impl KeyAuthorityApi {
+    /// A change answered with the one key record it leaves (RevokeKey, UpdateKey): run under
+    /// the call's idempotency key (see `idempotent`), the answer the same fresh or replayed.
+    async fn record_change<Req, Res>(
+        &self,
+        call: &Call,
+        req: &Req,
+        changed: ChangedRecord,
+        answer: fn(Option<pb::ApiKey>) -> Res,
+        change: impl AsyncFnOnce(Option<&Idempotency<'_>>) -> Result<KeyRecord, Error>,
+    ) -> Result<Res, Error>
+    where
+        Req: Message,
+        Res: Message + Default,
+    {
+        let now = self.authority.now();
+        let respond = |record: &KeyRecord| answer(Some(wire::key_out(record, now)));
+        self.idempotent(
+            call,
+            req,
+            |c| changed(c).map(respond),
+            |_, _| {},
+            change,
+            |record| respond(&record),
+        )
+        .await
+    }
 }
 
 #[tonic::async_trait]
@@ -133,18 +167,14 @@ impl KeyAuthorityService for KeyAuthorityApi {
             Access::Operator,
             request,
             |req, call| async move {
-                let now = self.authority.now();
-                let revoked = |record: &KeyRecord| pb::RevokeKeyResponse {
-                    key: Some(wire::key_out(record, now)),
-                };
-                self.idempotent(
+                self.record_change(
                     &call,
                     &req,
-                    |changed| match changed {
-                        Changed::Revoked(record) => Some(revoked(record)),
+                    |c| match c {
+                        Changed::Revoked(record) => Some(record),
                         _ => None,
                     },
-                    |_, _| {},
+                    |key| pb::RevokeKeyResponse { key },
                     async |idem| {
                         let id = KeyId::parse(&req.key_id, "key_id")?;
                         check_text(&req.reason, "reason", REASON_MAX)?;
@@ -153,7 +183,6 @@ impl KeyAuthorityService for KeyAuthorityApi {
                             .revoke(&id, reason, &call.provenance, idem)
                             .await
                     },
-                    |record| revoked(&record),
                 )
                 .await
             },
@@ -288,25 +317,20 @@ impl KeyAuthorityService for KeyAuthorityApi {
             Access::Operator,
             request,
             |req, call| async move {
-                let now = self.authority.now();
-                let updated = |record: &KeyRecord| pb::UpdateKeyResponse {
-                    key: Some(wire::key_out(record, now)),
-                };
-                self.idempotent(
+                self.record_change(
                     &call,
                     &req,
-                    |changed| match changed {
-                        Changed::Updated(record) => Some(updated(record)),
+                    |c| match c {
+                        Changed::Updated(record) => Some(record),
                         _ => None,
                     },
-                    |_, _| {},
+                    |key| pb::UpdateKeyResponse { key },
                     async |idem| {
                         let (id, update) = wire::key_update_in(&req, self.authority.catalog())?;
                         self.authority
                             .update(&id, &update, &call.provenance, idem)
                             .await
                     },
-                    |record| updated(&record),
                 )
                 .await
             },

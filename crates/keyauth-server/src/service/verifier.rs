@@ -444,23 +444,96 @@ mod tests {
         }
     }
 
-    /// A verifier's request is wiped of its key when its call is done with it.
-    #[test]
-    fn requests_are_wiped_of_their_key() {
-        let mut verify = pb::VerifyRequest {
-            key: "sk_test_secret".into(),
-            required_permissions: Vec::new(),
+    /// A verifier's request that reports, when it is dropped, the key it still holds.
+    struct Spy<R: Judged> {
+        inner: R,
+        left: Arc<std::sync::Mutex<Option<String>>>,
+    }
+
+    impl<R: Judged> Judged for Spy<R> {
+        const METHOD: &'static str = R::METHOD;
+        type Required = R::Required;
+
+        fn key(&self) -> &str {
+            self.inner.key()
+        }
+
+        fn required(&mut self, catalog: &Catalog) -> Result<Self::Required, Error> {
+            self.inner.required(catalog)
+        }
+
+        fn wipe(&mut self) {
+            self.inner.wipe();
+        }
+    }
+
+    impl<R: Judged> Drop for Spy<R> {
+        fn drop(&mut self) {
+            *self.left.lock().unwrap() = Some(self.inner.key().to_owned());
+        }
+    }
+
+    /// `judge` wipes the decoded request's copy of the key, however the call ends: answered
+    /// from memory, waiting for the store and argon2, or refused before the key is looked at.
+    #[tokio::test]
+    async fn the_handler_wipes_the_requests_key() {
+        // A subscriber, as the other tests here have: a callsite first reached with none would
+        // be taken as never enabled by the tests that capture logs meanwhile.
+        let _default = Captured::default().install();
+        let dir = tempfile::tempdir().unwrap();
+        let authority = crate::test_support::authority(&dir).await;
+        let none = OperatorAuth::new(None);
+        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
+        let issue = pb::IssueKeyRequest {
+            application_id: "app_1".into(),
+            environment: pb::Environment::Test.into(),
+            name: "reader".into(),
+            ..Default::default()
         };
-        verify.wipe();
-        assert!(verify.key.is_empty());
-        let mut check = pb::CheckPermissionRequest {
-            key: "sk_test_secret".into(),
-            resource: "patients".into(),
-            action: "read".into(),
+        let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
+        let issued = authority.issue(new, &Default::default(), None).await;
+        let secret = issued.unwrap().key.expose().to_owned();
+        let unknown = vec![pb::Permission {
+            resource: "payroll".into(),
+            actions: vec!["read".into()],
+        }];
+        let verifies = [
+            (secret.clone(), Vec::new()), // cold: waits for the store and argon2
+            (secret.clone(), Vec::new()), // warm: answered from memory
+            ("sk_test_nope".into(), Vec::new()), // malformed: refused from memory
+            (secret.clone(), unknown),    // refused before the key is looked at
+        ];
+        for (key, required_permissions) in verifies {
+            let left = Arc::default();
+            let request = Spy {
+                inner: pb::VerifyRequest {
+                    key,
+                    required_permissions,
+                },
+                left: Arc::clone(&left),
+            };
+            let _ = api.judge(Request::new(request)).await;
+            assert_eq!(
+                left.lock().unwrap().as_deref(),
+                Some(""),
+                "the key is wiped"
+            );
+        }
+        let left = Arc::default();
+        let check = Spy {
+            inner: pb::CheckPermissionRequest {
+                key: secret,
+                resource: "patients".into(),
+                action: "read".into(),
+            },
+            left: Arc::clone(&left),
         };
-        check.wipe();
-        assert!(check.key.is_empty());
-        assert_eq!(check.resource, "patients");
+        let _ = api.judge(Request::new(check)).await;
+        assert_eq!(
+            left.lock().unwrap().as_deref(),
+            Some(""),
+            "the key is wiped"
+        );
     }
 
     fn verify(key: &str, id: Option<&str>) -> Request<pb::VerifyRequest> {
