@@ -279,7 +279,7 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{Serve, parse};
+    use super::testing::parse;
     use super::*;
 
     #[test]
