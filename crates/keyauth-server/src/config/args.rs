@@ -270,6 +270,17 @@ pub(super) mod testing {
         pub args: ServeArgs,
     }
 
+    /// The operator-failure limit and retention, and the cold lookups at most, of `args`.
+    pub fn attack_settings(args: &ServeArgs) -> (u32, std::time::Duration, usize) {
+        let settings = args.authority_settings().unwrap();
+        let failures = settings.auth_failures;
+        (
+            failures.limit,
+            failures.retention,
+            settings.cache.max_cold_lookups,
+        )
+    }
+
     pub fn parse(flags: &[&str]) -> ServeArgs {
         Serve::try_parse_from(std::iter::once("serve").chain(flags.iter().copied()))
             .unwrap()
@@ -279,7 +290,7 @@ pub(super) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::parse;
+    use super::testing::{attack_settings, parse};
     use super::*;
 
     #[test]
@@ -302,13 +313,8 @@ mod tests {
             Duration::ZERO
         );
         assert!(args.verifier_token().unwrap().is_none());
-        let settings = args.authority_settings().unwrap();
-        assert_eq!(settings.auth_failures.limit, 20);
-        assert_eq!(
-            settings.auth_failures.retention,
-            Duration::from_secs(30 * 24 * 3600)
-        );
-        assert_eq!(settings.cache.max_cold_lookups, 128);
+        let days = |n: u64| Duration::from_secs(n * 24 * 3600);
+        assert_eq!(attack_settings(&args), (20, days(30), 128));
     }
 
     #[test]

@@ -25,7 +25,7 @@ impl ServeArgs {
 mod tests {
     use std::time::Duration;
 
-    use super::super::args::testing::{Serve, parse};
+    use super::super::args::testing::{Serve, attack_settings, parse};
     use clap::Parser;
 
     #[test]
@@ -51,13 +51,8 @@ mod tests {
         assert_eq!(limits.max_in_flight, 50);
         assert_eq!(limits.first_request_timeout, Duration::from_secs(2));
         assert_eq!(limits.max_connection_age, Duration::ZERO);
-        let settings = args.authority_settings().unwrap();
-        assert_eq!(settings.auth_failures.limit, 5);
-        assert_eq!(
-            settings.auth_failures.retention,
-            Duration::from_secs(7 * 24 * 3600)
-        );
-        assert_eq!(settings.cache.max_cold_lookups, 16);
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert_eq!(attack_settings(&args), (5, week, 16));
         for bad in [
             ["--operator-failure-limit", "0"],
             ["--max-cold-lookups", "0"],

@@ -95,7 +95,7 @@ impl ServeArgs {
 
 /// A token from its flags; a file that cannot be read is named as the setting at fault.
 fn token<N: SecretFlag>(arg: &SecretArg<N>) -> Result<Option<Secret>, SettingError> {
-    arg.secret().map_err(setting(N::FILE_SETTING))
+    arg.secret().map_err(setting(N::FILE.setting))
 }
 
 #[cfg(test)]
@@ -132,35 +132,6 @@ mod tests {
         let err = args.serve_options().unwrap_err();
         assert_eq!(err.setting, "--ext-authz-routes (KEYAUTH_EXT_AUTHZ_ROUTES)");
         assert!(err.why.contains("routes.toml"), "{err}");
-    }
-
-    #[test]
-    fn a_previous_seal_key_opens_only_beside_a_current_one() {
-        let old = keyauth_core::sealing::SealKey::generate_hex().unwrap();
-        let new = keyauth_core::sealing::SealKey::generate_hex().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("previous.key");
-        std::fs::write(&file, format!("{old}\n")).unwrap();
-        let args = parse(&[
-            "--seal-key",
-            &new,
-            "--seal-key-previous-file",
-            file.to_str().unwrap(),
-        ]);
-        let settings = args.authority_settings().unwrap();
-        assert!(settings.seal_key.is_some() && settings.seal_key_previous.is_some());
-        let args = parse(&["--seal-key", &new, "--seal-key-previous", &old]);
-        assert!(
-            args.authority_settings()
-                .unwrap()
-                .seal_key_previous
-                .is_some()
-        );
-        let alone = parse(&["--seal-key-previous", &old]);
-        let err = alone.authority_settings().unwrap_err();
-        assert!(err.setting.contains("KEYAUTH_SEAL_KEY_PREVIOUS"), "{err}");
-        let bad = parse(&["--seal-key", &new, "--seal-key-previous", "abcd"]);
-        assert!(bad.authority_settings().is_err());
     }
 
     #[test]

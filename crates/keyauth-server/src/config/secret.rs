@@ -50,24 +50,39 @@ impl FromStr for Secret {
     }
 }
 
-/// The names and help of a secret's two flags, `--NAME` and `--NAME-file`.
-pub trait SecretFlag {
-    /// The value's argument id, `admin_token`; the file's is `admin_token_file`.
-    const ID: &'static str;
-    const FILE_ID: &'static str;
-    const LONG: &'static str;
-    const FILE_LONG: &'static str;
+/// The names and help of one flag.
+pub struct FlagNames {
+    /// The argument id, `admin_token` (`admin_token_file` for the file).
+    pub id: &'static str,
+    pub long: &'static str,
     /// `ADMIN_TOKEN`: the value name in `--help`, and the environment variable without its
     /// `KEYAUTH_`.
-    const VALUE_NAME: &'static str;
-    const FILE_VALUE_NAME: &'static str;
-    const ENV: &'static str;
-    const FILE_ENV: &'static str;
-    const HELP: &'static str;
-    const FILE_HELP: &'static str;
+    pub value_name: &'static str,
+    pub env: &'static str,
+    pub help: &'static str,
     /// How a refusal names the setting: `--admin-token (KEYAUTH_ADMIN_TOKEN)`.
-    const SETTING: &'static str;
-    const FILE_SETTING: &'static str;
+    pub setting: &'static str,
+}
+
+/// The names and help of a secret's two flags, `--NAME` and `--NAME-file`.
+pub trait SecretFlag {
+    const VALUE: FlagNames;
+    const FILE: FlagNames;
+}
+
+/// The [`FlagNames`] of flag `$long` (id `$id`, value name `$upper`), each name with its
+/// suffix: none for the value, `_file`, `-file` and `_FILE` for the file.
+macro_rules! flag_names {
+    ($id:literal, $long:literal, $upper:literal, $help:expr, $ids:literal, $longs:literal, $uppers:literal) => {
+        FlagNames {
+            id: concat!($id, $ids),
+            long: concat!($long, $longs),
+            value_name: concat!($upper, $uppers),
+            env: concat!("KEYAUTH_", $upper, $uppers),
+            help: $help,
+            setting: concat!("--", $long, $longs, " (KEYAUTH_", $upper, $uppers, ")"),
+        }
+    };
 }
 
 /// One [`SecretFlag`] from the flag's id, long name, value name, what the secret is (for the
@@ -79,20 +94,12 @@ macro_rules! secret_flag {
         pub enum $name {}
 
         impl SecretFlag for $name {
-            const ID: &'static str = $id;
-            const FILE_ID: &'static str = concat!($id, "_file");
-            const LONG: &'static str = $long;
-            const FILE_LONG: &'static str = concat!($long, "-file");
-            const VALUE_NAME: &'static str = $upper;
-            const FILE_VALUE_NAME: &'static str = concat!($upper, "_FILE");
-            const ENV: &'static str = concat!("KEYAUTH_", $upper);
-            const FILE_ENV: &'static str = concat!("KEYAUTH_", $upper, "_FILE");
-            const HELP: &'static str = $help;
-            const FILE_HELP: &'static str =
-                concat!("File holding ", $what, ", instead of KEYAUTH_", $upper);
-            const SETTING: &'static str = concat!("--", $long, " (KEYAUTH_", $upper, ")");
-            const FILE_SETTING: &'static str =
-                concat!("--", $long, "-file (KEYAUTH_", $upper, "_FILE)");
+            const VALUE: FlagNames = flag_names!($id, $long, $upper, $help, "", "", "");
+            const FILE: FlagNames = flag_names!(
+                $id, $long, $upper,
+                concat!("File holding ", $what, ", instead of KEYAUTH_", $upper),
+                "_file", "-file", "_FILE"
+            );
         }
     };
 }
@@ -149,8 +156,8 @@ impl<N> SecretArg<N> {
 impl<N: SecretFlag> FromArgMatches for SecretArg<N> {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
         Ok(SecretArg {
-            value: matches.get_one::<Secret>(N::ID).cloned(),
-            file: matches.get_one::<PathBuf>(N::FILE_ID).cloned(),
+            value: matches.get_one::<Secret>(N::VALUE.id).cloned(),
+            file: matches.get_one::<PathBuf>(N::FILE.id).cloned(),
             flag: PhantomData,
         })
     }
@@ -161,29 +168,27 @@ impl<N: SecretFlag> FromArgMatches for SecretArg<N> {
     }
 }
 
+impl FlagNames {
+    /// The flag, as clap's derive makes an optional one.
+    fn arg(&self) -> Arg {
+        Arg::new(self.id)
+            .long(self.long)
+            .env(self.env)
+            .value_name(self.value_name)
+            .help(self.help)
+            .action(ArgAction::Set)
+    }
+}
+
 impl<N: SecretFlag> Args for SecretArg<N> {
     fn augment_args(command: Command) -> Command {
-        command
-            .arg(
-                Arg::new(N::ID)
-                    .long(N::LONG)
-                    .env(N::ENV)
-                    .hide_env_values(true)
-                    .conflicts_with(N::FILE_ID)
-                    .value_name(N::VALUE_NAME)
-                    .help(N::HELP)
-                    .action(ArgAction::Set)
-                    .value_parser(clap::value_parser!(Secret)),
-            )
-            .arg(
-                Arg::new(N::FILE_ID)
-                    .long(N::FILE_LONG)
-                    .env(N::FILE_ENV)
-                    .value_name(N::FILE_VALUE_NAME)
-                    .help(N::FILE_HELP)
-                    .action(ArgAction::Set)
-                    .value_parser(clap::value_parser!(PathBuf)),
-            )
+        let value = N::VALUE
+            .arg()
+            .hide_env_values(true)
+            .conflicts_with(N::FILE.id)
+            .value_parser(clap::value_parser!(Secret));
+        let file = N::FILE.arg().value_parser(clap::value_parser!(PathBuf));
+        command.arg(value).arg(file)
     }
 
     fn augment_args_for_update(command: Command) -> Command {

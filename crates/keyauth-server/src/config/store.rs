@@ -18,10 +18,10 @@ fn seal_key_of<N: SecretFlag>(arg: &SecretArg<N>) -> Result<Option<SealKey>, Set
     match (&arg.value, &arg.file) {
         (Some(text), _) => SealKey::parse(text.expose())
             .map(Some)
-            .map_err(setting(N::SETTING)),
+            .map_err(setting(N::VALUE.setting)),
         (None, Some(path)) => SealKey::load(path)
             .map(Some)
-            .map_err(setting(N::FILE_SETTING)),
+            .map_err(setting(N::FILE.setting)),
         (None, None) => Ok(None),
     }
 }
