@@ -288,6 +288,19 @@ impl KeyAuthorityApi {
     }
 }
 
+impl KeyAuthorityApi {
+    /// Verify or CheckPermission as the generated route answers it: `judge`'s answer, decoded
+    /// back into the message `decode` makes of it.
+    pub(crate) async fn judged<Req: Judged, Res>(
+        &self,
+        request: Request<Req>,
+        decode: fn(VerdictAnswer) -> Result<Res, Status>,
+    ) -> Result<Response<Res>, Status> {
+        let (metadata, answer, extensions) = self.judge(request).await?.into_parts();
+        Ok(Response::from_parts(metadata, decode(answer)?, extensions))
+    }
+}
+
 /// Serves Verify and CheckPermission on `KeyAuthorityApi::judge`'s path and every other
 /// method through `inner` (the generated service).
 #[derive(Clone)]
@@ -444,6 +457,27 @@ mod tests {
         }
     }
 
+    /// An API without tokens over a throw-away store in `dir`, its authority, and a key issued
+    /// in it: its record and secret.
+    async fn api_with_a_key(
+        dir: &tempfile::TempDir,
+    ) -> (KeyAuthorityApi, Arc<Authority>, KeyRecord, String) {
+        let authority = crate::test_support::authority(dir).await;
+        let none = OperatorAuth::new(None);
+        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
+        let issue = pb::IssueKeyRequest {
+            application_id: "app_1".into(),
+            environment: pb::Environment::Test.into(),
+            name: "reader".into(),
+            ..Default::default()
+        };
+        let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
+        let issued = authority.issue(new, &Default::default(), None).await;
+        let issued = issued.unwrap();
+        let secret = issued.key.expose().to_owned();
+        (api, authority, issued.record, secret)
+    }
+
     /// A verifier's request that reports, when it is dropped, the key it still holds.
     struct Spy<R: Judged> {
         inner: R,
@@ -473,6 +507,17 @@ mod tests {
         }
     }
 
+    /// What `judge` leaves of `request`'s key when it drops it.
+    async fn key_left<R: Judged>(api: &KeyAuthorityApi, request: R) -> Option<String> {
+        let left = Arc::default();
+        let spy = Spy {
+            inner: request,
+            left: Arc::clone(&left),
+        };
+        let _ = api.judge(Request::new(spy)).await;
+        left.lock().unwrap().take()
+    }
+
     /// `judge` wipes the decoded request's copy of the key, however the call ends: answered
     /// from memory, waiting for the store and argon2, or refused before the key is looked at.
     #[tokio::test]
@@ -481,18 +526,7 @@ mod tests {
         // be taken as never enabled by the tests that capture logs meanwhile.
         let _default = Captured::default().install();
         let dir = tempfile::tempdir().unwrap();
-        let authority = crate::test_support::authority(&dir).await;
-        let none = OperatorAuth::new(None);
-        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
-        let issue = pb::IssueKeyRequest {
-            application_id: "app_1".into(),
-            environment: pb::Environment::Test.into(),
-            name: "reader".into(),
-            ..Default::default()
-        };
-        let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
-        let issued = authority.issue(new, &Default::default(), None).await;
-        let secret = issued.unwrap().key.expose().to_owned();
+        let (api, _, _, secret) = api_with_a_key(&dir).await;
         let unknown = vec![pb::Permission {
             resource: "payroll".into(),
             actions: vec!["read".into()],
@@ -504,36 +538,18 @@ mod tests {
             (secret.clone(), unknown),    // refused before the key is looked at
         ];
         for (key, required_permissions) in verifies {
-            let left = Arc::default();
-            let request = Spy {
-                inner: pb::VerifyRequest {
-                    key,
-                    required_permissions,
-                },
-                left: Arc::clone(&left),
+            let verify = pb::VerifyRequest {
+                key,
+                required_permissions,
             };
-            let _ = api.judge(Request::new(request)).await;
-            assert_eq!(
-                left.lock().unwrap().as_deref(),
-                Some(""),
-                "the key is wiped"
-            );
+            assert_eq!(key_left(&api, verify).await.as_deref(), Some(""));
         }
-        let left = Arc::default();
-        let check = Spy {
-            inner: pb::CheckPermissionRequest {
-                key: secret,
-                resource: "patients".into(),
-                action: "read".into(),
-            },
-            left: Arc::clone(&left),
+        let check = pb::CheckPermissionRequest {
+            key: secret,
+            resource: "patients".into(),
+            action: "read".into(),
         };
-        let _ = api.judge(Request::new(check)).await;
-        assert_eq!(
-            left.lock().unwrap().as_deref(),
-            Some(""),
-            "the key is wiped"
-        );
+        assert_eq!(key_left(&api, check).await.as_deref(), Some(""));
     }
 
     fn verify(key: &str, id: Option<&str>) -> Request<pb::VerifyRequest> {
@@ -557,21 +573,7 @@ mod tests {
         let captured = Captured::default();
         let _default = captured.install();
         let dir = tempfile::tempdir().unwrap();
-        let authority = crate::test_support::authority(&dir).await;
-        let none = OperatorAuth::new(None);
-        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
-        let issue = pb::IssueKeyRequest {
-            application_id: "app_1".into(),
-            environment: pb::Environment::Test.into(),
-            name: "reader".into(),
-            ..Default::default()
-        };
-        let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
-        let issued = authority
-            .issue(new, &Default::default(), None)
-            .await
-            .unwrap();
-        let secret = issued.key.expose().to_owned();
+        let (api, authority, record, secret) = api_with_a_key(&dir).await;
 
         // Cold: the store and argon2, so a wait.
         let cold = api.judge(verify(&secret, Some("req-cold-1")));
@@ -587,7 +589,6 @@ mod tests {
         let (cold_key, warm_key) = (cold.key.unwrap(), warm.key.clone().unwrap());
         assert_eq!(cold_key.as_ptr(), warm_key.as_ptr(), "encoded once");
         // As issued (a Verify answers the record as cached, without the use just noted).
-        let record = issued.record;
         let expected = wire::key_out(&record, authority.now());
         assert_eq!(warm.into_verify_response().unwrap().key.unwrap(), expected);
         // A clone (how a record changes) is encoded afresh.
