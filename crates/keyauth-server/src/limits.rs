@@ -19,8 +19,8 @@
 //!   the clients send, and a health check still answers while the service sheds load.
 //!
 //! Each refuses one call only: the connection and its other calls go on. (The connections
-//! themselves are bounded by [`crate::connections`], which this module does not depend on: a
-//! call marks its connection through [`crate::peer`].)
+//! themselves are bounded by the accept loop, `connections`, which this module does not depend
+//! on: a call marks its connection through [`crate::peer`].)
 
 use std::future::Future;
 use std::pin::Pin;

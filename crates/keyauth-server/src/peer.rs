@@ -1,6 +1,6 @@
 //! What a connection and the calls made on it share: the [`PeerInfo`] tonic puts in every
-//! request's extensions. The accept loop ([`crate::connections`]) makes one per connection
-//! and reads whether a call has started on it; the per-call layer ([`crate::limits`]) marks it
+//! request's extensions. The accept loop (`connections`) makes one per connection and reads
+//! whether a call has started on it; the per-call layer (`limits`) marks it
 //! ([`note_request`]); the handlers read the peer's address ([`remote_addr`]). Both sides
 //! depend on this module, and it on neither.
 
