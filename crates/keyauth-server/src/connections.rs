@@ -14,7 +14,7 @@
 //! slot among the connections, and the two deadlines, checked whenever the connection reads or
 //! writes. A call marks its connection as used through the [`PeerInfo`] tonic puts in every
 //! request's extensions ([`note_request`]), which also gives the peer's address
-//! ([`remote_addr`]).
+//! ([`remote_addr`]); both live in [`crate::peer`], which the per-call layer shares.
 //!
 //! With TLS, keyauth terminates it here rather than in tonic: each accepted connection takes
 //! the configuration in force at that moment from [`tls::Reloading`] (so a reloaded
@@ -24,10 +24,8 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -40,6 +38,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::limits::Limits;
+pub use crate::peer::{PeerInfo, note_request, remote_addr};
 use crate::tls;
 
 /// How long accepting pauses after an accept error for want of resources.
@@ -129,53 +128,6 @@ impl Stream for Incoming {
     }
 }
 
-/// What a connection shares with the calls made on it.
-#[derive(Debug, Default)]
-pub struct ConnState {
-    requested: AtomicBool,
-}
-
-/// The connection info tonic puts in each request's extensions.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    pub remote: Option<SocketAddr>,
-    state: Arc<ConnState>,
-}
-
-impl PeerInfo {
-    /// The peer of a connection this module does not track (the HTTP listener's): its
-    /// address for the audit trail, no deadlines.
-    pub fn detached(remote: SocketAddr) -> Self {
-        PeerInfo {
-            remote: Some(remote),
-            state: Arc::default(),
-        }
-    }
-}
-
-/// The peer info of the connection `extensions` come from (plaintext or TLS alike: TLS is
-/// ours, inside [`Conn`]).
-fn peer_info(extensions: &tonic::codegen::http::Extensions) -> Option<&PeerInfo> {
-    extensions.get::<PeerInfo>()
-}
-
-/// Marks the connection of a call as used: it is no longer closed for idleness.
-pub fn note_request(extensions: &tonic::codegen::http::Extensions) {
-    if let Some(peer) = peer_info(extensions)
-        && !peer.state.requested.load(Ordering::Relaxed)
-    {
-        peer.state.requested.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The address of the peer that sent a call (tonic's `Request::remote_addr` knows only its
-/// own connection types).
-pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {
-    peer_info(request.extensions())
-        .and_then(|peer| peer.remote)
-        .or_else(|| request.remote_addr())
-}
-
 /// An accepted connection: the stream, its slot among the connections (freed on drop) and its
 /// deadlines.
 pub struct Conn {
@@ -205,10 +157,7 @@ impl Conn {
         limits: &Limits,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> Self {
-        let info = PeerInfo {
-            remote: stream.peer_addr().ok(),
-            state: Arc::default(),
-        };
+        let info = PeerInfo::tracked(stream.peer_addr().ok());
         let hard_age = limits
             .max_connection_age
             .saturating_add(limits.max_connection_age_grace);
@@ -229,7 +178,7 @@ impl Conn {
     /// An error once a deadline has passed; registers for its wake-up otherwise.
     fn check(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if let Some(first) = &mut self.first_request {
-            if self.info.state.requested.load(Ordering::Relaxed) {
+            if self.info.requested() {
                 self.first_request = None;
             } else if first.as_mut().poll(cx).is_ready() {
                 tracing::debug!(remote = ?self.info.remote, "connection closed: no call within the first-request timeout");

@@ -14,8 +14,8 @@
 
 mod console;
 mod github;
+mod shared;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::StatusCode;
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::post;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -35,10 +35,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-pub use github::{GithubKeys, KEY_ID_HEADER, SIGNATURE_HEADER};
+use github::AppState;
+pub use github::{GITHUB_PATH, GithubKeys, KEY_ID_HEADER, SIGNATURE_HEADER};
+use shared::{Peer, refusal};
 
-/// Path of GitHub secret scanning's alerts.
-pub const GITHUB_PATH: &str = "/v1/secret-scanning/github";
 /// Largest request body accepted; larger ones get 413.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// A connection that has not sent its request head by then is closed; so is a TLS handshake.
@@ -58,16 +58,6 @@ pub struct HttpOptions {
     pub github_keys: Option<Arc<GithubKeys>>,
     /// Whether the console and gRPC-Web are served.
     pub console: bool,
-}
-
-/// The peer of a connection, for the audit trail.
-#[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
-
-/// What the handlers share.
-struct AppState {
-    authority: Arc<Authority>,
-    github_keys: Arc<GithubKeys>,
 }
 
 /// The listener's routes: the webhook when GitHub's keys are given, the console and
@@ -115,11 +105,6 @@ async fn within(limit: Duration, answer: impl Future<Output = Response>) -> Resp
             refusal(StatusCode::REQUEST_TIMEOUT, "the request took too long")
         }
     }
-}
-
-/// An error answer: the status and `{"error": why}` (never echoing the request).
-fn refusal(status: StatusCode, why: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": why }))).into_response()
 }
 
 /// Serves `options` until `stop` turns true; then stops accepting and gives open connections
@@ -174,9 +159,7 @@ pub(crate) async fn serve(
         let app = app
             .clone()
             .layer(axum::Extension(Peer(peer)))
-            .layer(axum::Extension(crate::connections::PeerInfo::detached(
-                peer,
-            )));
+            .layer(axum::Extension(crate::peer::PeerInfo::detached(peer)));
         let watcher = graceful.watcher();
         // The configuration in force now: a reload later leaves this connection as it is.
         let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.http()));

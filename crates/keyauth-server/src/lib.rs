@@ -11,8 +11,9 @@
 //! - `wire`: the one proto ⇄ domain conversion; `status`: the one error → status mapping;
 //! - [`http`]: the HTTP listener for webhooks (GitHub secret scanning: leaked keys revoke
 //!   themselves);
-//! - [`connections`] (the accept loop), [`limits`], [`tls`], [`metrics`]: what makes it safe to
-//!   expose and pleasant to operate.
+//! - [`connections`] (the accept loop), [`limits`] (per call), [`peer`] (what a connection
+//!   shares with its calls), [`tls`], [`metrics`]: what makes it safe to expose and pleasant to
+//!   operate.
 
 pub mod config;
 pub mod connections;
@@ -20,6 +21,7 @@ pub mod ext_authz;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod peer;
 pub mod server;
 pub mod service;
 pub mod status;

@@ -19,7 +19,8 @@
 //!   the clients send, and a health check still answers while the service sheds load.
 //!
 //! Each refuses one call only: the connection and its other calls go on. (The connections
-//! themselves are bounded by [`crate::connections`].)
+//! themselves are bounded by the accept loop, `connections`, which this module does not depend
+//! on: a call marks its connection through [`crate::peer`].)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -169,7 +170,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        crate::connections::note_request(request.extensions());
+        crate::peer::note_request(request.extensions());
         let rpc = crate::metrics::rpc_of_path(request.uri().path());
         let limits = self.limits;
         let started = Instant::now();

@@ -389,7 +389,6 @@ fn error_out(denial: Denial) -> pb::ApiError {
     }
 }
 
-/// (valid, key, error, http_status) of a verdict.
 /// A verdict's fields other than the key: (valid, error, http_status).
 pub fn verdict_out(verdict: &Verdict) -> (bool, Option<pb::ApiError>, i32) {
     (

@@ -23,6 +23,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
+use keyauth_core::Authority;
 use keyauth_core::authority::{EXPOSURE_TEXT_MAX, ExposureOutcome};
 use keyauth_core::store::{Exposure, Provenance};
 use p256::ecdsa::signature::Verifier;
@@ -33,10 +34,18 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
-use super::{AppState, Peer};
+use super::shared::{Peer, refusal};
 
+/// Path of GitHub secret scanning's alerts.
+pub const GITHUB_PATH: &str = "/v1/secret-scanning/github";
 pub const KEY_ID_HEADER: &str = "github-public-key-identifier";
 pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
+
+/// What the webhook's handler is given: the authority that revokes, and GitHub's keys.
+pub(super) struct AppState {
+    pub(super) authority: Arc<Authority>,
+    pub(super) github_keys: Arc<GithubKeys>,
+}
 
 /// The public keys GitHub signs alerts with, from a file in the shape of
 /// `https://api.github.com/meta/public_keys/secret_scanning`. The file's modification time and
@@ -155,7 +164,7 @@ fn refuse(status: StatusCode, why: &str) -> Response {
         why,
         "GitHub secret-scanning alert refused"
     );
-    super::refusal(status, why)
+    refusal(status, why)
 }
 
 /// Why a body's signature is not good, if it is not.
@@ -200,7 +209,7 @@ pub(super) async fn alert(
             .get(crate::service::call::REQUEST_ID)
             .and_then(|v| v.to_str().ok()),
     );
-    let span = tracing::info_span!("http", path = super::GITHUB_PATH, request_id = %request_id);
+    let span = tracing::info_span!("http", path = GITHUB_PATH, request_id = %request_id);
     async move {
         let started = Instant::now();
         let keys = state.github_keys.current();

@@ -1,15 +1,20 @@
 //! One `Authority` call per RPC: the request checked and converted through `wire`, the answer
 //! converted back.
 
+use std::future::Future;
+
 use keyauth_core::Error;
+use keyauth_core::authority::Idempotency;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
 use keyauth_core::store::{Changed, EventFilter, EventQuery, Exposure};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_server::KeyAuthorityService;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::KeyAuthorityApi;
-use super::call::{Access, Outcome};
+use super::call::{Access, Call, Outcome};
+use super::verifier::VerdictAnswer;
 use crate::wire;
 
 impl Outcome for pb::IssueKeyResponse {}
@@ -27,6 +32,51 @@ fn page_size(value: i32) -> Result<u32, Error> {
     u32::try_from(value).map_err(|_| Error::invalid("page_size", "must not be negative"))
 }
 
+/// The record a change left, when it is the kind of change the caller answers.
+type ChangedRecord = for<'a> fn(&Changed<'a>) -> Option<&'a KeyRecord>;
+
+impl KeyAuthorityApi {
+    /// `handle` for an operator RPC.
+    async fn operator<Req, Res: Outcome, Fut>(
+        &self,
+        method: &'static str,
+        request: Request<Req>,
+        work: impl FnOnce(Req, Call) -> Fut,
+    ) -> Result<Response<Res>, Status>
+    where
+        Fut: Future<Output = Result<Res, Error>>,
+    {
+        self.handle(method, Access::Operator, request, work).await
+    }
+
+    /// A change answered with the one key record it leaves (RevokeKey, UpdateKey): run under
+    /// the call's idempotency key (see `idempotent`), the answer the same fresh or replayed.
+    async fn record_change<Req, Res>(
+        &self,
+        call: &Call,
+        req: &Req,
+        changed: ChangedRecord,
+        answer: fn(Option<pb::ApiKey>) -> Res,
+        change: impl AsyncFnOnce(Option<&Idempotency<'_>>) -> Result<KeyRecord, Error>,
+    ) -> Result<Res, Error>
+    where
+        Req: Message,
+        Res: Message + Default,
+    {
+        let now = self.authority.now();
+        let respond = |record: &KeyRecord| answer(Some(wire::key_out(record, now)));
+        self.idempotent(
+            call,
+            req,
+            |c| changed(c).map(respond),
+            |_, _| {},
+            change,
+            |record| respond(&record),
+        )
+        .await
+    }
+}
+
 #[tonic::async_trait]
 impl KeyAuthorityService for KeyAuthorityApi {
     type WatchKeyChangesStream = super::watch::ChangeStream;
@@ -42,35 +92,30 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::IssueKeyRequest>,
     ) -> Result<Response<pb::IssueKeyResponse>, Status> {
-        self.handle(
-            "IssueKey",
-            Access::Operator,
-            request,
-            |req, call| async move {
-                let now = self.authority.now();
-                self.idempotent(
-                    &call,
-                    &req,
-                    |changed| match changed {
-                        Changed::Issued(record) => Some(pb::IssueKeyResponse {
-                            key: Some(wire::key_out(record, now)),
-                            secret: String::new(),
-                        }),
-                        _ => None,
-                    },
-                    |r, secret| r.secret = secret,
-                    async |idem| {
-                        let new = wire::new_key_in(&req, self.authority.catalog())?;
-                        self.authority.issue(new, &call.provenance, idem).await
-                    },
-                    |issued| pb::IssueKeyResponse {
-                        key: Some(wire::key_out(&issued.record, now)),
-                        secret: issued.key.expose().to_owned(),
-                    },
-                )
-                .await
-            },
-        )
+        self.operator("IssueKey", request, |req, call| async move {
+            let now = self.authority.now();
+            self.idempotent(
+                &call,
+                &req,
+                |changed| match changed {
+                    Changed::Issued(record) => Some(pb::IssueKeyResponse {
+                        key: Some(wire::key_out(record, now)),
+                        secret: String::new(),
+                    }),
+                    _ => None,
+                },
+                |r, secret| r.secret = secret,
+                async |idem| {
+                    let new = wire::new_key_in(&req, self.authority.catalog())?;
+                    self.authority.issue(new, &call.provenance, idem).await
+                },
+                |issued| pb::IssueKeyResponse {
+                    key: Some(wire::key_out(&issued.record, now)),
+                    secret: issued.key.expose().to_owned(),
+                },
+            )
+            .await
+        })
         .await
     }
 
@@ -78,49 +123,44 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::RollKeyRequest>,
     ) -> Result<Response<pb::RollKeyResponse>, Status> {
-        self.handle(
-            "RollKey",
-            Access::Operator,
-            request,
-            |req, call| async move {
-                let now = self.authority.now();
-                self.idempotent(
-                    &call,
-                    &req,
-                    |changed| match changed {
-                        Changed::Rolled { new, previous } => Some(pb::RollKeyResponse {
-                            key: Some(wire::key_out(new, now)),
-                            secret: String::new(),
-                            previous_key: Some(wire::key_out(previous, now)),
-                        }),
-                        _ => None,
-                    },
-                    |r, secret| r.secret = secret,
-                    async |idem| {
-                        let id = KeyId::parse(&req.key_id, "key_id")?;
-                        let grace = req
-                            .grace_period
-                            .as_ref()
-                            .map(|d| wire::duration_in(d, "grace_period"))
-                            .transpose()?;
-                        let expire_time = req
-                            .expire_time
-                            .as_ref()
-                            .map(|t| wire::timestamp_in(t, "expire_time"))
-                            .transpose()?;
-                        self.authority
-                            .roll(&id, grace, expire_time, &call.provenance, idem)
-                            .await
-                    },
-                    |(issued, previous)| pb::RollKeyResponse {
-                        key: Some(wire::key_out(&issued.record, now)),
-                        secret: issued.key.expose().to_owned(),
-                        previous_key: Some(wire::key_out(&previous, now)),
-                    },
-                )
-                .await
-            },
-        )
+        self.operator("RollKey", request, |req, call| async move {
+            let now = self.authority.now();
+            self.idempotent(
+                &call,
+                &req,
+                |changed| match changed {
+                    Changed::Rolled { new, previous } => Some(pb::RollKeyResponse {
+                        key: Some(wire::key_out(new, now)),
+                        secret: String::new(),
+                        previous_key: Some(wire::key_out(previous, now)),
+                    }),
+                    _ => None,
+                },
+                |r, secret| r.secret = secret,
+                async |idem| {
+                    let id = KeyId::parse(&req.key_id, "key_id")?;
+                    let grace = req
+                        .grace_period
+                        .as_ref()
+                        .map(|d| wire::duration_in(d, "grace_period"))
+                        .transpose()?;
+                    let expire_time = req
+                        .expire_time
+                        .as_ref()
+                        .map(|t| wire::timestamp_in(t, "expire_time"))
+                        .transpose()?;
+                    self.authority
+                        .roll(&id, grace, expire_time, &call.provenance, idem)
+                        .await
+                },
+                |(issued, previous)| pb::RollKeyResponse {
+                    key: Some(wire::key_out(&issued.record, now)),
+                    secret: issued.key.expose().to_owned(),
+                    previous_key: Some(wire::key_out(&previous, now)),
+                },
+            )
+            .await
+        })
         .await
     }
 
@@ -128,36 +168,26 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<pb::RevokeKeyResponse>, Status> {
-        self.handle(
-            "RevokeKey",
-            Access::Operator,
-            request,
-            |req, call| async move {
-                let now = self.authority.now();
-                let revoked = |record: &KeyRecord| pb::RevokeKeyResponse {
-                    key: Some(wire::key_out(record, now)),
-                };
-                self.idempotent(
-                    &call,
-                    &req,
-                    |changed| match changed {
-                        Changed::Revoked(record) => Some(revoked(record)),
-                        _ => None,
-                    },
-                    |_, _| {},
-                    async |idem| {
-                        let id = KeyId::parse(&req.key_id, "key_id")?;
-                        check_text(&req.reason, "reason", REASON_MAX)?;
-                        let reason = Some(req.reason.as_str()).filter(|r| !r.is_empty());
-                        self.authority
-                            .revoke(&id, reason, &call.provenance, idem)
-                            .await
-                    },
-                    |record| revoked(&record),
-                )
-                .await
-            },
-        )
+        self.operator("RevokeKey", request, |req, call| async move {
+            self.record_change(
+                &call,
+                &req,
+                |c| match c {
+                    Changed::Revoked(record) => Some(record),
+                    _ => None,
+                },
+                |key| pb::RevokeKeyResponse { key },
+                async |idem| {
+                    let id = KeyId::parse(&req.key_id, "key_id")?;
+                    check_text(&req.reason, "reason", REASON_MAX)?;
+                    let reason = Some(req.reason.as_str()).filter(|r| !r.is_empty());
+                    self.authority
+                        .revoke(&id, reason, &call.provenance, idem)
+                        .await
+                },
+            )
+            .await
+        })
         .await
     }
 
@@ -166,10 +196,8 @@ impl KeyAuthorityService for KeyAuthorityApi {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         // Served by `verifier::VerifierRoutes`; this is the same call for the generated route.
-        let answer = self.judge(request).await?;
-        let (metadata, answer, extensions) = answer.into_parts();
-        let answer = answer.into_verify_response()?;
-        Ok(Response::from_parts(metadata, answer, extensions))
+        self.judged(request, VerdictAnswer::into_verify_response)
+            .await
     }
 
     async fn check_permission(
@@ -177,28 +205,21 @@ impl KeyAuthorityService for KeyAuthorityApi {
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
         // As `verify`.
-        let answer = self.judge(request).await?;
-        let (metadata, answer, extensions) = answer.into_parts();
-        let answer = answer.into_check_permission_response()?;
-        Ok(Response::from_parts(metadata, answer, extensions))
+        self.judged(request, VerdictAnswer::into_check_permission_response)
+            .await
     }
 
     async fn get_key(
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        self.handle(
-            "GetKey",
-            Access::Operator,
-            request,
-            |req, _call| async move {
-                let id = KeyId::parse(&req.key_id, "key_id")?;
-                let record = self.authority.get(&id).await?;
-                Ok(pb::GetKeyResponse {
-                    key: Some(wire::key_out(&record, self.authority.now())),
-                })
-            },
-        )
+        self.operator("GetKey", request, |req, _call| async move {
+            let id = KeyId::parse(&req.key_id, "key_id")?;
+            let record = self.authority.get(&id).await?;
+            Ok(pb::GetKeyResponse {
+                key: Some(wire::key_out(&record, self.authority.now())),
+            })
+        })
         .await
     }
 
@@ -206,31 +227,26 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.handle(
-            "ListKeys",
-            Access::Operator,
-            request,
-            |req, _call| async move {
-                let app = ApplicationId::parse(&req.application_id, "application_id")?;
-                let env = wire::environment_in(req.environment, "environment")?;
-                let states = wire::states_in(&req.states, "states")?;
-                let (keys, next_page_token) = self
-                    .authority
-                    .list(
-                        &app,
-                        env,
-                        states,
-                        page_size(req.page_size)?,
-                        &req.page_token,
-                    )
-                    .await?;
-                let now = self.authority.now();
-                Ok(pb::ListKeysResponse {
-                    keys: keys.iter().map(|k| wire::key_out(k, now)).collect(),
-                    next_page_token,
-                })
-            },
-        )
+        self.operator("ListKeys", request, |req, _call| async move {
+            let app = ApplicationId::parse(&req.application_id, "application_id")?;
+            let env = wire::environment_in(req.environment, "environment")?;
+            let states = wire::states_in(&req.states, "states")?;
+            let (keys, next_page_token) = self
+                .authority
+                .list(
+                    &app,
+                    env,
+                    states,
+                    page_size(req.page_size)?,
+                    &req.page_token,
+                )
+                .await?;
+            let now = self.authority.now();
+            Ok(pb::ListKeysResponse {
+                keys: keys.iter().map(|k| wire::key_out(k, now)).collect(),
+                next_page_token,
+            })
+        })
         .await
     }
 
@@ -238,44 +254,39 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ListKeyEventsRequest>,
     ) -> Result<Response<pb::ListKeyEventsResponse>, Status> {
-        self.handle(
-            "ListKeyEvents",
-            Access::Operator,
-            request,
-            |req, _call| async move {
-                let filter = match (req.key_id.is_empty(), req.application_id.is_empty()) {
-                    (false, true) => EventFilter::Key(KeyId::parse(&req.key_id, "key_id")?),
-                    (true, false) => EventFilter::Application(ApplicationId::parse(
-                        &req.application_id,
-                        "application_id",
-                    )?),
-                    (true, true) => EventFilter::All,
-                    (false, false) => {
-                        return Err(Error::invalid(
-                            "key_id",
-                            "at most one of key_id and application_id (neither: every event)",
-                        ));
-                    }
-                };
-                let time = |t: &Option<prost_types::Timestamp>, field| {
-                    t.as_ref().map(|t| wire::timestamp_in(t, field)).transpose()
-                };
-                let query = EventQuery {
-                    filter,
-                    kinds: wire::event_types_in(&req.types, "types")?,
-                    start: time(&req.start_time, "start_time")?,
-                    end: time(&req.end_time, "end_time")?,
-                };
-                let (events, next_page_token) = self
-                    .authority
-                    .list_events(&query, page_size(req.page_size)?, &req.page_token)
-                    .await?;
-                Ok(pb::ListKeyEventsResponse {
-                    events: events.iter().map(wire::event_out).collect(),
-                    next_page_token,
-                })
-            },
-        )
+        self.operator("ListKeyEvents", request, |req, _call| async move {
+            let filter = match (req.key_id.is_empty(), req.application_id.is_empty()) {
+                (false, true) => EventFilter::Key(KeyId::parse(&req.key_id, "key_id")?),
+                (true, false) => EventFilter::Application(ApplicationId::parse(
+                    &req.application_id,
+                    "application_id",
+                )?),
+                (true, true) => EventFilter::All,
+                (false, false) => {
+                    return Err(Error::invalid(
+                        "key_id",
+                        "at most one of key_id and application_id (neither: every event)",
+                    ));
+                }
+            };
+            let time = |t: &Option<prost_types::Timestamp>, field| {
+                t.as_ref().map(|t| wire::timestamp_in(t, field)).transpose()
+            };
+            let query = EventQuery {
+                filter,
+                kinds: wire::event_types_in(&req.types, "types")?,
+                start: time(&req.start_time, "start_time")?,
+                end: time(&req.end_time, "end_time")?,
+            };
+            let (events, next_page_token) = self
+                .authority
+                .list_events(&query, page_size(req.page_size)?, &req.page_token)
+                .await?;
+            Ok(pb::ListKeyEventsResponse {
+                events: events.iter().map(wire::event_out).collect(),
+                next_page_token,
+            })
+        })
         .await
     }
 
@@ -283,34 +294,24 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::UpdateKeyRequest>,
     ) -> Result<Response<pb::UpdateKeyResponse>, Status> {
-        self.handle(
-            "UpdateKey",
-            Access::Operator,
-            request,
-            |req, call| async move {
-                let now = self.authority.now();
-                let updated = |record: &KeyRecord| pb::UpdateKeyResponse {
-                    key: Some(wire::key_out(record, now)),
-                };
-                self.idempotent(
-                    &call,
-                    &req,
-                    |changed| match changed {
-                        Changed::Updated(record) => Some(updated(record)),
-                        _ => None,
-                    },
-                    |_, _| {},
-                    async |idem| {
-                        let (id, update) = wire::key_update_in(&req, self.authority.catalog())?;
-                        self.authority
-                            .update(&id, &update, &call.provenance, idem)
-                            .await
-                    },
-                    |record| updated(&record),
-                )
-                .await
-            },
-        )
+        self.operator("UpdateKey", request, |req, call| async move {
+            self.record_change(
+                &call,
+                &req,
+                |c| match c {
+                    Changed::Updated(record) => Some(record),
+                    _ => None,
+                },
+                |key| pb::UpdateKeyResponse { key },
+                async |idem| {
+                    let (id, update) = wire::key_update_in(&req, self.authority.catalog())?;
+                    self.authority
+                        .update(&id, &update, &call.provenance, idem)
+                        .await
+                },
+            )
+            .await
+        })
         .await
     }
 
@@ -331,21 +332,16 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
-        self.handle(
-            "ListApplications",
-            Access::Operator,
-            request,
-            |req, _call| async move {
-                let (apps, next_page_token) = self
-                    .authority
-                    .list_applications(page_size(req.page_size)?, &req.page_token)
-                    .await?;
-                Ok(pb::ListApplicationsResponse {
-                    applications: apps.iter().map(wire::application_out).collect(),
-                    next_page_token,
-                })
-            },
-        )
+        self.operator("ListApplications", request, |req, _call| async move {
+            let (apps, next_page_token) = self
+                .authority
+                .list_applications(page_size(req.page_size)?, &req.page_token)
+                .await?;
+            Ok(pb::ListApplicationsResponse {
+                applications: apps.iter().map(wire::application_out).collect(),
+                next_page_token,
+            })
+        })
         .await
     }
 
@@ -353,25 +349,20 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ReportExposedKeysRequest>,
     ) -> Result<Response<pb::ReportExposedKeysResponse>, Status> {
-        self.handle(
-            "ReportExposedKeys",
-            Access::Operator,
-            request,
-            |req, call| async move {
-                let exposure = Exposure {
-                    source: &req.source,
-                    url: &req.url,
-                };
-                let outcomes = self
-                    .authority
-                    .report_exposed(&req.keys, exposure, &call.provenance)
-                    .await?;
-                crate::metrics::exposures(crate::metrics::EXPOSURE_RPC, &outcomes);
-                Ok(pb::ReportExposedKeysResponse {
-                    results: outcomes.iter().map(wire::exposure_out).collect(),
-                })
-            },
-        )
+        self.operator("ReportExposedKeys", request, |req, call| async move {
+            let exposure = Exposure {
+                source: &req.source,
+                url: &req.url,
+            };
+            let outcomes = self
+                .authority
+                .report_exposed(&req.keys, exposure, &call.provenance)
+                .await?;
+            crate::metrics::exposures(crate::metrics::EXPOSURE_RPC, &outcomes);
+            Ok(pb::ReportExposedKeysResponse {
+                results: outcomes.iter().map(wire::exposure_out).collect(),
+            })
+        })
         .await
     }
 }

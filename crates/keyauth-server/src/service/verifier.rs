@@ -288,6 +288,19 @@ impl KeyAuthorityApi {
     }
 }
 
+impl KeyAuthorityApi {
+    /// Verify or CheckPermission as the generated route answers it: `judge`'s answer, decoded
+    /// back into the message `decode` makes of it.
+    pub(crate) async fn judged<Req: Judged, Res>(
+        &self,
+        request: Request<Req>,
+        decode: fn(VerdictAnswer) -> Result<Res, Status>,
+    ) -> Result<Response<Res>, Status> {
+        let (metadata, answer, extensions) = self.judge(request).await?.into_parts();
+        Ok(Response::from_parts(metadata, decode(answer)?, extensions))
+    }
+}
+
 /// Serves Verify and CheckPermission on `KeyAuthorityApi::judge`'s path and every other
 /// method through `inner` (the generated service).
 #[derive(Clone)]
@@ -444,23 +457,99 @@ mod tests {
         }
     }
 
-    /// A verifier's request is wiped of its key when its call is done with it.
-    #[test]
-    fn requests_are_wiped_of_their_key() {
-        let mut verify = pb::VerifyRequest {
-            key: "sk_test_secret".into(),
-            required_permissions: Vec::new(),
+    /// An API without tokens over a throw-away store in `dir`, its authority, and a key issued
+    /// in it: its record and secret.
+    async fn api_with_a_key(
+        dir: &tempfile::TempDir,
+    ) -> (KeyAuthorityApi, Arc<Authority>, KeyRecord, String) {
+        let authority = crate::test_support::authority(dir).await;
+        let none = OperatorAuth::new(None);
+        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
+        let issue = pb::IssueKeyRequest {
+            application_id: "app_1".into(),
+            environment: pb::Environment::Test.into(),
+            name: "reader".into(),
+            ..Default::default()
         };
-        verify.wipe();
-        assert!(verify.key.is_empty());
-        let mut check = pb::CheckPermissionRequest {
-            key: "sk_test_secret".into(),
+        let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
+        let issued = authority.issue(new, &Default::default(), None).await;
+        let issued = issued.unwrap();
+        let secret = issued.key.expose().to_owned();
+        (api, authority, issued.record, secret)
+    }
+
+    /// A verifier's request that reports, when it is dropped, the key it still holds.
+    struct Spy<R: Judged> {
+        inner: R,
+        left: Arc<std::sync::Mutex<Option<String>>>,
+    }
+
+    impl<R: Judged> Judged for Spy<R> {
+        const METHOD: &'static str = R::METHOD;
+        type Required = R::Required;
+
+        fn key(&self) -> &str {
+            self.inner.key()
+        }
+
+        fn required(&mut self, catalog: &Catalog) -> Result<Self::Required, Error> {
+            self.inner.required(catalog)
+        }
+
+        fn wipe(&mut self) {
+            self.inner.wipe();
+        }
+    }
+
+    impl<R: Judged> Drop for Spy<R> {
+        fn drop(&mut self) {
+            *self.left.lock().unwrap() = Some(self.inner.key().to_owned());
+        }
+    }
+
+    /// What `judge` leaves of `request`'s key when it drops it.
+    async fn key_left<R: Judged>(api: &KeyAuthorityApi, request: R) -> Option<String> {
+        let left = Arc::default();
+        let spy = Spy {
+            inner: request,
+            left: Arc::clone(&left),
+        };
+        let _ = api.judge(Request::new(spy)).await;
+        left.lock().unwrap().take()
+    }
+
+    /// `judge` wipes the decoded request's copy of the key, however the call ends: answered
+    /// from memory, waiting for the store and argon2, or refused before the key is looked at.
+    #[tokio::test]
+    async fn the_handler_wipes_the_requests_key() {
+        // A subscriber, as the other tests here have: a callsite first reached with none would
+        // be taken as never enabled by the tests that capture logs meanwhile.
+        let _default = Captured::default().install();
+        let dir = tempfile::tempdir().unwrap();
+        let (api, _, _, secret) = api_with_a_key(&dir).await;
+        let unknown = vec![pb::Permission {
+            resource: "payroll".into(),
+            actions: vec!["read".into()],
+        }];
+        let verifies = [
+            (secret.clone(), Vec::new()), // cold: waits for the store and argon2
+            (secret.clone(), Vec::new()), // warm: answered from memory
+            ("sk_test_nope".into(), Vec::new()), // malformed: refused from memory
+            (secret.clone(), unknown),    // refused before the key is looked at
+        ];
+        for (key, required_permissions) in verifies {
+            let verify = pb::VerifyRequest {
+                key,
+                required_permissions,
+            };
+            assert_eq!(key_left(&api, verify).await.as_deref(), Some(""));
+        }
+        let check = pb::CheckPermissionRequest {
+            key: secret,
             resource: "patients".into(),
             action: "read".into(),
         };
-        check.wipe();
-        assert!(check.key.is_empty());
-        assert_eq!(check.resource, "patients");
+        assert_eq!(key_left(&api, check).await.as_deref(), Some(""));
     }
 
     fn verify(key: &str, id: Option<&str>) -> Request<pb::VerifyRequest> {
@@ -484,21 +573,7 @@ mod tests {
         let captured = Captured::default();
         let _default = captured.install();
         let dir = tempfile::tempdir().unwrap();
-        let authority = crate::test_support::authority(&dir).await;
-        let none = OperatorAuth::new(None);
-        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
-        let issue = pb::IssueKeyRequest {
-            application_id: "app_1".into(),
-            environment: pb::Environment::Test.into(),
-            name: "reader".into(),
-            ..Default::default()
-        };
-        let new = wire::new_key_in(&issue, authority.catalog()).unwrap();
-        let issued = authority
-            .issue(new, &Default::default(), None)
-            .await
-            .unwrap();
-        let secret = issued.key.expose().to_owned();
+        let (api, authority, record, secret) = api_with_a_key(&dir).await;
 
         // Cold: the store and argon2, so a wait.
         let cold = api.judge(verify(&secret, Some("req-cold-1")));
@@ -514,7 +589,6 @@ mod tests {
         let (cold_key, warm_key) = (cold.key.unwrap(), warm.key.clone().unwrap());
         assert_eq!(cold_key.as_ptr(), warm_key.as_ptr(), "encoded once");
         // As issued (a Verify answers the record as cached, without the use just noted).
-        let record = issued.record;
         let expected = wire::key_out(&record, authority.now());
         assert_eq!(warm.into_verify_response().unwrap().key.unwrap(), expected);
         // A clone (how a record changes) is encoded afresh.
