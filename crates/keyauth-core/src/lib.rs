@@ -28,5 +28,8 @@ mod usage;
 #[doc(hidden)]
 pub mod fuzzing;
 
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
+
 pub use authority::Authority;
 pub use error::Error;

@@ -1,0 +1,33 @@
+//! Test support (feature `test-util`, and this crate's own unit tests): records, times, and an
+//! [`Authority`](crate::Authority) on a fresh store with a manual clock.
+
+use crate::clock::Timestamp;
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
+
+/// A bare test key record: id `id`, application `app`, created at the epoch, no expiry, never
+/// revoked, used or rolled, standard permissions.
+pub fn blank_record(id: &str) -> KeyRecord {
+    KeyRecord {
+        id: KeyId::from_store(id.into()),
+        application_id: ApplicationId::from_store("app".into()),
+        environment: Environment::Test,
+        name: "n".into(),
+        secret_hash: String::new(),
+        redacted: String::new(),
+        restricted: false,
+        permissions: Permissions::default(),
+        metadata: Metadata::new(),
+        create_time: Timestamp::EPOCH,
+        expire_time: None,
+        revoke_time: None,
+        revoke_reason: None,
+        last_used_time: None,
+        replaced_by: None,
+        memo: Default::default(),
+    }
+}
+
+/// `n` seconds after the epoch.
+pub fn secs(n: i64) -> Timestamp {
+    Timestamp::from_micros(n * 1_000_000)
+}
