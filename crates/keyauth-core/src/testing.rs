@@ -8,21 +8,24 @@ use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permi
 /// revoked, used or rolled, standard permissions.
 pub fn blank_record(id: &str) -> KeyRecord {
     KeyRecord {
+        // Whose, and what it may do.
         id: KeyId::from_store(id.into()),
         application_id: ApplicationId::from_store("app".into()),
         environment: Environment::Test,
-        name: "n".into(),
-        secret_hash: String::new(),
-        redacted: String::new(),
         restricted: false,
         permissions: Permissions::default(),
-        metadata: Metadata::new(),
+        // Its life: made at the epoch, nothing happened since.
         create_time: Timestamp::EPOCH,
+        replaced_by: None,
         expire_time: None,
+        last_used_time: None,
         revoke_time: None,
         revoke_reason: None,
-        last_used_time: None,
-        replaced_by: None,
+        // What the operator sees of it.
+        name: "n".into(),
+        redacted: String::new(),
+        metadata: Metadata::new(),
+        secret_hash: String::new(),
         memo: Default::default(),
     }
 }

@@ -97,8 +97,6 @@ impl Lifecycle<KeyId, Arc<Proven>> for CountEvictions {
     }
 }
 
-/// Failed secrets for one key id since `start`.
-
 pub(super) struct ProvenKeys {
     map: ProvenCache,
     generation: AtomicU64,
