@@ -509,7 +509,7 @@ mod tests {
         KeyRecord {
             restricted,
             permissions: Permissions::from_pairs([("patients".into(), "read".into())]),
-            ..crate::testing::blank_record(KeyId::from_lookup("AAAAAAAAAAAA").as_str())
+            ..crate::testing::records::blank_record(KeyId::from_lookup("AAAAAAAAAAAA").as_str())
         }
     }
 

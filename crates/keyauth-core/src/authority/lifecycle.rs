@@ -365,3 +365,6 @@ fn refuse_roll(key: &KeyRecord, now: Timestamp) -> Result<(), Error> {
         message: format!("key {} cannot be rolled: {why}", key.id),
     })
 }
+
+#[cfg(test)]
+mod tests;

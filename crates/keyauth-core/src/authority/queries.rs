@@ -159,3 +159,6 @@ fn event_scope(query: &EventQuery) -> String {
     ));
     scope
 }
+
+#[cfg(test)]
+mod tests;

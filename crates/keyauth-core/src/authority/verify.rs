@@ -223,3 +223,6 @@ async fn within<T>(
         None => work.await,
     }
 }
+
+#[cfg(test)]
+mod tests;

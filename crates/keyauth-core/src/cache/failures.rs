@@ -111,7 +111,7 @@ impl FailedSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::secs;
+    use crate::testing::records::secs;
 
     #[test]
     fn past_the_limit_one_try_a_second_and_the_window_expires() {

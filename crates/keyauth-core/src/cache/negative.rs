@@ -53,7 +53,7 @@ impl UnknownIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::secs;
+    use crate::testing::records::secs;
 
     #[test]
     fn unknown_ids_are_forgotten_after_the_negative_ttl() {

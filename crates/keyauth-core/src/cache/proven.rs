@@ -216,7 +216,7 @@ impl ProvenKeys {
 mod tests {
     use super::*;
     use crate::model::{ApplicationId, Permissions};
-    use crate::testing::blank_record;
+    use crate::testing::records::blank_record;
 
     fn record(id: &str) -> Arc<KeyRecord> {
         Arc::new(blank_record(id))

@@ -1,5 +1,4 @@
-//! Test support (feature `test-util`, and this crate's own unit tests): records, times, and an
-//! [`Authority`](crate::Authority) on a fresh store with a manual clock.
+//! Test records and times: plain values, no store.
 
 use crate::clock::Timestamp;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
