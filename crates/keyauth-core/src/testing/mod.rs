@@ -33,16 +33,16 @@ macro_rules! on_both_stores {
     ($($name:ident),* $(,)?) => {
         $(
             mod $name {
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sqlite() {
-                    super::$name($crate::testing::StoreKind::Sqlite).await
-                }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn postgres() {
-                    super::$name($crate::testing::StoreKind::Postgres).await
-                }
+                $crate::on_both_stores!(@on $name, sqlite, Sqlite);
+                $crate::on_both_stores!(@on $name, postgres, Postgres);
             }
         )*
+    };
+    (@on $name:ident, $test:ident, $kind:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            super::$name($crate::testing::StoreKind::$kind).await
+        }
     };
 }
 
@@ -69,9 +69,7 @@ impl TestDb {
             StoreKind::Postgres => {
                 let server_url = postgres_server_url()?;
                 let name = format!("keyauth_core_test_{unique}");
-                let mut conn = connect_server(&server_url).await;
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
+                on_server(&server_url, format!("CREATE DATABASE {name}"))
                     .await
                     .expect("create test database");
                 Some(TestDb::Postgres { server_url, name })
@@ -100,65 +98,67 @@ impl Drop for TestDb {
             TestDb::Sqlite { dir } => {
                 let _ = std::fs::remove_dir_all(dir);
             }
-            TestDb::Postgres { server_url, name } => {
-                let (server_url, name) = (server_url.clone(), name.clone());
-                // Dropping needs async I/O, and may run inside a runtime: on a thread of its own.
-                let _ = std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime");
-                    rt.block_on(async {
-                        let mut conn = connect_server(&server_url).await;
-                        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                        )))
-                        .execute(&mut conn)
-                        .await;
-                    });
-                })
-                .join();
+            TestDb::Postgres { server_url, name } => drop_database(server_url, name),
+        }
+    }
+}
+
+/// Drops database `name` (its connections cut). Dropping needs async I/O and may be called
+/// inside a runtime, so it runs on a thread with a runtime of its own.
+fn drop_database(server_url: &str, name: &str) {
+    let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            if let Err(e) = runtime.block_on(on_server(server_url, statement)) {
+                eprintln!("test database {name} was not dropped: {e}");
             }
-        }
-    }
+        });
+    });
 }
 
-/// The PostgreSQL server tests make their databases on. Without one a test says it skipped,
-/// visibly; under CI (`CI` set) its absence fails the test: a green CI run must have run
-/// against PostgreSQL.
+/// The server tests make their PostgreSQL databases on (`KEYAUTH_TEST_DATABASE_URL`). Without
+/// one, a test says visibly that it skipped; under CI (`CI` set) its absence fails the test,
+/// so that a green CI run has run against PostgreSQL.
 pub fn postgres_server_url() -> Option<String> {
-    match std::env::var("KEYAUTH_TEST_DATABASE_URL") {
-        Ok(url) => Some(url),
-        Err(_) if std::env::var_os("CI").is_some() => panic!(
-            "CI is set but KEYAUTH_TEST_DATABASE_URL is not: the PostgreSQL runs cannot be skipped in CI"
-        ),
-        Err(_) => {
-            eprintln!(
-                "skipped: the PostgreSQL run of this test (KEYAUTH_TEST_DATABASE_URL is unset)"
-            );
-            None
-        }
+    if let Ok(url) = std::env::var("KEYAUTH_TEST_DATABASE_URL") {
+        return Some(url);
     }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but KEYAUTH_TEST_DATABASE_URL is not: PostgreSQL may not be skipped in CI"
+    );
+    eprintln!("skipped: the PostgreSQL run of this test (KEYAUTH_TEST_DATABASE_URL is unset)");
+    None
 }
 
-async fn connect_server(server_url: &str) -> sqlx::PgConnection {
+/// Runs `statement` (creating or dropping a database) on the server of `server_url`.
+async fn on_server(server_url: &str, statement: String) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    sqlx::PgConnection::connect(server_url)
-        .await
-        .expect("connect to KEYAUTH_TEST_DATABASE_URL")
+    let mut conn = sqlx::PgConnection::connect(server_url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(&mut conn)
+        .await?;
+    Ok(())
 }
 
-/// `server_url` with its database replaced by `name` (its query kept).
+/// `server_url` (`postgres://user@host:port[/database][?query]`) naming database `name`.
 fn database_url(server_url: &str, name: &str) -> String {
-    let (base, query) = match server_url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (server_url, String::new()),
+    let (base, query) = server_url
+        .split_once('?')
+        .map_or((server_url, None), |(b, q)| (b, Some(q)));
+    let host_start = base.find("://").map_or(0, |i| i + 3);
+    let server = match base[host_start..].find('/') {
+        Some(i) => &base[..host_start + i],
+        None => base,
     };
-    let without_db = match base.rfind('/') {
-        Some(i) if i > "postgres://".len() => &base[..i],
-        _ => base,
-    };
-    format!("{without_db}/{name}{query}")
+    match query {
+        Some(q) => format!("{server}/{name}?{q}"),
+        None => format!("{server}/{name}"),
+    }
 }
 
 /// When a test authority's manual clock starts (2023-11-14).

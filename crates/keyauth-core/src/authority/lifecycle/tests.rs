@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::authority::{ExposureOutcome, Idempotency};
+use crate::authority::{ExposureOutcome, Idempotency, Replay};
 use crate::error::Error;
 use crate::model::{KeyId, KeyState, Metadata};
 use crate::on_both_stores;
@@ -158,7 +158,15 @@ fn respond(changed: &Changed<'_>) -> Vec<u8> {
         Changed::Revoked(r) => ("revoked", &r.id),
         Changed::Updated(r) => ("updated", &r.id),
     };
+    answer(kind, id)
+}
+
+fn answer(kind: &str, id: &KeyId) -> Vec<u8> {
     format!("{kind} {id}").into_bytes()
+}
+
+async fn replayed(a: &TestAuthority, idem: &Idempotency<'_>) -> Replay {
+    a.replay(idem).await.unwrap().expect("a stored response")
 }
 
 fn idempotency<'a>(operator: &'a str, key: &'a IdempotencyKey, request: &str) -> Idempotency<'a> {
@@ -185,11 +193,8 @@ async fn an_idempotent_call_replays_and_other_requests_under_its_key_are_refused
         .await
         .unwrap();
 
-    let replay = a.replay(&issue).await.unwrap().expect("a stored response");
-    assert_eq!(
-        replay.response,
-        format!("issued {}", issued.record.id).into_bytes()
-    );
+    let replay = replayed(&a, &issue).await;
+    assert_eq!(replay.response, answer("issued", &issued.record.id));
     assert_eq!(
         replay.secret.as_deref().map(String::as_str),
         Some(issued.key.expose())
@@ -220,11 +225,8 @@ async fn an_idempotent_call_replays_and_other_requests_under_its_key_are_refused
     a.revoke(&issued.record.id, None, &who(), Some(&revoke))
         .await
         .unwrap();
-    let replay = a.replay(&revoke).await.unwrap().expect("a stored response");
-    assert_eq!(
-        replay.response,
-        format!("revoked {}", issued.record.id).into_bytes()
-    );
+    let replay = replayed(&a, &revoke).await;
+    assert_eq!(replay.response, answer("revoked", &issued.record.id));
     assert!(replay.secret.is_none(), "a revoke has no secret");
 
     a.clock.advance(crate::authority::DEFAULT_IDEMPOTENCY_TTL);

@@ -9,7 +9,7 @@ use crate::authority::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::on_both_stores;
-use crate::store::{EventFilter, EventKind, EventQuery};
+use crate::store::{EventFilter, EventKind, EventQuery, KeyUpdate};
 use crate::testing::{self, StoreKind, TestAuthority, new_key, who};
 
 on_both_stores!(
@@ -158,21 +158,12 @@ async fn the_state_filter_judges_at_now(kind: StoreKind) {
         return;
     };
     let name = "app_states";
-    let active = a
-        .issue(new_key(name), &who(), None)
-        .await
-        .unwrap()
-        .record
-        .id;
-    let mut soon = new_key(name);
-    soon.expire_time = Some(a.now().saturating_add(Duration::from_secs(10)));
-    let expired = a.issue(soon, &who(), None).await.unwrap().record.id;
-    let revoked = a
-        .issue(new_key(name), &who(), None)
-        .await
-        .unwrap()
-        .record
-        .id;
+    let [active, expired, revoked]: [KeyId; 3] = issue_keys(&a, name, 3).await.try_into().unwrap();
+    let soon = KeyUpdate {
+        expire_time: Some(Some(a.now().saturating_add(Duration::from_secs(10)))),
+        ..KeyUpdate::default()
+    };
+    a.update(&expired, &soon, &who(), None).await.unwrap();
     a.revoke(&revoked, None, &who(), None).await.unwrap();
     let listed = async |states: KeyStates| -> HashSet<KeyId> {
         let (keys, _) = a.list(&app(name), None, states, 0, "").await.unwrap();

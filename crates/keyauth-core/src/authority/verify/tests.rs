@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use crate::authority::Issued;
 use crate::cache::CacheSettings;
 use crate::error::Error;
 use crate::model::{Denial, Permissions};
 use crate::on_both_stores;
-use crate::testing::{self, StoreKind, new_key, who, wrong_secret};
+use crate::testing::{self, StoreKind, TestAuthority, new_key, who, wrong_secret};
 
 on_both_stores!(
     the_secret_first_then_revoked_before_expired_then_permissions,
@@ -15,6 +16,14 @@ on_both_stores!(
     a_change_is_seen_by_the_next_verify,
     past_the_staleness_limit_memory_answers_nothing,
 );
+
+/// A key issued and verified once (proven, and in the cache).
+async fn proven(a: &TestAuthority) -> Issued {
+    let issued = a.issue(new_key("app_verify"), &who(), None).await.unwrap();
+    let verdict = a.verify(issued.key.expose(), &[], None).await.unwrap();
+    assert!(verdict.is_valid());
+    issued
+}
 
 fn need(resource: &str, action: &str) -> Vec<(String, String)> {
     vec![(resource.to_owned(), action.to_owned())]
@@ -128,9 +137,8 @@ async fn memory_answers_a_proven_key_and_an_unknown_id_without_the_store(kind: S
     let Some(a) = testing::authority(kind).await else {
         return;
     };
-    let issued = a.issue(new_key("app_verify"), &who(), None).await.unwrap();
+    let issued = proven(&a).await;
     let key = issued.key.expose();
-    assert!(a.verify(key, &[], None).await.unwrap().is_valid());
     let reads = a.store.key_reads();
     for _ in 0..3 {
         assert!(a.verify(key, &[], None).await.unwrap().is_valid());
@@ -161,9 +169,8 @@ async fn a_change_is_seen_by_the_next_verify(kind: StoreKind) {
     let Some(a) = testing::authority(kind).await else {
         return;
     };
-    let issued = a.issue(new_key("app_verify"), &who(), None).await.unwrap();
+    let issued = proven(&a).await;
     let key = issued.key.expose();
-    assert!(a.verify(key, &[], None).await.unwrap().is_valid());
     let (new, _) = a
         .roll(&issued.record.id, Some(Duration::ZERO), None, &who(), None)
         .await

@@ -269,3 +269,6 @@ sql_impl! { #[async_trait] impl Store {
         self.pool.close().await;
     }
 }}
+
+#[cfg(test)]
+mod tests;
