@@ -4,7 +4,8 @@
 //! The layers read in one direction, each using only those above it:
 //! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage`,
 //! `auth_failures` →
-//! `store` → `key_filter`, `paging`, `cache`, `changes` → `authority` → `propagation`.
+//! `store` → `key_filter`, `paging`, `cache`, `changes` → `authority` → `propagation`
+//! (`testing`, test support only, on top).
 
 pub mod auth_failures;
 pub mod authority;
