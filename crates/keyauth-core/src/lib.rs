@@ -4,7 +4,8 @@
 //! The layers read in one direction, each using only those above it:
 //! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage`,
 //! `auth_failures` →
-//! `store` → `key_filter`, `paging`, `cache`, `changes` → `authority` → `propagation`.
+//! `store` → `key_filter`, `paging`, `cache`, `changes` → `authority` → `propagation`
+//! (`testing`, test support only, on top).
 
 pub mod auth_failures;
 pub mod authority;
@@ -27,6 +28,9 @@ mod usage;
 
 #[doc(hidden)]
 pub mod fuzzing;
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 
 pub use authority::Authority;
 pub use error::Error;

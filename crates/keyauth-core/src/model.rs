@@ -517,22 +517,9 @@ mod tests {
 
     fn record(restricted: bool) -> KeyRecord {
         KeyRecord {
-            id: KeyId::from_lookup("AAAAAAAAAAAA"),
-            application_id: ApplicationId::from_store("app".into()),
-            environment: Environment::Test,
-            name: "n".into(),
-            secret_hash: String::new(),
-            redacted: String::new(),
             restricted,
             permissions: Permissions::from_pairs([("patients".into(), "read".into())]),
-            metadata: Metadata::new(),
-            create_time: Timestamp::from_micros(0),
-            expire_time: None,
-            revoke_time: None,
-            revoke_reason: None,
-            last_used_time: None,
-            replaced_by: None,
-            memo: Default::default(),
+            ..crate::testing::records::blank_record(KeyId::from_lookup("AAAAAAAAAAAA").as_str())
         }
     }
 

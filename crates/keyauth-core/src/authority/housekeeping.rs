@@ -1,0 +1,91 @@
+//! Housekeeping: last-use and refused-call flushes, retention purges, key-filter upkeep.
+
+use super::Authority;
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::model::KeyId;
+
+impl Authority {
+    /// A key exists (made by another instance, heard from the change feed).
+    pub fn note_key_exists(&self, id: &KeyId) {
+        self.keys.insert(id);
+        self.cache.forget_unknown(id);
+    }
+
+    /// Rebuilds the key filter if more keys were added than it was sized for (housekeeping).
+    pub async fn maintain_key_filter(&self) -> Result<bool, Error> {
+        if !self.keys.needs_rebuild() {
+            return Ok(false);
+        }
+        self.rebuild_key_filter().await?;
+        Ok(true)
+    }
+
+    /// Rebuilds the key filter from the store now (keys added meanwhile are kept).
+    pub async fn rebuild_key_filter(&self) -> Result<(), Error> {
+        self.keys.rebuild(self.store.as_ref()).await?;
+        let (held, capacity, bytes) = self.keys.stats();
+        tracing::info!(keys = held, capacity, bytes, "key filter rebuilt");
+        Ok(())
+    }
+
+    /// Counts a refused operator call of `peer` (its IP address) in memory; written in
+    /// aggregate by [`Authority::flush_auth_failures`]. Past the per-peer limit the refusal
+    /// becomes [`Error::TooManyAuthFailures`] (instead of `refusal`).
+    pub fn note_auth_failure(
+        &self,
+        peer: Option<&str>,
+        request_id: Option<&str>,
+        refusal: Error,
+    ) -> Error {
+        match self
+            .auth_failures
+            .note(peer.unwrap_or("unknown"), request_id, self.now())
+        {
+            Some(wait) => Error::TooManyAuthFailures(wait),
+            None => refusal,
+        }
+    }
+
+    /// Writes the refused operator calls counted since the last flush: one row per peer
+    /// (the loudest few; the rest in one row). Returns the calls written.
+    pub async fn flush_auth_failures(&self) -> Result<u64, Error> {
+        let rows = self.auth_failures.take(self.now());
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let calls = rows.iter().map(|r| r.count).sum();
+        if let Err(e) = self.store.record_auth_failures(&rows).await {
+            self.auth_failures.restore(rows);
+            return Err(e);
+        }
+        Ok(calls)
+    }
+
+    /// Deletes refused-operator-call rows older than the retention.
+    pub async fn purge_auth_failures(&self) -> Result<u64, Error> {
+        let retention = self.auth_failures.settings().retention;
+        let before = Timestamp::from_micros(
+            self.now()
+                .as_micros()
+                .saturating_sub(i64::try_from(retention.as_micros()).unwrap_or(i64::MAX)),
+        );
+        self.store.purge_auth_failures(before).await
+    }
+
+    /// Deletes idempotency records past their time.
+    pub async fn purge_idempotency(&self) -> Result<u64, Error> {
+        self.store.purge_idempotency(self.now()).await
+    }
+
+    /// Writes pending last-use times to the store in one batch.
+    pub async fn flush_usage(&self) -> Result<usize, Error> {
+        let batch = self.usage.take();
+        let n = batch.len();
+        if let Err(e) = self.store.record_last_used(&batch).await {
+            self.usage.restore(batch);
+            return Err(e);
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,164 @@
+//! Reads: one key, an application's keys, the applications, the audit trail; every listing
+//! a page at a time through one page helper ([`page`]).
+
+use std::future::Future;
+
+use super::{Authority, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::clock::Timestamp;
+use crate::error::Error;
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, KeyStates};
+use crate::store::{ApplicationSummary, AuditEvent, Cursor, EventFilter, EventQuery, KeyListing};
+
+/// One page of a listing: `fetch` reads at most `limit` items (one more than the page holds,
+/// so that a next page shows itself); `next` makes the token that resumes after an item. The
+/// page size is `page_size`, or the default for 0, and never more than [`MAX_PAGE_SIZE`]. The
+/// token is empty on the last page.
+async fn page<T, F>(
+    page_size: u32,
+    fetch: impl FnOnce(u32) -> F,
+    next: impl FnOnce(&T) -> String,
+) -> Result<(Vec<T>, String), Error>
+where
+    F: Future<Output = Result<Vec<T>, Error>>,
+{
+    let size = match page_size {
+        0 => DEFAULT_PAGE_SIZE,
+        n => n.min(MAX_PAGE_SIZE),
+    };
+    let mut items = fetch(size + 1).await?;
+    let token = if items.len() > size as usize {
+        items.truncate(size as usize);
+        next(items.last().expect("a full page has a last item"))
+    } else {
+        String::new()
+    };
+    Ok((items, token))
+}
+
+impl Authority {
+    /// Applications that have keys, by id, with their key counts per environment and state
+    /// at now, a page at a time.
+    pub async fn list_applications(
+        &self,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<ApplicationSummary>, String), Error> {
+        let after = match page_token {
+            "" => None,
+            token => Some(self.page_tokens.open_applications(token)?),
+        };
+        let now = self.now();
+        page(
+            page_size,
+            |limit| self.store.list_applications(after.as_ref(), limit, now),
+            |last| self.page_tokens.issue_applications(&last.application_id),
+        )
+        .await
+    }
+
+    pub async fn get(&self, id: &KeyId) -> Result<KeyRecord, Error> {
+        let record = self
+            .store
+            .get_key(id)
+            .await?
+            .ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
+        Ok(self.with_pending_use(record))
+    }
+
+    pub async fn list(
+        &self,
+        application: &ApplicationId,
+        environment: Option<Environment>,
+        states: KeyStates,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<KeyRecord>, String), Error> {
+        let cursor = match page_token {
+            "" => None,
+            token => Some(
+                self.page_tokens
+                    .open(application, environment, states, token)?,
+            ),
+        };
+        let listing = KeyListing {
+            environment,
+            states,
+            now: self.now(),
+        };
+        let (keys, next) = page(
+            page_size,
+            |limit| {
+                self.store
+                    .list_keys(application, &listing, cursor.as_ref(), limit)
+            },
+            |last| {
+                let cursor = Cursor {
+                    create_time: last.create_time,
+                    id: last.id.clone(),
+                };
+                self.page_tokens
+                    .issue(application, environment, states, &cursor)
+            },
+        )
+        .await?;
+        let keys = keys.into_iter().map(|k| self.with_pending_use(k)).collect();
+        Ok((keys, next))
+    }
+
+    /// A stored record with the last use noted since the last flush, if later.
+    fn with_pending_use(&self, mut record: KeyRecord) -> KeyRecord {
+        if let Some(at) = self.usage.pending(&record.id) {
+            record.last_used_time = record.last_used_time.max(Some(at));
+        }
+        record
+    }
+
+    /// Audit events of a key, an application or the whole authority (of some types, in a time
+    /// range), newest first, a page at a time. A page token holds for the same query only.
+    pub async fn list_events(
+        &self,
+        query: &EventQuery,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEvent>, String), Error> {
+        if let (Some(start), Some(end)) = (query.start, query.end)
+            && end <= start
+        {
+            return Err(Error::invalid("end_time", "must be after start_time"));
+        }
+        let scope = event_scope(query);
+        let before = match page_token {
+            "" => i64::MAX,
+            token => self.page_tokens.open_events(&scope, token)?,
+        };
+        page(
+            page_size,
+            |limit| self.store.list_events(query, before, limit),
+            |last| self.page_tokens.issue_events(&scope, last.seq),
+        )
+        .await
+    }
+}
+
+/// What a ListKeyEvents page token is bound to: whose events, of which types, in which range.
+fn event_scope(query: &EventQuery) -> String {
+    let mut scope = match &query.filter {
+        EventFilter::Key(id) => format!("key:{id}"),
+        EventFilter::Application(app) => format!("app:{}", app.as_str()),
+        EventFilter::All => "all".to_owned(),
+    };
+    let mut kinds: Vec<&str> = query.kinds.iter().map(|k| k.as_str()).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let micros = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.as_micros().to_string());
+    scope.push_str(&format!(
+        "\0{}\0{}\0{}",
+        kinds.join(","),
+        micros(query.start),
+        micros(query.end)
+    ));
+    scope
+}
+
+#[cfg(test)]
+mod tests;
