@@ -20,6 +20,7 @@ pub mod ext_authz;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod principals;
 pub mod server;
 pub mod service;
 pub mod status;
