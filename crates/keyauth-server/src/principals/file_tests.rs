@@ -195,14 +195,14 @@ fn duplicates_are_named_with_both_lines() {
     let e = error(&format!("{i}{i}"));
     assert_eq!(
         e.to_string(),
-        "line 7: duplicate issuer \"https://idp\" (first on line 2)"
+        "line 6: duplicate issuer \"https://idp\" (first on line 2)"
     );
     let e = error(&issuer(
         "jwks_file = \"j\"\n[[issuer.subject]]\nsubject = \"s\"\n[[issuer.subject]]\nsubject = \"s\"",
     ));
     assert_eq!(
         e.to_string(),
-        "line 9: duplicate subject \"s\" (first on line 7)"
+        "line 8: duplicate subject \"s\" (first on line 6)"
     );
 }
 
