@@ -414,4 +414,4 @@ fn redact(message: &str) -> String {
 
 #[cfg(test)]
 #[path = "file_tests.rs"]
-mod tests;
+pub(super) mod tests;

@@ -1,12 +1,15 @@
 use super::*;
 
-const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+/// The token of `portal-backend` in [`GOOD`].
+pub(crate) const TOKEN: &str = "portal-backend-token-0123456789abcdef";
+/// Its SHA-256.
+const HASH: &str = "a9b4fd5abcf765357d924e2046d074eacedc7f8412dfa2708adfd3b1103d3368";
 
 /// The example of DESIGN §7, with a certificate subject and an issuer by file.
-const GOOD: &str = r#"
+pub(crate) const GOOD: &str = r#"
 [[principal]]
 name = "portal-backend"
-token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+token_sha256 = "a9b4fd5abcf765357d924e2046d074eacedc7f8412dfa2708adfd3b1103d3368"
 roles = ["keys.read", "keys.issue"]
 applications = ["app_billing", "app_lab_*"]
 environments = ["test"]

@@ -1,6 +1,7 @@
 use super::*;
 
-const TOKEN: &str = "portal-backend-token-0123456789abcdef";
+use crate::principals::file::tests::{GOOD, TOKEN};
+
 const ADMIN: &str = "admin-token-0123456789abcdef-0123456";
 const VERIFIER: &str = "verifier-token-0123456789abcdef-0123";
 
@@ -8,59 +9,45 @@ fn file(text: &str) -> Principals {
     Principals::parse(text).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn static_ones() -> Principals {
-    file(&format!(
-        r#"
-[[principal]]
-name = "portal-backend"
-token_sha256 = "{}"
-roles = ["keys.read"]
-applications = ["app_lab_*"]
-
-[[principal]]
-name = "edge-envoy"
-certificate_uri = "spiffe://cluster.local/ns/edge/sa/envoy"
-roles = ["keys.verify"]
-
-[[principal]]
-name = "batch"
-certificate_subject = "CN=batch"
-roles = ["keys.issue"]
-"#,
-        hex::encode(sha256(TOKEN))
-    ))
+/// DESIGN's example: three static principals and two issuers.
+fn good() -> Principals {
+    file(GOOD)
 }
 
 #[test]
 fn a_token_finds_its_principal_and_nothing_else_does() {
-    let set = static_ones();
+    let set = good();
     let p = set.by_token(TOKEN).unwrap();
     assert_eq!(p.name, "portal-backend");
-    assert!(p.may(Role::Read) && !p.may(Role::Issue));
-    assert!(p.scope.has_application("app_lab_1"));
+    assert!(p.may(Role::Issue) && !p.may(Role::Revoke));
+    assert!(p.scope.has("app_lab_1", "test") && !p.scope.has("app_lab_1", "live"));
     assert!(set.by_token("").is_none());
     assert!(set.by_token(&TOKEN[1..]).is_none());
     assert!(set.by_token(&format!("{TOKEN}x")).is_none());
     assert!(set.by_token(&hex::encode(sha256(TOKEN))).is_none());
-    assert_eq!(set.len(), 3);
+    assert_eq!(set.len(), 5);
+    assert_eq!(set.principals().len(), 3);
+    assert_eq!(set.issuers().len(), 2);
     assert!(!set.is_empty());
     assert!(Principals::empty().is_empty());
 }
 
 #[test]
 fn a_certificate_finds_its_principal_by_uri_then_subject() {
-    let set = static_ones();
+    let set = good();
     let envoy = "spiffe://cluster.local/ns/edge/sa/envoy";
     let p = set
-        .by_certificate(&["spiffe://other", envoy], "CN=batch")
+        .by_certificate(&["spiffe://other", envoy], "CN=batch,O=Example")
         .unwrap();
     assert_eq!(p.name, "edge-envoy");
     assert_eq!(p.subject, envoy);
-    let p = set.by_certificate(&["spiffe://other"], "CN=batch").unwrap();
+    let p = set
+        .by_certificate(&["spiffe://other"], "CN=batch,O=Example")
+        .unwrap();
     assert_eq!(p.name, "batch");
     assert!(set.by_certificate(&[], "CN=other").is_none());
     assert!(set.by_certificate(&[], "").is_none());
-    assert!(set.by_certificate(&["CN=batch"], "").is_none());
+    assert!(set.by_certificate(&["CN=batch,O=Example"], "").is_none());
     // A certificate is not a token, nor the other way round.
     assert!(set.by_token(envoy).is_none());
     assert!(set.by_certificate(&[TOKEN], TOKEN).is_none());
@@ -68,7 +55,7 @@ fn a_certificate_finds_its_principal_by_uri_then_subject() {
 
 #[test]
 fn legacy_tokens_are_the_principals_admin_and_verifier() {
-    let set = Principals::with_legacy(Some(static_ones()), Some(ADMIN), Some(VERIFIER)).unwrap();
+    let set = Principals::with_legacy(Some(good()), Some(ADMIN), Some(VERIFIER)).unwrap();
     let admin = set.by_token(ADMIN).unwrap();
     assert_eq!(admin.name, "admin");
     assert!(Role::ALL.into_iter().all(|r| admin.may(r)));
@@ -77,7 +64,7 @@ fn legacy_tokens_are_the_principals_admin_and_verifier() {
     assert_eq!(verifier.name, "verifier");
     assert_eq!(verifier.roles, Roles::of([Role::Verify]));
     assert_eq!(set.by_token(TOKEN).unwrap().name, "portal-backend");
-    assert_eq!(set.len(), 5);
+    assert_eq!(set.len(), 7);
 
     let only = Principals::with_legacy(None, None, Some(VERIFIER)).unwrap();
     assert_eq!(only.len(), 1);
@@ -122,7 +109,7 @@ fn a_file_principal_cannot_take_a_legacy_name_or_token() {
     );
     // Without the legacy token, the name is free.
     Principals::with_legacy(Some(named("admin")), None, Some(VERIFIER)).unwrap();
-    let e = Principals::with_legacy(Some(static_ones()), Some(TOKEN), None).unwrap_err();
+    let e = Principals::with_legacy(Some(good()), Some(TOKEN), None).unwrap_err();
     assert!(e.contains("portal-backend") && !e.contains(TOKEN), "{e}");
 }
 
@@ -131,9 +118,14 @@ fn grants_tells_whether_any_credential_can_hold_a_role() {
     let none = Principals::empty();
     assert!(Role::ALL.into_iter().all(|r| !none.grants(r)));
 
-    let set = static_ones();
-    assert!(set.grants(Role::Read) && set.grants(Role::Verify) && set.grants(Role::Issue));
-    assert!(!set.grants(Role::Revoke) && !set.grants(Role::Admin));
+    let set = good();
+    assert!(
+        Role::ALL.into_iter().all(|r| set.grants(r)),
+        "batch is admin"
+    );
+    let reader =
+        file("[[principal]]\nname = \"r\"\ncertificate_uri = \"u\"\nroles = [\"keys.read\"]");
+    assert!(reader.grants(Role::Read) && !reader.grants(Role::Verify));
 
     let admin = Principals::with_legacy(None, Some(ADMIN), None).unwrap();
     assert!(Role::ALL.into_iter().all(|r| admin.grants(r)));
@@ -161,7 +153,7 @@ fn grants_tells_whether_any_credential_can_hold_a_role() {
 fn the_cell_swaps_the_set_whole() {
     let cell = PrincipalsCell::new(Principals::empty());
     let before = cell.current();
-    cell.replace(static_ones());
+    cell.replace(good());
     assert!(before.is_empty());
-    assert_eq!(cell.current().len(), 3);
+    assert_eq!(cell.current().len(), 5);
 }
