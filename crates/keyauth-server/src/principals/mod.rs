@@ -12,6 +12,18 @@
 //!   content changes and loads.
 //!
 //! Tokens are never held (only their digests) nor logged.
+//!
+//! Wiring, at the start:
+//!
+//! ```ignore
+//! let legacy = LegacyTokens::new(admin_token, verifier_token);
+//! let set = principals::load(principals_file.as_deref(), &legacy)?; // Err: exit 2
+//! let cell = Arc::new(PrincipalsCell::new(set));
+//! if let Some(path) = principals_file {
+//!     spawn_reloader(path, cell.clone(), legacy, DEFAULT_RELOAD_INTERVAL);
+//! }
+//! // per call: cell.current().by_token(bearer), .by_certificate(..), .issuers(), .grants(..)
+//! ```
 
 mod file;
 mod issuer;
