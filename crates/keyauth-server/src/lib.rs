@@ -24,6 +24,7 @@ pub mod limits;
 pub mod metrics;
 pub mod peer;
 pub mod principals_jwt;
+pub mod principals;
 pub mod server;
 pub mod service;
 pub mod status;

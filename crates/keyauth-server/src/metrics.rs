@@ -47,6 +47,9 @@ pub const CALLS_SHED: &str = "keyauth_calls_shed_total";
 /// certificate is in force for new connections) or `error` (it cannot be used; the one in
 /// force is kept).
 pub const TLS_RELOADS: &str = "keyauth_tls_reloads_total";
+/// Changes of the principals file judged (`--principals`), by `result`: `ok` (the new set is
+/// in force) or `error` (it does not load; the set in force is kept).
+pub const PRINCIPALS_RELOADS: &str = "keyauth_principals_reloads_total";
 
 /// Leaked keys reported, by `channel` (`github`: the secret-scanning webhook; `rpc`:
 /// ReportExposedKeys) and `label`: `true_positive` (a key of this authority, revoked now or
@@ -111,11 +114,20 @@ fn describe() {
         TLS_RELOADS,
         "Changes of the TLS files judged, by result (ok, error)"
     );
+    describe_counter!(
+        PRINCIPALS_RELOADS,
+        "Changes of the principals file judged, by result (ok, error)"
+    );
 }
 
 /// Records a change of the TLS files judged: `ok` or `error`.
 pub fn tls_reload(result: &'static str) {
     ::metrics::counter!(TLS_RELOADS, "result" => result).increment(1);
+}
+
+/// Records a change of the principals file judged: `ok` or `error`.
+pub fn principals_reload(result: &'static str) {
+    ::metrics::counter!(PRINCIPALS_RELOADS, "result" => result).increment(1);
 }
 
 /// Records a store error of a background task.
