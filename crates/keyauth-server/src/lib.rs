@@ -11,7 +11,7 @@
 //! - `wire`: the one proto ⇄ domain conversion; `status`: the one error → status mapping;
 //! - [`http`]: the HTTP listener for webhooks (GitHub secret scanning: leaked keys revoke
 //!   themselves);
-//! - [`principals_jwt`]: JWT bearer tokens (OIDC, Kubernetes service accounts) → principals;
+//! - [`principals`]: who is calling: the principals file, legacy tokens, JWT issuers (OIDC, Kubernetes service accounts);
 //! - [`connections`] (the accept loop), [`limits`] (per call), [`peer`] (what a connection
 //!   shares with its calls), [`tls`], [`metrics`]: what makes it safe to expose and pleasant to
 //!   operate.
@@ -23,7 +23,6 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod peer;
-pub mod principals_jwt;
 pub mod principals;
 pub mod server;
 pub mod service;

@@ -27,6 +27,7 @@
 
 mod file;
 mod issuer;
+pub mod jwt;
 mod registry;
 mod reload;
 
