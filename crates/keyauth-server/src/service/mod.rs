@@ -22,7 +22,7 @@ use keyauth_core::Authority;
 
 pub use watch::WatchOptions;
 
-pub use auth::OperatorAuth;
+pub use auth::TokenCheck;
 pub use gate::{TokenGate, TokenGateLayer};
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
 pub use verifier::VerifierRoutes;
@@ -35,11 +35,7 @@ pub struct KeyAuthorityApi {
 
 impl KeyAuthorityApi {
     /// The service; `verifiers` guards Verify and CheckPermission when it is configured.
-    pub fn new(
-        authority: Arc<Authority>,
-        operators: OperatorAuth,
-        verifiers: OperatorAuth,
-    ) -> Self {
+    pub fn new(authority: Arc<Authority>, operators: TokenCheck, verifiers: TokenCheck) -> Self {
         KeyAuthorityApi {
             authority,
             tokens: gate::Tokens {
