@@ -16,6 +16,7 @@
 
 pub mod catalog;
 pub mod error_body;
+pub mod key;
 pub mod pem;
 pub mod principal;
 pub mod request_id;
@@ -24,7 +25,7 @@ pub mod rpc;
 pub mod verdict;
 
 pub use catalog::Catalog;
-pub use keyauth_key::*;
+pub use key::*;
 
 /// Characters of a caller's string an error message or a log field shows at most.
 pub const ECHO_MAX_CHARS: usize = 64;

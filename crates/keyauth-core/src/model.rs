@@ -7,7 +7,7 @@ use std::fmt;
 use crate::clock::Timestamp;
 use crate::error::{Error, FieldViolation, echo};
 
-pub use keyauth_key::{Denial, Environment, LOOKUP_LEN};
+pub use keyauth_contract::{Denial, Environment, LOOKUP_LEN};
 
 /// A key id, `key_<lookup>`: public, stable, the primary key of the store.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,7 +66,7 @@ pub struct KeyIdText {
 
 impl KeyIdText {
     /// The id of a parsed key (whose lookup part the parse checked).
-    pub fn of(key: &keyauth_key::KeyView<'_>) -> Self {
+    pub fn of(key: &keyauth_contract::KeyView<'_>) -> Self {
         let mut text = [0; 4 + LOOKUP_LEN];
         text[..4].copy_from_slice(b"key_");
         text[4..].copy_from_slice(key.lookup().as_bytes());
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn an_id_on_the_stack_finds_the_key_id() {
-        let key = keyauth_key::PresentedKey::generate(Environment::Live).unwrap();
+        let key = keyauth_contract::PresentedKey::generate(Environment::Live).unwrap();
         let id = KeyIdText::of(&key.view());
         assert_eq!(id.as_str(), format!("key_{}", key.lookup()));
         let owned = KeyId::parse(id.as_str(), "id").unwrap();

@@ -141,7 +141,7 @@ pub(crate) trait VerdictRequest: Send + 'static {
 }
 
 /// A verifier's request whose presented key is wiped when it is dropped, however the call
-/// ends (the key a cold call keeps is `keyauth_key::PresentedKey`'s own copy, wiped too).
+/// ends (the key a cold call keeps is `keyauth_contract::PresentedKey`'s own copy, wiped too).
 struct WipedOnDrop<Req: VerdictRequest>(Req);
 
 impl<Req: VerdictRequest> Drop for WipedOnDrop<Req> {

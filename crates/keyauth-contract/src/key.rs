@@ -8,9 +8,9 @@
 //! A [`PresentedKey`] exists only once a string has passed these checks. Its `Debug` prints the
 //! redaction, never the key.
 //!
-//! A crate of its own (no I/O, no async, a few small dependencies) so that everything that must
-//! recognise a key offline uses the same code: the server, the in-process `Verifier` of
-//! `keyauth-client`, and the CLI's leak scanner.
+//! Part of the contract (no I/O, no async, a few small dependencies) so that everything that
+//! must recognise a key offline uses the same code: the server, the in-process `Verifier` of
+//! `keyauth-client`, the CLI's leak scanner, and the proto's redacting `Debug`.
 
 use std::fmt;
 
