@@ -389,6 +389,7 @@ pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
                 types: a.types.iter().map(|t| t.pb().into()).collect(),
                 start_time: a.since,
                 end_time: a.until,
+                actor: String::new(),
             },
             all: a.page.all,
         },

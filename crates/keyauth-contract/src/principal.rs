@@ -202,6 +202,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// A short non-secret id (`op_` and 12 hex digits): what the audit trail's `operator_id`
+    /// and the idempotency records are keyed by. Of the issuer and subject for a JWT (stable
+    /// when its name claim changes), else of the name; never of a token.
+    pub fn id(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let digest = if self.issuer.is_empty() {
+            Sha256::digest(self.name.as_bytes())
+        } else {
+            Sha256::digest(format!("{}\0{}", self.issuer, self.subject).as_bytes())
+        };
+        let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("op_{hex}")
+    }
+
     /// Whether it may call an RPC that needs `role`.
     pub fn may(&self, role: Role) -> bool {
         self.roles.allow(role)

@@ -15,10 +15,12 @@ pub enum Access {
     VerifierOrOperator,
     /// An operator token, always.
     Operator,
+    /// Any credential the server accepts, whatever its roles (GetPrincipal).
+    Authenticated,
 }
 
 /// An RPC of the service: its name, the token it needs, and the roles any one of which lets a
-/// principal call it (DESIGN §7).
+/// principal call it (DESIGN §7; none: any authenticated principal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rpc {
     pub name: &'static str,
@@ -58,6 +60,7 @@ pub const RPCS: &[Rpc] = &[
         &[Role::Read, Role::Verify],
     ),
     rpc("ListApplications", Access::Operator, READ),
+    rpc("GetPrincipal", Access::Authenticated, &[]),
 ];
 
 /// The RPC named `method`; `None` for a method the service does not have.
@@ -94,7 +97,12 @@ mod tests {
         assert_eq!(access_of("DropTables"), None);
         assert_eq!(find("RevokeKey").unwrap().roles, [Role::Revoke]);
         for rpc in RPCS {
-            assert!(!rpc.roles.is_empty(), "{}", rpc.name);
+            assert_eq!(
+                rpc.roles.is_empty(),
+                rpc.access == Access::Authenticated,
+                "{}",
+                rpc.name
+            );
         }
         assert_eq!(
             method_of_path("/keyauth.v1.KeyAuthorityService/GetKey"),

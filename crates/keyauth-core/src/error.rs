@@ -45,6 +45,15 @@ pub enum Error {
     #[error("{0}")]
     VerifierUnauthenticated(&'static str),
 
+    /// An authenticated caller that may not do this: reason `PRINCIPAL_LACKS_ROLE` (with the
+    /// role it lacks) or `OUTSIDE_PRINCIPAL_SCOPE`.
+    #[error("{message}")]
+    PermissionDenied {
+        reason: &'static str,
+        message: String,
+        role: Option<&'static str>,
+    },
+
     /// The argon2 pool is saturated: retry later.
     #[error("the server is overloaded: too many key verifications are waiting; retry shortly")]
     Overloaded,

@@ -40,7 +40,7 @@ use tracing::level_filters::LevelFilter;
 pub use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
 pub use keyauth_contract::routes::RouteTable;
 
-use crate::service::TokenCheck;
+use crate::service::Credentials;
 use crate::service::call::{self, REQUEST_ID};
 use crate::status;
 
@@ -73,13 +73,17 @@ pub struct ExtAuthzOptions {
 /// The `envoy.service.auth.v3.Authorization` service.
 pub struct ExtAuthzApi {
     authority: Arc<Authority>,
-    verifiers: TokenCheck,
+    credentials: Credentials,
     options: ExtAuthzOptions,
 }
 
 impl ExtAuthzApi {
-    /// The service; `verifiers` guards Check as it guards Verify, when it is configured.
-    pub fn new(authority: Arc<Authority>, verifiers: TokenCheck, options: ExtAuthzOptions) -> Self {
+    /// The service; `credentials` guard Check as they guard Verify.
+    pub fn new(
+        authority: Arc<Authority>,
+        credentials: Credentials,
+        options: ExtAuthzOptions,
+    ) -> Self {
         // A route naming a permission outside the catalog refuses every request it matches:
         // say so at start rather than at the first request.
         for p in options.routes.permissions() {
@@ -98,7 +102,7 @@ impl ExtAuthzApi {
         }
         ExtAuthzApi {
             authority,
-            verifiers,
+            credentials,
             options,
         }
     }
@@ -181,9 +185,12 @@ impl Authorization for ExtAuthzApi {
         let header = HttpHeaderValue::from_str(&request_id).ok();
         let work = async {
             tracing::debug!("started");
-            if self.verifiers.is_configured() {
-                self.verifiers.check(request.metadata())?;
-            }
+            // Guarded as Verify is: by a credential with `keys.verify`, once one exists.
+            let verify = keyauth_contract::rpc::find("Verify").expect("Verify is an RPC");
+            self.credentials
+                .admit(verify, call::authorization(&request))
+                .await
+                .map_err(Error::from)?;
             let deadline = call::deadline(request.metadata().as_ref());
             Ok::<_, Error>(self.decide(request.get_ref(), deadline).await)
         };
@@ -463,11 +470,7 @@ mod tests {
             .await
             .unwrap();
         let bearer = format!("Bearer {}", issued.key.expose());
-        let api = ExtAuthzApi::new(
-            authority,
-            TokenCheck::verifier(None),
-            ExtAuthzOptions::default(),
-        );
+        let api = ExtAuthzApi::new(authority, Credentials::none(), ExtAuthzOptions::default());
 
         let quiet = check_request(
             &[

@@ -36,7 +36,7 @@ use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
 use crate::service::{
-    KeyAuthorityApi, KeyAuthorityServiceServer, TokenCheck, TokenGateLayer, VerifierRoutes,
+    Credentials, KeyAuthorityApi, KeyAuthorityServiceServer, TokenGateLayer, VerifierRoutes,
     WatchOptions,
 };
 
@@ -153,10 +153,8 @@ pub struct ServeOptions {
     /// How often the TLS files (of `tls` and of the HTTP listener's) are checked for changes;
     /// zero: never.
     pub tls_reload_interval: Duration,
-    /// The operator token operator RPCs require (unset: they are refused).
-    pub operators: TokenCheck,
-    /// The verifier token Verify, CheckPermission and ext_authz Check require, if configured.
-    pub verifiers: TokenCheck,
+    /// Who may call: the principals (and the legacy admin and verifier tokens), JWT issuers.
+    pub credentials: Credentials,
     pub limits: Limits,
     /// Envoy ext_authz: the route table and whether `authorization` is stripped.
     pub ext_authz: ExtAuthzOptions,
@@ -175,8 +173,7 @@ impl Default for ServeOptions {
             follow: FollowOptions::default(),
             tls: None,
             tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
-            operators: TokenCheck::new(None),
-            verifiers: TokenCheck::verifier(None),
+            credentials: Credentials::none(),
             limits: Limits::default(),
             ext_authz: ExtAuthzOptions::default(),
             http: None,
@@ -214,12 +211,8 @@ pub async fn run(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let api = Arc::new(
-        KeyAuthorityApi::new(
-            authority.clone(),
-            options.operators.clone(),
-            options.verifiers.clone(),
-        )
-        .with_watch(options.watch.clone(), stop_rx.clone()),
+        KeyAuthorityApi::new(authority.clone(), options.credentials.clone())
+            .with_watch(options.watch.clone(), stop_rx.clone()),
     );
     // Verify and CheckPermission on their own path (see `service::verifier`).
     let api = VerifierRoutes::new(
@@ -229,11 +222,11 @@ pub async fn run(
         options.limits.max_request_bytes,
     );
     // Tokens checked from the headers, before the body is read (see `service::gate`).
-    let api = TokenGateLayer::new(options.operators.clone(), options.verifiers.clone()).layer(api);
+    let api = TokenGateLayer::new(options.credentials.clone()).layer(api);
     // envoy-types ships no file descriptor set, so reflection does not list this service.
     let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
         authority.clone(),
-        options.verifiers.clone(),
+        options.credentials.clone(),
         options.ext_authz.clone(),
     ))
     .max_decoding_message_size(options.limits.max_request_bytes);

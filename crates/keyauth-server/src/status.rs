@@ -81,6 +81,18 @@ pub fn from_error(err: Error) -> Status {
         Error::VerifierUnauthenticated(message) => {
             plain(Code::Unauthenticated, "VERIFIER_UNAUTHENTICATED", message)
         }
+        Error::PermissionDenied {
+            reason,
+            message,
+            role,
+        } => {
+            let metadata: HashMap<String, String> = role
+                .map(|r| ("role".to_owned(), r.to_owned()))
+                .into_iter()
+                .collect();
+            let details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+            Status::with_error_details(Code::PermissionDenied, message, details)
+        }
         Error::Overloaded => retryable(
             Code::Unavailable,
             "OVERLOADED",

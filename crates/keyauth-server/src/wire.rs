@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use keyauth_contract::principal::Principal;
 use keyauth_core::Error;
 use keyauth_core::authority::{ExposureOutcome, NewKey};
 use keyauth_core::catalog::{Catalog, CatalogCheck, RequestedPermission};
@@ -331,6 +332,7 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
     let kind = event_type_out(event.kind);
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
     pb::KeyEvent {
+        actor: None,
         sequence: event.seq,
         r#type: kind.into(),
         key_id: event
@@ -466,4 +468,31 @@ mod tests {
         assert!(required_environment(0, "environment").is_err());
         assert_eq!(required_environment(2, "e").unwrap(), Environment::Live);
     }
+}
+
+/// A principal as the API shows it: with its roles and scope (GetPrincipal), or only who it is
+/// (an audit event's actor).
+pub fn principal_out(principal: &Principal, with_grants: bool) -> pb::Principal {
+    let mut out = pb::Principal {
+        name: principal.name.clone(),
+        subject: principal.subject.clone(),
+        issuer: principal.issuer.clone(),
+        ..Default::default()
+    };
+    if with_grants {
+        out.roles = principal
+            .roles
+            .iter()
+            .map(|r| r.name().to_owned())
+            .collect();
+        out.applications = principal.scope.applications().to_vec();
+        out.environments = principal
+            .scope
+            .environments()
+            .iter()
+            .filter_map(|e| Environment::from_store(e))
+            .map(|e| environment_out(e) as i32)
+            .collect();
+    }
+    out
 }

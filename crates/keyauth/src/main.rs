@@ -6,6 +6,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use keyauth_contract::principal::Role;
 use keyauth_core::clock::Clock;
 use keyauth_core::sealing::SealKey;
 use keyauth_core::store;
@@ -94,8 +95,12 @@ async fn serve(args: ServeArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return usage_error(e.setting, e.why),
     };
-    let options = match args.serve_options() {
+    let mut options = match args.serve_options() {
         Ok(o) => o,
+        Err(e) => return usage_error(e.setting, e.why),
+    };
+    options.credentials = match args.credentials().await {
+        Ok(c) => c,
         Err(e) => return usage_error(e.setting, e.why),
     };
     if let Some(addr) = args.metrics_listen {
@@ -125,7 +130,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if !options.operators.is_configured() {
+    if !options.credentials.grants(Role::Read) && !options.credentials.grants(Role::Issue) {
         tracing::warn!(
             "no operator token is set: operator RPCs (IssueKey, UpdateKey, RollKey, RevokeKey, \
              GetKey, ListKeys, ListKeyEvents, ListApplications) will be refused. Set KEYAUTH_ADMIN_TOKEN_FILE (or \

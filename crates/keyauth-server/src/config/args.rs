@@ -165,6 +165,17 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub verifier_token: SecretArg<VerifierTokenFlags>,
 
+    /// Principals file (TOML: named static tokens by SHA-256, client certificates, JWT issuers,
+    /// with roles and application scopes; README "Who may do what"). Re-read when its content
+    /// changes; a file that does not load keeps the previous one. The admin and verifier tokens
+    /// keep working as the principals `admin` and `verifier`.
+    #[arg(long, env = "KEYAUTH_PRINCIPALS_FILE")]
+    pub principals: Option<std::path::PathBuf>,
+
+    /// How often --principals is checked for changes; 0s: read once, at start-up.
+    #[arg(long, env = "KEYAUTH_PRINCIPALS_RELOAD_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub principals_reload_interval: Duration,
+
     /// Address of the Prometheus metrics listener (HTTP, /metrics). Unset: no metrics.
     #[arg(long, env = "KEYAUTH_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,

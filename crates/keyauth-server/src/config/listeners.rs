@@ -11,8 +11,10 @@ use super::error::{SettingError, setting};
 use super::secret::{Secret, SecretArg, SecretFlag};
 use crate::ext_authz::ExtAuthzOptions;
 use crate::http::{GithubKeys, HttpOptions};
+use crate::principals::jwt::{IssuerSettings, JwtIssuers};
+use crate::principals::{LegacyTokens, PrincipalsCell};
 use crate::server::ServeOptions;
-use crate::service::{TokenCheck, WatchOptions};
+use crate::service::{Credentials, WatchOptions};
 use crate::tls::Reloading;
 
 impl ServeArgs {
@@ -38,8 +40,14 @@ impl ServeArgs {
             http: self.http_options(tls.as_ref())?,
             tls,
             tls_reload_interval: self.tls_reload_interval,
-            operators: TokenCheck::new(admin.as_ref().map(Secret::expose)),
-            verifiers: TokenCheck::verifier(verifier.as_ref().map(Secret::expose)),
+            credentials: Credentials::from_tokens(
+                admin.as_ref().map(Secret::expose),
+                verifier.as_ref().map(Secret::expose),
+            )
+            .map_err(|why| SettingError {
+                setting: "--admin-token / --verifier-token (KEYAUTH_ADMIN_TOKEN, KEYAUTH_VERIFIER_TOKEN)",
+                why,
+            })?,
             limits: self.limits(),
             ext_authz: ExtAuthzOptions {
                 routes,
@@ -79,6 +87,38 @@ impl ServeArgs {
             github_keys,
             console: self.console,
         }))
+    }
+
+    /// Every credential: the principals of --principals (KEYAUTH_PRINCIPALS_FILE) with the
+    /// legacy tokens, re-read every --principals-reload-interval by a task spawned here, and
+    /// the file's JWT issuers (their keys fetched now; a JWKS that cannot be fetched is logged
+    /// and its issuer starts with no keys). A file that does not load stops the start.
+    pub async fn credentials(&self) -> Result<Credentials, SettingError> {
+        const FILE: &str = "--principals (KEYAUTH_PRINCIPALS_FILE)";
+        let legacy = LegacyTokens::new(
+            token(&self.admin_token)?.as_ref().map(Secret::expose),
+            token(&self.verifier_token)?.as_ref().map(Secret::expose),
+        );
+        let principals =
+            crate::principals::load(self.principals.as_deref(), &legacy).map_err(setting(FILE))?;
+        let issuers: Vec<IssuerSettings> = principals.issuers().iter().map(Into::into).collect();
+        let jwt = if issuers.is_empty() {
+            None
+        } else {
+            let issuers = Arc::new(JwtIssuers::new(issuers).await.map_err(setting(FILE))?);
+            issuers.spawn_refresh();
+            Some(issuers)
+        };
+        let cell = Arc::new(PrincipalsCell::new(principals));
+        if let Some(path) = &self.principals {
+            crate::principals::spawn_reloader(
+                path.clone(),
+                cell.clone(),
+                legacy,
+                self.principals_reload_interval,
+            );
+        }
+        Ok(Credentials::new(cell, jwt))
     }
 
     /// The operator token, from --admin-token (KEYAUTH_ADMIN_TOKEN) or --admin-token-file.

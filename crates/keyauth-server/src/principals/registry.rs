@@ -162,6 +162,18 @@ impl Principals {
     /// static principal, or an issuer whose fixed roles or subjects include it or whose tokens
     /// carry roles (`roles_claim`). Verify stays open only while this is false for
     /// `keys.verify`.
+    /// Whether some credential is given `role` itself, not only through `admin` (a token
+    /// issuer that maps a roles claim may give any): what closes the verifier's RPCs to
+    /// callers without a credential, as a verifier token did.
+    pub fn names_role(&self, role: Role) -> bool {
+        self.all.iter().any(|p| p.roles.contains(role))
+            || self.issuers.iter().any(|i| {
+                i.roles_claim.is_some()
+                    || i.roles.contains(role)
+                    || i.subjects.iter().any(|s| s.roles.contains(role))
+            })
+    }
+
     pub fn grants(&self, role: Role) -> bool {
         self.all.iter().any(|p| p.may(role))
             || self.issuers.iter().any(|i| {

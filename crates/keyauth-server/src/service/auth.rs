@@ -1,142 +1,374 @@
-//! Who may call: the operator token on operator RPCs, the verifier token (when configured) on
-//! Verify and CheckPermission. Tokens are kept as SHA-256 digests and compared in constant time.
+//! Who may call: every credential the server accepts — the principals of `--principals FILE`
+//! (static tokens, JWT issuers), and the legacy `KEYAUTH_ADMIN_TOKEN` and verifier token as the
+//! principals `admin` and `verifier` — and the rule of each RPC (`keyauth_contract::rpc`): the
+//! roles that may call it (DESIGN §7).
+//!
+//! - An RPC of the verifier (Verify, CheckPermission, WatchKeyChanges, GetCatalog) is open to
+//!   every caller while no credential can hold `keys.verify` (today's rule for the verifier
+//!   token); then the header is not even read.
+//! - A missing, unknown, expired or badly signed credential is UNAUTHENTICATED; an
+//!   authenticated principal without the RPC's role is PERMISSION_DENIED
+//!   (`PRINCIPAL_LACKS_ROLE`, the role in its metadata).
+//! - Tokens are compared as SHA-256 digests in constant time (`principals::Principals`); a JWT
+//!   is validated once and then cached until it expires (`principals::jwt`).
 
+use std::sync::Arc;
+
+use keyauth_contract::principal::{Principal, Role};
+use keyauth_contract::rpc::{Access, Rpc};
 use keyauth_core::Error;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tonic::metadata::MetadataMap;
 
-/// Checks `authorization: Bearer <token>` in constant time: the operator token on operator
-/// RPCs ([`TokenCheck::new`]), the verifier token on Verify and CheckPermission
-/// ([`TokenCheck::verifier`]).
+use crate::principals::jwt::{JwtIssuers, looks_like_jwt};
+use crate::principals::{Principals, PrincipalsCell};
+
+/// Every credential the server accepts, and the rule that admits a call.
 #[derive(Clone)]
-pub struct TokenCheck {
-    /// SHA-256 of the configured token: comparing digests keeps the comparison constant-time
-    /// whatever the presented length.
-    token_digest: Option<[u8; 32]>,
-    role: &'static Role,
+pub struct Credentials {
+    principals: Arc<PrincipalsCell>,
+    jwt: Option<Arc<JwtIssuers>>,
 }
 
-/// Who a token admits, and what a refusal says.
-struct Role {
-    name: &'static str,
-    deny: fn(&'static str) -> Error,
-    disabled: &'static str,
-    missing: &'static str,
-    wrong: &'static str,
-}
-
-const OPERATOR: Role = Role {
-    name: "operator",
-    deny: Error::Unauthenticated,
-    disabled: "operator RPCs are disabled: start the server with KEYAUTH_ADMIN_TOKEN set",
-    missing: "missing operator credentials: send `authorization: Bearer <operator token>`",
-    wrong: "the operator token is not valid",
-};
-
-const VERIFIER: Role = Role {
-    name: "verifier",
-    deny: Error::VerifierUnauthenticated,
-    disabled: "no verifier token is configured",
-    missing: "missing verifier credentials: send `authorization: Bearer <verifier token>`",
-    wrong: "the verifier token is not valid",
-};
-
-impl std::fmt::Debug for TokenCheck {
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenCheck")
-            .field("role", &self.role.name)
-            .field("configured", &self.is_configured())
+        f.debug_struct("Credentials")
+            .field("principals", &self.principals.current().len())
+            .field("jwt_issuers", &self.jwt.is_some())
             .finish()
     }
 }
 
-impl TokenCheck {
-    /// The operator token; unset (or empty) refuses every operator RPC.
-    pub fn new(token: Option<&str>) -> Self {
-        Self::with_role(token, &OPERATOR)
+/// Why a call was refused, before any work: kept in the request's extensions by the gate (it
+/// is `Clone`, unlike `Error`) and answered by the handler.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No usable credential, for an RPC of `access`.
+    Unauthenticated {
+        access: Access,
+        why: Unauthenticated,
+    },
+    /// An authenticated principal without any of the RPC's roles; `role`: the first of them.
+    LacksRole {
+        principal: String,
+        rpc: &'static str,
+        role: Role,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Unauthenticated {
+    /// No credential can hold the RPC's roles at all.
+    Disabled,
+    /// No `authorization: Bearer …`.
+    Missing,
+    /// A credential no principal has (or a JWT refused).
+    Wrong,
+}
+
+impl Refusal {
+    /// Whether it counts towards the per-peer limit of refused operator calls: only a failed
+    /// authentication does (a PERMISSION_DENIED is an authenticated caller, not a guess).
+    pub(crate) fn is_failed_authentication(&self) -> bool {
+        matches!(self, Refusal::Unauthenticated { .. })
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(refusal: Refusal) -> Error {
+        match refusal {
+            Refusal::Unauthenticated { access, why } => {
+                let verifier = matches!(access, Access::Verifier | Access::VerifierOrOperator);
+                match (verifier, why) {
+                    (false, Unauthenticated::Disabled) => Error::Unauthenticated(
+                        "operator RPCs are disabled: start the server with KEYAUTH_ADMIN_TOKEN \
+                         set, or with --principals naming a principal with this RPC's role",
+                    ),
+                    (false, Unauthenticated::Missing) => Error::Unauthenticated(
+                        "missing operator credentials: send `authorization: Bearer <operator token>`",
+                    ),
+                    (false, Unauthenticated::Wrong) => {
+                        Error::Unauthenticated("the operator token is not valid")
+                    }
+                    (true, Unauthenticated::Disabled) => {
+                        Error::VerifierUnauthenticated("no verifier token is configured")
+                    }
+                    (true, Unauthenticated::Missing) => Error::VerifierUnauthenticated(
+                        "missing verifier credentials: send `authorization: Bearer <verifier token>`",
+                    ),
+                    (true, Unauthenticated::Wrong) => {
+                        Error::VerifierUnauthenticated("the verifier token is not valid")
+                    }
+                }
+            }
+            Refusal::LacksRole {
+                principal,
+                rpc,
+                role,
+            } => Error::PermissionDenied {
+                reason: "PRINCIPAL_LACKS_ROLE",
+                message: format!(
+                    "principal {principal:?} may not call {rpc}: it needs the role {role}"
+                ),
+                role: Some(role.name()),
+            },
+        }
+    }
+}
+
+/// What the credential of a call says, as far as memory knows.
+pub(crate) enum Admission {
+    /// Decided: the principal (`None`: an open RPC, no credential needed), or the refusal.
+    Decided(Result<Option<Arc<Principal>>, Refusal>),
+    /// A JWT not validated yet: [`Credentials::admit_jwt`] decides (it may fetch the issuer's
+    /// keys).
+    Jwt(String),
+}
+
+impl Credentials {
+    /// The principals of `cell` (kept current by its reloader) and the JWT issuers, if any.
+    pub fn new(principals: Arc<PrincipalsCell>, jwt: Option<Arc<JwtIssuers>>) -> Self {
+        Credentials { principals, jwt }
     }
 
-    /// The verifier token; unset (or empty) lets every caller verify.
-    pub fn verifier(token: Option<&str>) -> Self {
-        Self::with_role(token, &VERIFIER)
+    /// Only the legacy tokens: `KEYAUTH_ADMIN_TOKEN` as the principal `admin` and the verifier
+    /// token as `verifier`. A token shorter than 32 characters is an error naming it.
+    pub fn from_tokens(admin: Option<&str>, verifier: Option<&str>) -> Result<Self, String> {
+        let principals = Principals::with_legacy(None, admin, verifier)?;
+        Ok(Credentials::new(
+            Arc::new(PrincipalsCell::new(principals)),
+            None,
+        ))
     }
 
-    fn with_role(token: Option<&str>, role: &'static Role) -> Self {
-        TokenCheck {
-            token_digest: token
-                .filter(|t| !t.is_empty())
-                .map(|t| Sha256::digest(t.as_bytes()).into()),
-            role,
+    /// No credential at all: operator RPCs are refused, the verifier's are open.
+    pub fn none() -> Self {
+        Credentials::new(Arc::new(PrincipalsCell::new(Principals::empty())), None)
+    }
+
+    /// Whether some credential can hold `role` (a static principal, or an issuer's token).
+    pub fn grants(&self, role: Role) -> bool {
+        self.principals.current().grants(role)
+            || self.jwt.as_ref().is_some_and(|j| j.can_grant(role))
+    }
+
+    /// Whether a call of `rpc` needs a credential: every RPC but the verifier's while no
+    /// credential is given `keys.verify` (an `admin` alone does not close them: the legacy
+    /// admin token never did).
+    pub(crate) fn needed(&self, rpc: &Rpc) -> bool {
+        match rpc.access {
+            Access::Verifier | Access::VerifierOrOperator => {
+                self.principals.current().names_role(Role::Verify)
+            }
+            Access::Operator | Access::Authenticated => true,
         }
     }
 
-    pub fn is_configured(&self) -> bool {
-        self.token_digest.is_some()
-    }
-
-    /// Checks the call's token; returns the operator's non-secret id (`op_` and 12 hex digits
-    /// of the token's SHA-256), kept in the audit trail and scoping idempotency keys.
-    pub(crate) fn check(&self, metadata: &MetadataMap) -> Result<String, Error> {
-        self.check_value(metadata.get("authorization").and_then(|v| v.to_str().ok()))
-    }
-
-    /// [`Self::check`] of an `authorization` header's value.
-    pub(crate) fn check_value(&self, authorization: Option<&str>) -> Result<String, Error> {
-        let Some(expected) = &self.token_digest else {
-            return Err((self.role.deny)(self.role.disabled));
+    /// Admits a call of `rpc` presenting `authorization` from memory: static tokens, and JWTs
+    /// validated before; a new JWT is left to [`Credentials::admit_jwt`].
+    pub(crate) fn admit_now(&self, rpc: &Rpc, authorization: Option<&str>) -> Admission {
+        if !self.needed(rpc) {
+            return Admission::Decided(Ok(None));
+        }
+        let refused = |why| Refusal::Unauthenticated {
+            access: rpc.access,
+            why,
         };
-        let presented = authorization
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                    .map(|_| v[7..].trim())
-            })
-            .ok_or_else(|| (self.role.deny)(self.role.missing))?;
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(format!("op_{}", hex::encode(&digest[..6])))
-        } else {
-            Err((self.role.deny)(self.role.wrong))
+        if !self.can_call(rpc) {
+            return Admission::Decided(Err(refused(Unauthenticated::Disabled)));
+        }
+        let Some(token) = bearer(authorization) else {
+            return Admission::Decided(Err(refused(Unauthenticated::Missing)));
+        };
+        if let Some(principal) = self.principals.current().by_token(token) {
+            return Admission::Decided(authorize(rpc, principal));
+        }
+        match &self.jwt {
+            Some(jwt) if looks_like_jwt(token) => match jwt.cached(token) {
+                Some(principal) => Admission::Decided(authorize(rpc, principal)),
+                None => Admission::Jwt(token.to_owned()),
+            },
+            _ => Admission::Decided(Err(refused(Unauthenticated::Wrong))),
         }
     }
+
+    /// Admits a call of `rpc` presenting the JWT `token` (see [`Admission::Jwt`]).
+    pub(crate) async fn admit_jwt(
+        &self,
+        rpc: &Rpc,
+        token: &str,
+    ) -> Result<Option<Arc<Principal>>, Refusal> {
+        let refused = Refusal::Unauthenticated {
+            access: rpc.access,
+            why: Unauthenticated::Wrong,
+        };
+        let Some(jwt) = &self.jwt else {
+            return Err(refused);
+        };
+        match jwt.authenticate(token).await {
+            Ok(principal) => authorize(rpc, principal),
+            Err(why) => {
+                tracing::info!(reason = %why, "a JWT was refused");
+                Err(refused)
+            }
+        }
+    }
+
+    /// [`Credentials::admit_now`], then [`Credentials::admit_jwt`] if it must.
+    pub(crate) async fn admit(
+        &self,
+        rpc: &Rpc,
+        authorization: Option<&str>,
+    ) -> Result<Option<Arc<Principal>>, Refusal> {
+        match self.admit_now(rpc, authorization) {
+            Admission::Decided(decided) => decided,
+            Admission::Jwt(token) => self.admit_jwt(rpc, &token).await,
+        }
+    }
+
+    /// Whether any credential could call `rpc` at all.
+    fn can_call(&self, rpc: &Rpc) -> bool {
+        rpc.roles.is_empty()
+            && self.principals.current().len() + usize::from(self.jwt.is_some()) > 0
+            || rpc.roles.iter().any(|r| self.grants(*r))
+    }
+}
+
+/// The token of `authorization: Bearer <token>` (the scheme in any case), if there is one.
+fn bearer(authorization: Option<&str>) -> Option<&str> {
+    let value = authorization?;
+    value
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("bearer "))
+        .map(|_| value[7..].trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// `principal` if it holds one of `rpc`'s roles (any principal for an RPC without roles).
+fn authorize(rpc: &Rpc, principal: Arc<Principal>) -> Result<Option<Arc<Principal>>, Refusal> {
+    if rpc.roles.is_empty() || rpc.roles.iter().any(|r| principal.may(*r)) {
+        return Ok(Some(principal));
+    }
+    Err(Refusal::LacksRole {
+        principal: principal.name.clone(),
+        rpc: rpc.name,
+        role: rpc.roles[0],
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyauth_contract::rpc;
 
-    fn with_auth(value: &str) -> MetadataMap {
-        let mut m = MetadataMap::new();
-        m.insert("authorization", value.parse().unwrap());
-        m
+    const ADMIN: &str = "an-admin-token-of-at-least-32-chars";
+    const VERIFIER: &str = "a-verifier-token-of-at-least-32-ch";
+
+    fn decided(
+        c: &Credentials,
+        method: &str,
+        auth: Option<&str>,
+    ) -> Result<Option<String>, Refusal> {
+        match c.admit_now(rpc::find(method).unwrap(), auth) {
+            Admission::Decided(d) => d.map(|p| p.map(|p| p.name.clone())),
+            Admission::Jwt(_) => panic!("no JWT here"),
+        }
     }
 
     #[test]
-    fn operator_token_is_checked() {
-        let auth = TokenCheck::new(Some("s3cret-token"));
-        assert!(auth.check(&with_auth("Bearer s3cret-token")).is_ok());
-        assert!(auth.check(&with_auth("bearer s3cret-token")).is_ok());
-        assert!(auth.check(&with_auth("Bearer s3cret-tokeN")).is_err());
-        assert!(auth.check(&with_auth("s3cret-token")).is_err());
-        assert!(auth.check(&MetadataMap::new()).is_err());
-        let none = TokenCheck::new(None);
-        assert!(none.check(&with_auth("Bearer ")).is_err());
-        assert!(!TokenCheck::new(Some("")).is_configured());
-        assert!(!format!("{auth:?}").contains("s3cret"));
+    fn legacy_tokens_are_the_principals_admin_and_verifier() {
+        let c = Credentials::from_tokens(Some(ADMIN), Some(VERIFIER)).unwrap();
+        let admin = format!("Bearer {ADMIN}");
+        let verifier = format!("bearer {VERIFIER}");
+        assert_eq!(
+            decided(&c, "IssueKey", Some(&admin)),
+            Ok(Some("admin".into()))
+        );
+        assert_eq!(
+            decided(&c, "Verify", Some(&verifier)),
+            Ok(Some("verifier".into()))
+        );
+        assert_eq!(
+            decided(&c, "GetCatalog", Some(&verifier)),
+            Ok(Some("verifier".into()))
+        );
+        assert_eq!(
+            decided(&c, "GetCatalog", Some(&admin)),
+            Ok(Some("admin".into()))
+        );
+        assert_eq!(
+            decided(&c, "GetPrincipal", Some(&verifier)),
+            Ok(Some("verifier".into()))
+        );
+        assert_eq!(
+            decided(&c, "IssueKey", Some(&verifier)),
+            Err(Refusal::LacksRole {
+                principal: "verifier".into(),
+                rpc: "IssueKey",
+                role: Role::Issue
+            })
+        );
+        for (method, auth, why) in [
+            ("IssueKey", None, Unauthenticated::Missing),
+            ("IssueKey", Some("Bearer "), Unauthenticated::Missing),
+            ("IssueKey", Some("Bearer nope"), Unauthenticated::Wrong),
+            ("Verify", Some(ADMIN), Unauthenticated::Missing),
+        ] {
+            let Err(Refusal::Unauthenticated { why: got, .. }) = decided(&c, method, auth) else {
+                panic!("{method} {auth:?} admitted")
+            };
+            assert_eq!(got, why, "{method} {auth:?}");
+        }
+        assert!(
+            Credentials::from_tokens(Some("short"), None)
+                .unwrap_err()
+                .contains("32")
+        );
     }
 
     #[test]
-    fn verifier_token_is_checked_with_its_own_reason() {
-        let auth = TokenCheck::verifier(Some("v-token"));
-        assert!(auth.check(&with_auth("Bearer v-token")).is_ok());
-        let refused = auth.check(&with_auth("Bearer operator-token")).unwrap_err();
-        assert!(matches!(refused, Error::VerifierUnauthenticated(_)));
+    fn verifier_rpcs_are_open_until_a_credential_can_verify() {
+        let c = Credentials::from_tokens(Some(ADMIN), None).unwrap();
+        assert_eq!(decided(&c, "Verify", None), Ok(None));
+        assert_eq!(decided(&c, "GetCatalog", Some("Bearer whatever")), Ok(None));
+        let none = Credentials::none();
+        assert_eq!(decided(&none, "CheckPermission", None), Ok(None));
+        let Err(refused) = decided(&none, "ListKeys", Some("Bearer x")) else {
+            panic!("admitted")
+        };
         assert!(matches!(
-            auth.check(&MetadataMap::new()),
-            Err(Error::VerifierUnauthenticated(m)) if m.contains("verifier token")
+            Error::from(refused),
+            Error::Unauthenticated(m) if m.contains("disabled")
         ));
-        assert!(!TokenCheck::verifier(None).is_configured());
-        assert!(!format!("{auth:?}").contains("v-token"));
+        assert!(matches!(
+            decided(&none, "GetPrincipal", None),
+            Err(Refusal::Unauthenticated {
+                why: Unauthenticated::Disabled,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_refusal_becomes_the_error_its_rpc_answers() {
+        let lacks = Error::from(Refusal::LacksRole {
+            principal: "auditor".into(),
+            rpc: "RevokeKey",
+            role: Role::Revoke,
+        });
+        assert!(matches!(
+            lacks,
+            Error::PermissionDenied {
+                reason: "PRINCIPAL_LACKS_ROLE",
+                role: Some("keys.revoke"),
+                ..
+            }
+        ));
+        let verifier = Error::from(Refusal::Unauthenticated {
+            access: Access::Verifier,
+            why: Unauthenticated::Wrong,
+        });
+        assert!(matches!(verifier, Error::VerifierUnauthenticated(_)));
+        assert!(
+            !format!("{:?}", Credentials::from_tokens(Some(ADMIN), None).unwrap()).contains(ADMIN)
+        );
     }
 }

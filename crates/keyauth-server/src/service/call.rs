@@ -9,7 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use keyauth_contract::request_id;
+use std::sync::Arc;
+
+use keyauth_contract::principal::Principal;
+use keyauth_contract::{request_id, rpc};
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
 use keyauth_core::sealing::{self, IdempotencyKey};
@@ -21,7 +24,8 @@ use tracing::level_filters::LevelFilter;
 use tracing::{Instrument, Span};
 
 use super::KeyAuthorityApi;
-use super::gate::{Admitted, authorization};
+use super::auth::{Admission, Refusal, Unauthenticated};
+use super::gate::{Admitted, Refused};
 use crate::status;
 
 pub(crate) const REQUEST_ID: &str = request_id::HEADER;
@@ -37,6 +41,8 @@ pub(crate) use keyauth_contract::rpc::Access;
 pub(crate) struct Call {
     /// The RPC's name (`IssueKey`): part of an idempotency fingerprint.
     method: &'static str,
+    /// Who is calling (`None` for an RPC open to every caller).
+    pub(crate) principal: Option<Arc<Principal>>,
     pub(crate) provenance: Provenance,
     idempotency_key: Option<IdempotencyKey>,
 }
@@ -88,9 +94,11 @@ impl KeyAuthorityApi {
                     .then(|| crate::connections::remote_addr(&request).map(|a| a.to_string()))
                     .flatten(),
             };
-            match self.admitted(access, &mut request) {
-                Ok(operator) => provenance.operator = operator,
-                Err(refused) if access == Access::Operator => {
+            let principal = match self.admitted(method, &mut request).await {
+                Ok(principal) => principal,
+                Err(refused)
+                    if access == Access::Operator && refused.is_failed_authentication() =>
+                {
                     // Counted in memory, written in aggregate by the housekeeping task: a
                     // refused call writes nothing itself.
                     let peer =
@@ -98,13 +106,14 @@ impl KeyAuthorityApi {
                     return Err(self.authority.note_auth_failure(
                         peer.as_deref(),
                         Some(request_id),
-                        refused,
+                        refused.into(),
                     ));
                 }
-                // Not counted as a failed operator call (GetCatalog answers with the
-                // verifier's refusal).
-                Err(refused) => return Err(refused),
-            }
+                // Not counted as a failed operator call: an authenticated caller without the
+                // role, or GetCatalog answering with the verifier's refusal.
+                Err(refused) => return Err(refused.into()),
+            };
+            provenance.operator = principal.as_ref().map(|p| p.id());
             let idempotency_key = match access {
                 Access::Operator => request
                     .metadata()
@@ -112,10 +121,11 @@ impl KeyAuthorityApi {
                     .get(IDEMPOTENCY_KEY)
                     .map(|v| IdempotencyKey::parse(v.as_bytes()))
                     .transpose()?,
-                Access::Verifier | Access::VerifierOrOperator => None,
+                Access::Verifier | Access::VerifierOrOperator | Access::Authenticated => None,
             };
             let call = Call {
                 method,
+                principal,
                 provenance,
                 idempotency_key,
             };
@@ -125,18 +135,38 @@ impl KeyAuthorityApi {
         finish(method, started, header, Some(span), result)
     }
 
-    /// A call's admission: the gate's, made from the headers (see `gate`), or checked here
-    /// when the gate refused it or it needs no token (then the header is not even looked up).
-    /// The operator's id when the operator token was presented.
-    pub(crate) fn admitted<T>(
+    /// A call's admission: the gate's, made from the headers (see `gate`), or made here for a
+    /// call that did not pass the gate (a unit test calling the service directly). The
+    /// principal, or `None` for an RPC open to every caller.
+    pub(crate) async fn admitted<T>(
         &self,
-        access: Access,
+        method: &str,
         request: &mut Request<T>,
-    ) -> Result<Option<String>, Error> {
-        match request.extensions_mut().remove::<Admitted>() {
-            Some(Admitted(operator)) => Ok(operator),
-            None if !self.tokens.needed(access) => Ok(None),
-            None => self.tokens.admit(access, authorization(request)),
+    ) -> Result<Option<Arc<Principal>>, Refusal> {
+        if let Some(decided) = gate_decision(request) {
+            return decided;
+        }
+        let rpc = rpc::find(method).expect("a method of the service");
+        self.credentials.admit(rpc, authorization(request)).await
+    }
+
+    /// [`KeyAuthorityApi::admitted`] from memory only (the verifier's path, which answers a
+    /// warm key without waiting): a JWT the gate did not see is refused.
+    pub(crate) fn admitted_now<T>(
+        &self,
+        method: &str,
+        request: &mut Request<T>,
+    ) -> Result<Option<Arc<Principal>>, Refusal> {
+        if let Some(decided) = gate_decision(request) {
+            return decided;
+        }
+        let rpc = rpc::find(method).expect("a method of the service");
+        match self.credentials.admit_now(rpc, authorization(request)) {
+            Admission::Decided(decided) => decided,
+            Admission::Jwt(_) => Err(Refusal::Unauthenticated {
+                access: rpc.access,
+                why: Unauthenticated::Wrong,
+            }),
         }
     }
 
@@ -316,6 +346,25 @@ pub(crate) fn request_id(presented: Option<&str>) -> String {
 fn fresh_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&request_id::fresh())
         .expect("base62 characters make a valid header value")
+}
+
+/// What the gate decided for this call, if it saw it.
+fn gate_decision<T>(request: &mut Request<T>) -> Option<Result<Option<Arc<Principal>>, Refusal>> {
+    let extensions = request.extensions_mut();
+    if let Some(Admitted(principal)) = extensions.remove::<Admitted>() {
+        return Some(Ok(principal));
+    }
+    extensions
+        .remove::<Refused>()
+        .map(|Refused(refusal)| Err(refusal))
+}
+
+/// The call's `authorization` header, if it is text.
+pub(crate) fn authorization<T>(request: &Request<T>) -> Option<&str> {
+    request
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
 }
 
 /// The caller's deadline, from the `grpc-timeout` header (`<digits><unit>`).

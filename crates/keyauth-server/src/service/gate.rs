@@ -1,97 +1,60 @@
-//! The token check before the request body is read.
+//! The credential check before the request body is read.
 //!
 //! The generated service reads and decodes a call's whole message before any handler runs, so
 //! a check made only in the handler lets an anonymous caller make the server read up to
 //! `--max-request-bytes` for each refused call. [`TokenGate`] wraps the service and checks the
-//! `authorization` header as soon as the headers arrive:
+//! `authorization` header as soon as the headers arrive (`auth::Credentials`):
 //!
-//! - refused: the body is dropped unread and replaced by one empty message, so the call runs
-//!   through the handler's plumbing as any other (the same refusal, request id, audit counting
-//!   of refused operator calls, metrics and log line) without having read a byte the caller
-//!   sent;
-//! - admitted: the admission ([`Admitted`]: the operator id, if any) goes to the handler in the
-//!   request's extensions, so the token is not checked twice.
+//! - refused: the body is dropped unread and replaced by one empty message, and the refusal
+//!   goes to the handler in the request's extensions, so the call runs through the handler's
+//!   plumbing as any other (the same refusal, request id, audit counting of refused operator
+//!   calls, metrics and log line) without having read a byte the caller sent;
+//! - admitted: the principal ([`Admitted`]) goes to the handler in the request's extensions, so
+//!   the credential is not checked twice.
 //!
-//! Which token each RPC needs is the contract's table (`keyauth_contract::rpc`), which the handlers' own
-//! `Access` must match (checked in debug builds by `call::handle`).
+//! A JWT not validated before is validated here, before the call goes on (the only admission
+//! that may wait: for the issuer's keys).
+//!
+//! Which credential each RPC needs is the contract's table (`keyauth_contract::rpc`).
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use keyauth_contract::principal::Principal;
+use keyauth_contract::rpc::Rpc;
 use tonic::codegen::{Bytes, Service, http};
 use tonic::server::NamedService;
 use tower_layer::Layer;
 
-use super::auth::TokenCheck;
-use keyauth_contract::rpc::Access;
-
 pub(crate) use keyauth_contract::rpc::access_of;
 
-/// The tokens a call may present, and what each admits.
+use super::auth::{Admission, Credentials, Refusal};
+
+/// A call the gate admitted: its principal (`None`: an open RPC, no credential needed).
 #[derive(Clone, Debug)]
-pub(crate) struct Tokens {
-    pub(crate) operators: TokenCheck,
-    pub(crate) verifiers: TokenCheck,
-}
+pub(crate) struct Admitted(pub(crate) Option<Arc<Principal>>);
 
-/// A call the gate admitted: the operator's id when the operator token was presented.
+/// A call the gate refused, its body dropped unread.
 #[derive(Clone, Debug)]
-pub(crate) struct Admitted(pub(crate) Option<String>);
+pub(crate) struct Refused(pub(crate) Refusal);
 
-impl Tokens {
-    /// Whether a call of `access` needs a token at all (Verify without a verifier token does
-    /// not).
-    pub(crate) fn needed(&self, access: Access) -> bool {
-        access != Access::Verifier || self.verifiers.is_configured()
-    }
-
-    /// Admits a call of `access` presenting `authorization`: the operator id when the operator
-    /// token was checked, or the refusal. A call that needs the verifier token or the operator
-    /// token (GetCatalog) is refused with the verifier's answer when it has neither.
-    pub(crate) fn admit(
-        &self,
-        access: Access,
-        authorization: Option<&str>,
-    ) -> Result<Option<String>, keyauth_core::Error> {
-        match access {
-            Access::Operator => self.operators.check_value(authorization).map(Some),
-            Access::Verifier if !self.verifiers.is_configured() => Ok(None),
-            Access::Verifier => self.verifiers.check_value(authorization).map(|_| None),
-            Access::VerifierOrOperator if !self.verifiers.is_configured() => Ok(None),
-            Access::VerifierOrOperator => match self.verifiers.check_value(authorization) {
-                Ok(_) => Ok(None),
-                Err(refused) => self
-                    .operators
-                    .check_value(authorization)
-                    .map(Some)
-                    .map_err(|_| refused),
-            },
-        }
-    }
-}
-
-/// The `authorization` header of a call, as [`Tokens::admit`] reads it.
-pub(crate) fn authorization<T>(request: &tonic::Request<T>) -> Option<&str> {
-    request
-        .metadata()
-        .as_ref()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+/// The RPC a request path names, if it is one of the key authority service's.
+pub(crate) fn rpc_of(path: &str) -> Option<&'static Rpc> {
+    path.rsplit_once('/')
+        .and_then(|(_, method)| keyauth_contract::rpc::find(method))
 }
 
 /// Wraps the key authority service in a [`TokenGate`].
 #[derive(Clone, Debug)]
 pub struct TokenGateLayer {
-    tokens: Tokens,
+    credentials: Credentials,
 }
 
 impl TokenGateLayer {
-    pub fn new(operators: TokenCheck, verifiers: TokenCheck) -> Self {
-        TokenGateLayer {
-            tokens: Tokens {
-                operators,
-                verifiers,
-            },
-        }
+    pub fn new(credentials: Credentials) -> Self {
+        TokenGateLayer { credentials }
     }
 }
 
@@ -101,7 +64,7 @@ impl<S> Layer<S> for TokenGateLayer {
     fn layer(&self, inner: S) -> TokenGate<S> {
         TokenGate {
             inner,
-            tokens: self.tokens.clone(),
+            credentials: self.credentials.clone(),
         }
     }
 }
@@ -110,7 +73,7 @@ impl<S> Layer<S> for TokenGateLayer {
 #[derive(Clone, Debug)]
 pub struct TokenGate<S> {
     inner: S,
-    tokens: Tokens,
+    credentials: Credentials,
 }
 
 impl<S: NamedService> NamedService for TokenGate<S> {
@@ -120,43 +83,87 @@ impl<S: NamedService> NamedService for TokenGate<S> {
 /// One gRPC frame holding an empty message: what a refused call's handler decodes.
 const EMPTY_MESSAGE: [u8; 5] = [0, 0, 0, 0, 0];
 
+/// Records the decision in the request: the principal, or the refusal with the body dropped.
+fn decide(
+    request: &mut http::Request<tonic::body::Body>,
+    decided: Result<Option<Arc<Principal>>, Refusal>,
+) {
+    match decided {
+        Ok(principal) => {
+            request.extensions_mut().insert(Admitted(principal));
+        }
+        Err(refusal) => {
+            request.extensions_mut().insert(Refused(refusal));
+            // Unread, and never to be read.
+            *request.body_mut() = tonic::body::Body::new(http_body_util::Full::new(
+                Bytes::from_static(&EMPTY_MESSAGE),
+            ));
+        }
+    }
+}
+
+/// The gate's future: the inner service's, or (for a JWT not validated before) the check
+/// first.
+pub enum GateFuture<F> {
+    Now(F),
+    Checking(Pin<Box<dyn Future<Output = F> + Send>>),
+}
+
+impl<F: Future + Unpin> Future for GateFuture<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        loop {
+            match &mut *self {
+                GateFuture::Now(inner) => return Pin::new(inner).poll(cx),
+                GateFuture::Checking(check) => match check.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(inner) => *self = GateFuture::Now(inner),
+                },
+            }
+        }
+    }
+}
+
 impl<S> Service<http::Request<tonic::body::Body>> for TokenGate<S>
 where
-    S: Service<http::Request<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>> + Clone + Send + 'static,
+    S::Future: Send + Unpin + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = GateFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut request: http::Request<tonic::body::Body>) -> Self::Future {
-        let access = request
-            .uri()
-            .path()
-            .rsplit_once('/')
-            .and_then(|(_, method)| access_of(method));
-        if let Some(access) = access.filter(|&a| self.tokens.needed(a)) {
-            let authorization = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            match self.tokens.admit(access, authorization) {
-                Ok(operator) => {
-                    request.extensions_mut().insert(Admitted(operator));
-                }
-                Err(_) => {
-                    // Unread, and never to be read: the handler refuses the call again from
-                    // its headers, through the shared plumbing.
-                    *request.body_mut() = tonic::body::Body::new(http_body_util::Full::new(
-                        Bytes::from_static(&EMPTY_MESSAGE),
-                    ));
-                }
+        let Some(rpc) = rpc_of(request.uri().path()) else {
+            return GateFuture::Now(self.inner.call(request));
+        };
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match self.credentials.admit_now(rpc, authorization) {
+            Admission::Decided(decided) => {
+                decide(&mut request, decided);
+                GateFuture::Now(self.inner.call(request))
+            }
+            Admission::Jwt(token) => {
+                // The clone that was made ready serves this call; a fresh clone waits for the
+                // next.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let credentials = self.credentials.clone();
+                GateFuture::Checking(Box::pin(async move {
+                    let decided = credentials.admit_jwt(rpc, &token).await;
+                    decide(&mut request, decided);
+                    inner.call(request)
+                }))
             }
         }
-        self.inner.call(request)
     }
 }
 
@@ -177,43 +184,5 @@ mod tests {
             assert!(access_of(method).is_some(), "{method} has no access");
         }
         assert_eq!(access_of("NoSuchMethod"), None);
-    }
-
-    #[test]
-    fn admission_follows_the_tokens() {
-        let tokens = Tokens {
-            operators: TokenCheck::new(Some("op")),
-            verifiers: TokenCheck::verifier(Some("ver")),
-        };
-        assert!(
-            tokens
-                .admit(Access::Operator, Some("Bearer op"))
-                .unwrap()
-                .is_some()
-        );
-        assert!(tokens.admit(Access::Operator, Some("Bearer ver")).is_err());
-        assert!(tokens.admit(Access::Operator, None).is_err());
-        assert_eq!(
-            tokens.admit(Access::Verifier, Some("Bearer ver")).unwrap(),
-            None
-        );
-        assert!(tokens.admit(Access::Verifier, Some("Bearer op")).is_err());
-        assert!(
-            tokens
-                .admit(Access::VerifierOrOperator, Some("Bearer op"))
-                .unwrap()
-                .is_some()
-        );
-        assert!(matches!(
-            tokens.admit(Access::VerifierOrOperator, Some("Bearer x")),
-            Err(keyauth_core::Error::VerifierUnauthenticated(_))
-        ));
-        let open = Tokens {
-            operators: TokenCheck::new(Some("op")),
-            verifiers: TokenCheck::verifier(None),
-        };
-        assert!(!open.needed(Access::Verifier));
-        assert_eq!(open.admit(Access::Verifier, None).unwrap(), None);
-        assert_eq!(open.admit(Access::VerifierOrOperator, None).unwrap(), None);
     }
 }

@@ -27,6 +27,7 @@ impl Outcome for pb::ReportExposedKeysResponse {}
 impl Outcome for pb::UpdateKeyResponse {}
 impl Outcome for pb::GetCatalogResponse {}
 impl Outcome for pb::ListApplicationsResponse {}
+impl Outcome for pb::GetPrincipalResponse {}
 
 fn page_size(value: i32) -> Result<u32, Error> {
     u32::try_from(value).map_err(|_| Error::invalid("page_size", "must not be negative"))
@@ -324,6 +325,27 @@ impl KeyAuthorityService for KeyAuthorityApi {
             Access::VerifierOrOperator,
             request,
             |_req, _call| async move { Ok(wire::catalog_out(self.authority.catalog())) },
+        )
+        .await
+    }
+
+    async fn get_principal(
+        &self,
+        request: Request<pb::GetPrincipalRequest>,
+    ) -> Result<Response<pb::GetPrincipalResponse>, Status> {
+        self.handle(
+            "GetPrincipal",
+            Access::Authenticated,
+            request,
+            |_req, call| async move {
+                let principal = call
+                    .principal
+                    .as_deref()
+                    .ok_or_else(|| Error::internal("GetPrincipal admitted without a principal"))?;
+                Ok(pb::GetPrincipalResponse {
+                    principal: Some(wire::principal_out(principal, true)),
+                })
+            },
         )
         .await
     }

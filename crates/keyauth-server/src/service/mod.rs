@@ -22,26 +22,23 @@ use keyauth_core::Authority;
 
 pub use watch::WatchOptions;
 
-pub use auth::TokenCheck;
+pub use auth::Credentials;
 pub use gate::{TokenGate, TokenGateLayer};
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
 pub use verifier::VerifierRoutes;
 
 pub struct KeyAuthorityApi {
     authority: Arc<Authority>,
-    tokens: gate::Tokens,
+    credentials: Credentials,
     watch: watch::Watchers,
 }
 
 impl KeyAuthorityApi {
-    /// The service; `verifiers` guards Verify and CheckPermission when it is configured.
-    pub fn new(authority: Arc<Authority>, operators: TokenCheck, verifiers: TokenCheck) -> Self {
+    /// The service, admitting calls with `credentials`.
+    pub fn new(authority: Arc<Authority>, credentials: Credentials) -> Self {
         KeyAuthorityApi {
             authority,
-            tokens: gate::Tokens {
-                operators,
-                verifiers,
-            },
+            credentials,
             watch: watch::Watchers::new(WatchOptions::default(), None),
         }
     }

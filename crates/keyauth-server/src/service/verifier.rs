@@ -41,7 +41,7 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroize;
 
 use super::KeyAuthorityApi;
-use super::call::{self, Access, Outcome};
+use super::call::{self, Outcome};
 use crate::wire;
 
 /// The answer to Verify and CheckPermission as it goes on the wire: the fields and tags of
@@ -232,7 +232,7 @@ impl KeyAuthorityApi {
         request: &mut Request<()>,
         message: &mut Req,
     ) -> Result<MemoryAnswer<Req::Required>, Error> {
-        self.admitted(Access::Verifier, request)?;
+        self.admitted_now(Req::METHOD, request)?;
         let required = message.required(self.authority.catalog())?;
         match self
             .authority
@@ -396,7 +396,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::TokenCheck;
+    use crate::service::Credentials;
     use crate::service::call::REQUEST_ID;
     use crate::test_support::Captured;
 
@@ -465,8 +465,7 @@ mod tests {
         dir: &tempfile::TempDir,
     ) -> (KeyAuthorityApi, Arc<Authority>, KeyRecord, String) {
         let authority = crate::test_support::authority(dir).await;
-        let none = TokenCheck::new(None);
-        let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
+        let api = KeyAuthorityApi::new(authority.clone(), Credentials::none());
         let issue = pb::IssueKeyRequest {
             application_id: "app_1".into(),
             environment: pb::Environment::Test.into(),

@@ -115,20 +115,11 @@ impl KeyAuthorityApi {
 
     async fn open_stream(
         &self,
-        request: Request<pb::WatchKeyChangesRequest>,
+        mut request: Request<pb::WatchKeyChangesRequest>,
     ) -> Result<ChangeStream, Status> {
-        if request
-            .extensions()
-            .get::<super::gate::Admitted>()
-            .is_none()
-        {
-            self.tokens
-                .admit(
-                    super::call::Access::Verifier,
-                    super::gate::authorization(&request),
-                )
-                .map_err(status::from_error)?;
-        }
+        self.admitted("WatchKeyChanges", &mut request)
+            .await
+            .map_err(|refused| status::from_error(refused.into()))?;
         let resume = request.into_inner().after_revision;
         let after = resume.unwrap_or(0);
         if after < 0 {
