@@ -180,4 +180,8 @@ fn event_filter(query: &EventQuery) -> String {
 }
 
 #[cfg(test)]
+mod actor_tests;
+#[cfg(test)]
+mod scope_tests;
+#[cfg(test)]
 mod tests;
