@@ -151,6 +151,7 @@ fn scoped(listing: &str, filter: &str, scope: &Scope) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::scope;
 
     #[test]
     fn tokens_round_trip_and_refuse_tampering() {
@@ -207,11 +208,6 @@ mod tests {
         assert_eq!(tokens.open_applications(&apps, &all).unwrap(), app);
         assert!(tokens.open_applications(&events, &all).is_err());
         assert!(tokens.open(&app, None, KeyStates::ALL, &apps).is_err());
-    }
-
-    fn scope(apps: &[&str], envs: &[&str]) -> Scope {
-        let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Scope::new(owned(apps), owned(envs)).unwrap()
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::store::{self, Actor, Provenance, Store, StoreOptions};
 
 pub mod records;
 
-pub use records::{blank_record, secs};
+pub use records::{blank_record, scope, secs};
 
 /// The store a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

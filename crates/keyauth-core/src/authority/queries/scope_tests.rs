@@ -10,17 +10,12 @@ use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId};
 use crate::on_both_stores;
 use crate::store::{ApplicationSummary, EventFilter, EventKind, EventQuery, KeyCounts};
-use crate::testing::{self, StoreKind, TestAuthority, new_key, who};
+use crate::testing::{self, StoreKind, TestAuthority, new_key, scope, who};
 
 on_both_stores!(
     applications_are_listed_within_the_scope,
     events_are_listed_within_the_scope,
 );
-
-fn scope(apps: &[&str], envs: &[&str]) -> Scope {
-    let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-    Scope::new(owned(apps), owned(envs)).unwrap()
-}
 
 /// The keys of the tests, each issued and then revoked (two events each), interleaved so
 /// that a scope's events are spread among the others': (application, environment).

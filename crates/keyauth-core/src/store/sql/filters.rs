@@ -92,11 +92,7 @@ pub(super) use bind_all;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scope(apps: &[&str], envs: &[&str]) -> Scope {
-        let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        Scope::new(owned(apps), owned(envs)).unwrap()
-    }
+    use crate::testing::scope;
 
     #[test]
     fn a_scope_is_placeholders_only() {
