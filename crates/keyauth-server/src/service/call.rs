@@ -87,6 +87,7 @@ impl KeyAuthorityApi {
                 peer: (access == Access::Operator)
                     .then(|| crate::connections::remote_addr(&request).map(|a| a.to_string()))
                     .flatten(),
+                actor: None,
             };
             match self.admitted(access, &mut request) {
                 Ok(operator) => provenance.operator = operator,
