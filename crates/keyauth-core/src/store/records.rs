@@ -1,6 +1,8 @@
 //! The store's records: what a change takes (who asked, the idempotency record, a roll's
 //! successor, an update) and what it produces, audit events and their queries, listings.
 
+use keyauth_contract::principal::Principal;
+
 use crate::clock::Timestamp;
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyStates, Metadata, Permissions,
@@ -27,6 +29,16 @@ pub struct Actor {
     pub name: String,
     pub subject: String,
     pub issuer: String,
+}
+
+impl From<&Principal> for Actor {
+    fn from(principal: &Principal) -> Self {
+        Actor {
+            name: principal.name.clone(),
+            subject: principal.subject.clone(),
+            issuer: principal.issuer.clone(),
+        }
+    }
 }
 
 /// What a change produced, for encoding the response an idempotent retry will replay.
