@@ -26,7 +26,7 @@ use keyauth_core::clock::Clock;
 use keyauth_core::store::{self, StoreOptions};
 use keyauth_proto as pb;
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
-use keyauth_server::service::OperatorAuth;
+use keyauth_server::service::TokenCheck;
 use tokio::task::JoinSet;
 
 use crate::error::{BoxError, Result};
@@ -47,7 +47,7 @@ async fn start_server(database: &str, admin: &str) -> Result<Running> {
     let authority = server::authority(store, AuthoritySettings::default(), Clock::System).await?;
     let options = ServeOptions {
         shutdown_grace: Duration::from_secs(5),
-        operators: OperatorAuth::new(Some(admin)),
+        operators: TokenCheck::new(Some(admin)),
         ..ServeOptions::default()
     };
     Ok(server::start("127.0.0.1:0".parse()?, authority, options).await?)

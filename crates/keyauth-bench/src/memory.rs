@@ -144,7 +144,7 @@ pub async fn memory_phase(keys: usize, cores: usize, hash: HashParams) -> Result
         joined??;
     }
     // The server writes last-use times every few seconds; do as it does.
-    authority.flush_usage().await?;
+    authority.write_last_use().await?;
     let after_verify = MemorySample::read()?;
     let cached = authority.cache().len();
     eprintln!(

@@ -13,7 +13,7 @@ use keyauth_core::hashing::HashParams;
 use keyauth_core::sealing::SealKey;
 use keyauth_core::store::{self, StoreOptions};
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
-use keyauth_server::service::OperatorAuth;
+use keyauth_server::service::TokenCheck;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -79,7 +79,7 @@ impl BenchServer {
                 let authority = server::authority(store, settings, Clock::System).await?;
                 let options = ServeOptions {
                     shutdown_grace: Duration::from_secs(5),
-                    operators: OperatorAuth::new(Some(&admin_token)),
+                    operators: TokenCheck::new(Some(&admin_token)),
                     ..ServeOptions::default()
                 };
                 let running = server::start("127.0.0.1:0".parse()?, authority, options).await?;

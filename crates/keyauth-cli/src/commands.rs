@@ -101,7 +101,7 @@ pub(crate) fn listing(
 /// `client` for one operator request: with a request id of its own (`cli-` and 16 random
 /// base62 characters) so that the audit trail can be matched with this run.
 pub(crate) fn operator(client: &Client) -> Client {
-    client.with_request_id(&format!("cli-{}", keyauth_key::unique_base62(16)))
+    client.with_request_id(&format!("cli-{}", keyauth_contract::unique_base62(16)))
 }
 
 /// Connects eagerly, so that an unreachable server (or a failed TLS handshake) is exit 3 before

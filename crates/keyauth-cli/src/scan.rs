@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use keyauth_key::PresentedKey;
+use keyauth_contract::PresentedKey;
 use keyauth_proto as pb;
 use serde_json::json;
 

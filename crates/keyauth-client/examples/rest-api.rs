@@ -109,7 +109,7 @@ async fn create(
     let id = format!(
         "{}_{}",
         &resource[..3.min(resource.len())],
-        keyauth_key::unique_base62(10)
+        keyauth_contract::unique_base62(10)
     );
     record["id"] = json!(id);
     record["object"] = json!(resource.trim_end_matches('s'));

@@ -392,7 +392,7 @@ impl Client {
         // One key for every attempt of this call: the server answers a retry with the first
         // attempt's response. A change without one is never retried.
         let idempotency = (idempotent_change && self.idempotency)
-            .then(|| format!("kc-{}", keyauth_key::unique_base62(24)));
+            .then(|| format!("kc-{}", keyauth_contract::unique_base62(24)));
         let retries = if idempotent_change && idempotency.is_none() {
             0
         } else {

@@ -161,7 +161,7 @@ impl Entry {
 
     /// The server's rule (`keyauth_contract::verdict`): revoked, then expired, then
     /// permissions.
-    fn judge(&self, now_micros: i64, required: &[Permission]) -> Verdict {
+    fn verdict(&self, now_micros: i64, required: &[Permission]) -> Verdict {
         let required = required
             .iter()
             .map(|p| (p.resource.as_str(), p.action.as_str()));
@@ -372,7 +372,7 @@ impl Verifier {
             if !digests_match(&entry.digest, &digest) {
                 return Ok(Verdict::unauthenticated());
             }
-            return Ok(entry.judge(now_micros(), required));
+            return Ok(entry.verdict(now_micros(), required));
         }
         let generation = state.generation.load(Ordering::SeqCst);
         let answer = state
@@ -505,14 +505,14 @@ mod tests {
         let read = [Permission::new("patients", "read")];
         let write = [Permission::new("patients", "write")];
         let e = Entry::new([0; 32], &api_key(true), 0);
-        assert!(e.judge(0, &read).is_valid());
+        assert!(e.verdict(0, &read).is_valid());
         assert_eq!(
-            e.judge(0, &write).denial,
+            e.verdict(0, &write).denial,
             Some(Denial::InsufficientPermissions)
         );
         assert!(
             Entry::new([0; 32], &api_key(false), 0)
-                .judge(0, &write)
+                .verdict(0, &write)
                 .is_valid()
         );
         let mut expiring = api_key(false);
@@ -521,12 +521,12 @@ mod tests {
             nanos: 0,
         });
         let e = Entry::new([0; 32], &expiring, 0);
-        assert!(e.judge(9_999_999, &[]).is_valid());
-        assert_eq!(e.judge(10_000_000, &[]).denial, Some(Denial::Expired));
+        assert!(e.verdict(9_999_999, &[]).is_valid());
+        assert_eq!(e.verdict(10_000_000, &[]).denial, Some(Denial::Expired));
         let mut revoked = expiring;
         revoked.revoke_time = Some(prost_types::Timestamp::default());
         let e = Entry::new([0; 32], &revoked, 0);
-        assert_eq!(e.judge(10_000_000, &[]).denial, Some(Denial::Revoked));
+        assert_eq!(e.verdict(10_000_000, &[]).denial, Some(Denial::Revoked));
         assert_eq!(e.key.environment, "live");
     }
 

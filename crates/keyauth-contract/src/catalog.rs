@@ -53,7 +53,7 @@ impl Catalog {
     /// The seed's catalog.
     pub fn built_in() -> Self {
         Catalog::new(
-            keyauth_key::BUILT_IN_CATALOG
+            keyauth_contract::BUILT_IN_CATALOG
                 .iter()
                 .map(|(r, actions)| (r.to_string(), actions.iter().map(|a| a.to_string()))),
         )

@@ -24,7 +24,7 @@ pub mod rpc;
 pub mod verdict;
 
 pub use catalog::Catalog;
-pub use keyauth_key::*;
+pub use keyauth_contract::*;
 
 /// Characters of a caller's string an error message or a log field shows at most.
 pub const ECHO_MAX_CHARS: usize = 64;

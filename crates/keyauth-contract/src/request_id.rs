@@ -43,7 +43,7 @@ pub fn fresh() -> [u8; FRESH_LEN] {
     static SEED: OnceLock<Seed> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let seed = SEED.get_or_init(|| {
-        let random = keyauth_key::unique_base62(FRESH_PREFIX + 11);
+        let random = keyauth_contract::unique_base62(FRESH_PREFIX + 11);
         let bytes = random.as_bytes();
         let mut prefix = [0u8; FRESH_PREFIX];
         prefix.copy_from_slice(&bytes[..FRESH_PREFIX]);

@@ -5,7 +5,7 @@
 //! state: the caller decides that before asking here); then revoked before expired; the
 //! permissions last.
 
-use keyauth_key::Denial;
+use keyauth_contract::Denial;
 
 /// What the rule needs to know of a proven key.
 pub trait ProvenKey {

@@ -1,6 +1,6 @@
 //! The key format (crate `keyauth-key`), and the key id it gives in the domain's type.
 
-pub use keyauth_key::*;
+pub use keyauth_contract::*;
 
 use crate::model::KeyId;
 

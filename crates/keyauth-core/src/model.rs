@@ -7,7 +7,7 @@ use std::fmt;
 use crate::clock::Timestamp;
 use crate::error::{Error, FieldViolation, echo};
 
-pub use keyauth_key::{Denial, Environment, LOOKUP_LEN};
+pub use keyauth_contract::{Denial, Environment, LOOKUP_LEN};
 
 /// A key id, `key_<lookup>`: public, stable, the primary key of the store.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -66,7 +66,7 @@ pub struct KeyIdText {
 
 impl KeyIdText {
     /// The id of a parsed key (whose lookup part the parse checked).
-    pub fn of(key: &keyauth_key::KeyView<'_>) -> Self {
+    pub fn of(key: &keyauth_contract::KeyView<'_>) -> Self {
         let mut text = [0; 4 + LOOKUP_LEN];
         text[..4].copy_from_slice(b"key_");
         text[4..].copy_from_slice(key.lookup().as_bytes());
@@ -332,8 +332,8 @@ pub struct KeyRecord {
     pub last_used_time: Option<Timestamp>,
     pub replaced_by: Option<KeyId>,
     /// What a server derives from this record once and reuses (keyauth-server: the record's
-    /// encoded answer to a Verify). Not part of the record's value: see [`Memo`].
-    pub memo: Memo,
+    /// encoded answer to a Verify). Not part of the record's value: see [`EncodedAnswer`].
+    pub encoded_answer: EncodedAnswer,
 }
 
 /// Bytes derived from a record once, by whoever reads it, and kept with it. Sound because a
@@ -341,28 +341,28 @@ pub struct KeyRecord {
 /// a new record, and a clone (how a record is changed) starts with an empty memo. Equal for any
 /// two records, and not shown in `Debug`.
 #[derive(Default)]
-pub struct Memo(std::sync::OnceLock<bytes::Bytes>);
+pub struct EncodedAnswer(std::sync::OnceLock<bytes::Bytes>);
 
-impl Memo {
+impl EncodedAnswer {
     /// The memo, made by `make` the first time.
     pub fn get_or_init(&self, make: impl FnOnce() -> bytes::Bytes) -> &bytes::Bytes {
         self.0.get_or_init(make)
     }
 }
 
-impl Clone for Memo {
+impl Clone for EncodedAnswer {
     fn clone(&self) -> Self {
-        Memo::default()
+        EncodedAnswer::default()
     }
 }
 
-impl PartialEq for Memo {
-    fn eq(&self, _: &Memo) -> bool {
+impl PartialEq for EncodedAnswer {
+    fn eq(&self, _: &EncodedAnswer) -> bool {
         true
     }
 }
 
-impl Eq for Memo {}
+impl Eq for EncodedAnswer {}
 
 impl fmt::Debug for KeyRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -529,7 +529,7 @@ mod tests {
 
     #[test]
     fn an_id_on_the_stack_finds_the_key_id() {
-        let key = keyauth_key::PresentedKey::generate(Environment::Live).unwrap();
+        let key = keyauth_contract::PresentedKey::generate(Environment::Live).unwrap();
         let id = KeyIdText::of(&key.view());
         assert_eq!(id.as_str(), format!("key_{}", key.lookup()));
         let owned = KeyId::parse(id.as_str(), "id").unwrap();
@@ -542,17 +542,17 @@ mod tests {
     #[test]
     fn a_memo_does_not_survive_a_clone() {
         let r = record(false);
-        r.memo.get_or_init(|| bytes::Bytes::from_static(b"answer"));
+        r.encoded_answer.get_or_init(|| bytes::Bytes::from_static(b"answer"));
         let changed = r.clone();
         assert_eq!(changed, r);
         assert_eq!(
             changed
-                .memo
+                .encoded_answer
                 .get_or_init(|| bytes::Bytes::from_static(b"new")),
             "new"
         );
         assert_eq!(
-            r.memo.get_or_init(|| bytes::Bytes::from_static(b"new")),
+            r.encoded_answer.get_or_init(|| bytes::Bytes::from_static(b"new")),
             "answer"
         );
     }
@@ -573,20 +573,20 @@ mod tests {
         let need_write = vec![("patients".to_owned(), "write".to_owned())];
         let need_read = vec![("patients".to_owned(), "read".to_owned())];
         let restricted = Arc::new(record(true));
-        let v = Verdict::judge(restricted.clone(), t(1), &need_write);
+        let v = Verdict::of_proven(restricted.clone(), t(1), &need_write);
         assert_eq!(v.denial, Some(Denial::InsufficientPermissions));
         assert_eq!(v.state(), Some(KeyState::Active));
-        assert!(Verdict::judge(restricted, t(1), &need_read).is_valid());
+        assert!(Verdict::of_proven(restricted, t(1), &need_read).is_valid());
         assert_eq!(Verdict::unauthenticated().state(), None);
-        assert!(Verdict::judge(Arc::new(record(false)), t(1), &need_write).is_valid());
+        assert!(Verdict::of_proven(Arc::new(record(false)), t(1), &need_write).is_valid());
         let mut revoked = record(true);
         revoked.revoke_time = Some(t(0));
-        let v = Verdict::judge(Arc::new(revoked), t(1), &need_write);
+        let v = Verdict::of_proven(Arc::new(revoked), t(1), &need_write);
         assert_eq!(v.denial, Some(Denial::Revoked));
         assert_eq!(v.state(), Some(KeyState::Revoked));
         let mut expired = record(false);
         expired.expire_time = Some(t(1));
-        let v = Verdict::judge(Arc::new(expired), t(1), &need_read);
+        let v = Verdict::of_proven(Arc::new(expired), t(1), &need_read);
         assert_eq!(v.state(), Some(KeyState::Expired));
     }
 

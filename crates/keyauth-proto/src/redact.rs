@@ -8,10 +8,10 @@ use crate::{
 };
 
 /// The display form of a presented key (raw or `Bearer …`): the contract's redaction
-/// (`keyauth_key::redact_shaped`) for anything shaped like a key; otherwise only its length.
+/// (`keyauth_contract::redact_shaped`) for anything shaped like a key; otherwise only its length.
 /// The checksum is not verified here: this is for printing.
 pub fn redact_presented(presented: &str) -> String {
-    keyauth_key::redact_shaped(presented).unwrap_or_else(|| format!("<{} bytes>", presented.len()))
+    keyauth_contract::redact_shaped(presented).unwrap_or_else(|| format!("<{} bytes>", presented.len()))
 }
 
 struct Redacted<'a>(&'a str);

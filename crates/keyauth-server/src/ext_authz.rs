@@ -40,7 +40,7 @@ use tracing::level_filters::LevelFilter;
 pub use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer};
 pub use keyauth_contract::routes::RouteTable;
 
-use crate::service::OperatorAuth;
+use crate::service::TokenCheck;
 use crate::service::call::{self, REQUEST_ID};
 use crate::status;
 
@@ -73,7 +73,7 @@ pub struct ExtAuthzOptions {
 /// The `envoy.service.auth.v3.Authorization` service.
 pub struct ExtAuthzApi {
     authority: Arc<Authority>,
-    verifiers: OperatorAuth,
+    verifiers: TokenCheck,
     options: ExtAuthzOptions,
 }
 
@@ -81,7 +81,7 @@ impl ExtAuthzApi {
     /// The service; `verifiers` guards Check as it guards Verify, when it is configured.
     pub fn new(
         authority: Arc<Authority>,
-        verifiers: OperatorAuth,
+        verifiers: TokenCheck,
         options: ExtAuthzOptions,
     ) -> Self {
         // A route naming a permission outside the catalog refuses every request it matches:
@@ -469,7 +469,7 @@ mod tests {
         let bearer = format!("Bearer {}", issued.key.expose());
         let api = ExtAuthzApi::new(
             authority,
-            OperatorAuth::verifier(None),
+            TokenCheck::verifier(None),
             ExtAuthzOptions::default(),
         );
 

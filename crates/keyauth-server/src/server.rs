@@ -36,7 +36,7 @@ use crate::ext_authz::{AuthorizationServer, ExtAuthzApi, ExtAuthzOptions};
 use crate::http::HttpOptions;
 use crate::limits::{Limits, LimitsLayer};
 use crate::service::{
-    KeyAuthorityApi, KeyAuthorityServiceServer, OperatorAuth, TokenGateLayer, VerifierRoutes,
+    KeyAuthorityApi, KeyAuthorityServiceServer, TokenCheck, TokenGateLayer, VerifierRoutes,
     WatchOptions,
 };
 
@@ -154,9 +154,9 @@ pub struct ServeOptions {
     /// zero: never.
     pub tls_reload_interval: Duration,
     /// The operator token operator RPCs require (unset: they are refused).
-    pub operators: OperatorAuth,
+    pub operators: TokenCheck,
     /// The verifier token Verify, CheckPermission and ext_authz Check require, if configured.
-    pub verifiers: OperatorAuth,
+    pub verifiers: TokenCheck,
     pub limits: Limits,
     /// Envoy ext_authz: the route table and whether `authorization` is stripped.
     pub ext_authz: ExtAuthzOptions,
@@ -175,8 +175,8 @@ impl Default for ServeOptions {
             follow: FollowOptions::default(),
             tls: None,
             tls_reload_interval: DEFAULT_TLS_RELOAD_INTERVAL,
-            operators: OperatorAuth::new(None),
-            verifiers: OperatorAuth::verifier(None),
+            operators: TokenCheck::new(None),
+            verifiers: TokenCheck::verifier(None),
             limits: Limits::default(),
             ext_authz: ExtAuthzOptions::default(),
             http: None,
@@ -246,7 +246,7 @@ pub async fn run(
         options.health_interval,
         stop_rx.clone(),
     ));
-    let flusher = tokio::spawn(flush_usage(
+    let flusher = tokio::spawn(housekeeping(
         authority.clone(),
         options.usage_flush_interval,
         stop_rx.clone(),
@@ -446,7 +446,7 @@ async fn probe_store(
 /// refused operator calls counted since (one row per peer), purges expired idempotency
 /// records and refused-call rows past their retention, and rebuilds the key filter when it
 /// outgrew its size.
-async fn flush_usage(
+async fn housekeeping(
     authority: Arc<Authority>,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
@@ -456,7 +456,7 @@ async fn flush_usage(
             _ = tokio::time::sleep(every) => false,
             _ = stop.changed() => true,
         };
-        match authority.flush_usage().await {
+        match authority.write_last_use().await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(keys = n, "last-use times written"),
             Err(e) => {

@@ -8,13 +8,13 @@ use crate::model::KeyId;
 impl Authority {
     /// A key exists (made by another instance, heard from the change feed).
     pub fn note_key_exists(&self, id: &KeyId) {
-        self.keys.insert(id);
+        self.key_filter.insert(id);
         self.cache.forget_unknown(id);
     }
 
     /// Rebuilds the key filter if more keys were added than it was sized for (housekeeping).
     pub async fn maintain_key_filter(&self) -> Result<bool, Error> {
-        if !self.keys.needs_rebuild() {
+        if !self.key_filter.needs_rebuild() {
             return Ok(false);
         }
         self.rebuild_key_filter().await?;
@@ -23,8 +23,8 @@ impl Authority {
 
     /// Rebuilds the key filter from the store now (keys added meanwhile are kept).
     pub async fn rebuild_key_filter(&self) -> Result<(), Error> {
-        self.keys.rebuild(self.store.as_ref()).await?;
-        let (held, capacity, bytes) = self.keys.stats();
+        self.key_filter.rebuild(self.store.as_ref()).await?;
+        let (held, capacity, bytes) = self.key_filter.stats();
         tracing::info!(keys = held, capacity, bytes, "key filter rebuilt");
         Ok(())
     }
@@ -79,7 +79,7 @@ impl Authority {
     }
 
     /// Writes pending last-use times to the store in one batch.
-    pub async fn flush_usage(&self) -> Result<usize, Error> {
+    pub async fn write_last_use(&self) -> Result<usize, Error> {
         let batch = self.usage.take();
         let n = batch.len();
         if let Err(e) = self.store.record_last_used(&batch).await {

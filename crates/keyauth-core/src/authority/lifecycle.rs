@@ -34,7 +34,7 @@ impl Authority {
             revoke_reason: None,
             last_used_time: None,
             replaced_by: None,
-            memo: Default::default(),
+            encoded_answer: Default::default(),
         };
         Ok(Issued { record, key })
     }
@@ -110,7 +110,7 @@ impl Authority {
         // commit is under way now, and keeps what is added meanwhile (added before it
         // started, the key would be in neither its listing nor its additions). The caller
         // learns the key only from this call's answer, after this line.
-        self.keys.insert(&issued.record.id);
+        self.key_filter.insert(&issued.record.id);
         self.cache.forget(&issued.record.id);
         self.changes.note_commit();
         tracing::info!(key_id = %issued.record.id, application_id = issued.record.application_id.as_str(), "key issued");
@@ -172,7 +172,7 @@ impl Authority {
         match outcome? {
             Rolled::Done { new, previous } => {
                 // After the commit (see `issue`).
-                self.keys.insert(&new.id);
+                self.key_filter.insert(&new.id);
                 self.changes.note_commit();
                 tracing::info!(key_id = %id, new_key_id = %new.id, grace_secs = grace.as_secs(), "key rolled");
                 Ok((Issued { record: new, key }, previous))

@@ -30,7 +30,7 @@ use crate::sealing::Sealer;
 use crate::store::Store;
 use crate::usage::UsageRecorder;
 
-pub use types::{ExposureOutcome, Idempotency, Issued, NewKey, Recall, Replay, Waiting};
+pub use types::{ExposureOutcome, Idempotency, Issued, NewKey, FromMemory, Replay, Waiting};
 
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -55,7 +55,7 @@ pub struct Authority {
     sealer: Sealer,
     idempotency_ttl: Duration,
     /// Every key id of the store (a Bloom filter): unknown ids are refused from memory.
-    keys: KeyFilter,
+    key_filter: KeyFilter,
     /// Ids absent from `keys` that may still be read from the store (a change of another
     /// instance not yet heard of).
     probes: ProbeBudget,
@@ -131,7 +131,7 @@ impl Authority {
             },
             sealer: Sealer::new(None),
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
-            keys,
+            key_filter: keys,
             probes: ProbeBudget::new(PROBE_BURST, PROBES_PER_SECOND),
             keys_listed_after_event,
             flights: Flights::default(),

@@ -83,7 +83,7 @@ pub struct Issued {
 
 /// What [`Authority::verify_from_memory`](super::Authority::verify_from_memory) made of a Verify.
 #[derive(Debug)]
-pub enum Recall {
+pub enum FromMemory {
     /// Answered from memory.
     Answered(Result<Verdict, Error>),
     /// The store or argon2 is needed: [`Authority::verify_waiting`](super::Authority::verify_waiting).

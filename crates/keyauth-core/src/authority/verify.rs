@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::Authority;
-use super::types::{Pending, Recall, Waiting};
+use super::types::{Pending, FromMemory, Waiting};
 use crate::cache::{Admission, Lookup, Proven};
 use crate::clock::Timestamp;
 use crate::error::Error;
@@ -27,8 +27,8 @@ impl Authority {
         deadline: Option<Instant>,
     ) -> Result<Verdict, Error> {
         match self.verify_from_memory(presented, required) {
-            Recall::Answered(answer) => answer,
-            Recall::Wait(waiting) => self.verify_waiting(waiting, required, deadline).await,
+            FromMemory::Answered(answer) => answer,
+            FromMemory::Wait(waiting) => self.verify_waiting(waiting, required, deadline).await,
         }
     }
 
@@ -36,9 +36,9 @@ impl Authority {
     /// and fresh in the cache, a malformed key, a wrong secret for a cached key, an id no key
     /// has. Otherwise (the store, argon2) what [`Authority::verify_waiting`] goes on with. The
     /// key is read where it lies: nothing is copied or allocated unless the call has to wait.
-    pub fn verify_from_memory(&self, presented: &str, required: &[(String, String)]) -> Recall {
+    pub fn verify_from_memory(&self, presented: &str, required: &[(String, String)]) -> FromMemory {
         let Some(key) = KeyView::parse(presented) else {
-            return Recall::Answered(Ok(Verdict::unauthenticated()));
+            return FromMemory::Answered(Ok(Verdict::unauthenticated()));
         };
         let id = KeyIdText::of(&key);
         let digest = key.digest();
@@ -46,25 +46,25 @@ impl Authority {
         let pending = match self.cache.lookup(id.as_str(), &digest) {
             // Past the staleness limit nothing is answered from memory.
             Lookup::Proven(_) | Lookup::WrongSecret if self.cut_off() => {
-                return Recall::Answered(Err(Error::StoreUnreachable));
+                return FromMemory::Answered(Err(Error::StoreUnreachable));
             }
-            Lookup::WrongSecret => return Recall::Answered(Ok(Verdict::unauthenticated())),
+            Lookup::WrongSecret => return FromMemory::Answered(Ok(Verdict::unauthenticated())),
             Lookup::Proven(p) if self.cache.is_fresh(&p, now) => {
-                return Recall::Answered(Ok(self.judged(&p, now, required)));
+                return FromMemory::Answered(Ok(self.judged(&p, now, required)));
             }
             Lookup::Proven(stale) => Pending::Refresh(stale),
             Lookup::Miss => {
                 // An id no key has: refused from memory, unless it may be a key another
                 // instance just made (a few such reads a second).
                 let key = key.to_owned();
-                if !self.keys.may_contain(&key.id()) && !self.probes.take(now) {
+                if !self.key_filter.may_contain(&key.id()) && !self.probes.take(now) {
                     metrics::counter!(crate::metrics::KEY_FILTER_REFUSALS).increment(1);
-                    return Recall::Answered(Ok(Verdict::unauthenticated()));
+                    return FromMemory::Answered(Ok(Verdict::unauthenticated()));
                 }
                 Pending::Prove(key)
             }
         };
-        Recall::Wait(Waiting { pending, now })
+        FromMemory::Wait(Waiting { pending, now })
     }
 
     /// The rest of a Verify that memory could not answer: the stale record re-read, or the
@@ -88,7 +88,7 @@ impl Authority {
 
     /// A proven key judged at `now` for `required`; its use noted when it is valid.
     fn judged(&self, proven: &Proven, now: Timestamp, required: &[(String, String)]) -> Verdict {
-        let verdict = Verdict::judge(proven.record.clone(), now, required);
+        let verdict = Verdict::of_proven(proven.record.clone(), now, required);
         if verdict.is_valid() {
             self.note_use(proven, now);
         }
@@ -130,7 +130,7 @@ impl Authority {
             return Ok(None);
         };
         // It exists: a probe past the filter found a key made elsewhere.
-        self.keys.insert(&id);
+        self.key_filter.insert(&id);
         if record.environment != key.environment() {
             return Ok(None);
         }

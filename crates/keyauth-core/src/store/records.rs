@@ -311,7 +311,7 @@ impl Successor {
             revoke_reason: None,
             last_used_time: None,
             replaced_by: None,
-            memo: Default::default(),
+            encoded_answer: Default::default(),
         }
     }
 }

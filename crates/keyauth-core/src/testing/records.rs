@@ -27,7 +27,7 @@ pub fn blank_record(id: &str) -> KeyRecord {
         redacted: String::new(),
         metadata: Metadata::new(),
         secret_hash: String::new(),
-        memo: Default::default(),
+        encoded_answer: Default::default(),
     }
 }
 

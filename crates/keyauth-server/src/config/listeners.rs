@@ -12,7 +12,7 @@ use super::secret::{Secret, SecretArg, SecretFlag};
 use crate::ext_authz::ExtAuthzOptions;
 use crate::http::{GithubKeys, HttpOptions};
 use crate::server::ServeOptions;
-use crate::service::{OperatorAuth, WatchOptions};
+use crate::service::{TokenCheck, WatchOptions};
 use crate::tls::Reloading;
 
 impl ServeArgs {
@@ -38,8 +38,8 @@ impl ServeArgs {
             http: self.http_options(tls.as_ref())?,
             tls,
             tls_reload_interval: self.tls_reload_interval,
-            operators: OperatorAuth::new(admin.as_ref().map(Secret::expose)),
-            verifiers: OperatorAuth::verifier(verifier.as_ref().map(Secret::expose)),
+            operators: TokenCheck::new(admin.as_ref().map(Secret::expose)),
+            verifiers: TokenCheck::verifier(verifier.as_ref().map(Secret::expose)),
             limits: self.limits(),
             ext_authz: ExtAuthzOptions {
                 routes,

@@ -7,10 +7,10 @@ use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 
 /// Checks `authorization: Bearer <token>` in constant time: the operator token on operator
-/// RPCs ([`OperatorAuth::new`]), the verifier token on Verify and CheckPermission
-/// ([`OperatorAuth::verifier`]).
+/// RPCs ([`TokenCheck::new`]), the verifier token on Verify and CheckPermission
+/// ([`TokenCheck::verifier`]).
 #[derive(Clone)]
-pub struct OperatorAuth {
+pub struct TokenCheck {
     /// SHA-256 of the configured token: comparing digests keeps the comparison constant-time
     /// whatever the presented length.
     token_digest: Option<[u8; 32]>,
@@ -42,16 +42,16 @@ const VERIFIER: Role = Role {
     wrong: "the verifier token is not valid",
 };
 
-impl std::fmt::Debug for OperatorAuth {
+impl std::fmt::Debug for TokenCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OperatorAuth")
+        f.debug_struct("TokenCheck")
             .field("role", &self.role.name)
             .field("configured", &self.is_configured())
             .finish()
     }
 }
 
-impl OperatorAuth {
+impl TokenCheck {
     /// The operator token; unset (or empty) refuses every operator RPC.
     pub fn new(token: Option<&str>) -> Self {
         Self::with_role(token, &OPERATOR)
@@ -63,7 +63,7 @@ impl OperatorAuth {
     }
 
     fn with_role(token: Option<&str>, role: &'static Role) -> Self {
-        OperatorAuth {
+        TokenCheck {
             token_digest: token
                 .filter(|t| !t.is_empty())
                 .map(|t| Sha256::digest(t.as_bytes()).into()),
@@ -114,21 +114,21 @@ mod tests {
 
     #[test]
     fn operator_token_is_checked() {
-        let auth = OperatorAuth::new(Some("s3cret-token"));
+        let auth = TokenCheck::new(Some("s3cret-token"));
         assert!(auth.check(&with_auth("Bearer s3cret-token")).is_ok());
         assert!(auth.check(&with_auth("bearer s3cret-token")).is_ok());
         assert!(auth.check(&with_auth("Bearer s3cret-tokeN")).is_err());
         assert!(auth.check(&with_auth("s3cret-token")).is_err());
         assert!(auth.check(&MetadataMap::new()).is_err());
-        let none = OperatorAuth::new(None);
+        let none = TokenCheck::new(None);
         assert!(none.check(&with_auth("Bearer ")).is_err());
-        assert!(!OperatorAuth::new(Some("")).is_configured());
+        assert!(!TokenCheck::new(Some("")).is_configured());
         assert!(!format!("{auth:?}").contains("s3cret"));
     }
 
     #[test]
     fn verifier_token_is_checked_with_its_own_reason() {
-        let auth = OperatorAuth::verifier(Some("v-token"));
+        let auth = TokenCheck::verifier(Some("v-token"));
         assert!(auth.check(&with_auth("Bearer v-token")).is_ok());
         let refused = auth.check(&with_auth("Bearer operator-token")).unwrap_err();
         assert!(matches!(refused, Error::VerifierUnauthenticated(_)));
@@ -136,7 +136,7 @@ mod tests {
             auth.check(&MetadataMap::new()),
             Err(Error::VerifierUnauthenticated(m)) if m.contains("verifier token")
         ));
-        assert!(!OperatorAuth::verifier(None).is_configured());
+        assert!(!TokenCheck::verifier(None).is_configured());
         assert!(!format!("{auth:?}").contains("v-token"));
     }
 }

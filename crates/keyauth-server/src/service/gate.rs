@@ -21,7 +21,7 @@ use tonic::codegen::{Bytes, Service, http};
 use tonic::server::NamedService;
 use tower_layer::Layer;
 
-use super::auth::OperatorAuth;
+use super::auth::TokenCheck;
 use keyauth_contract::rpc::Access;
 
 pub(crate) use keyauth_contract::rpc::access_of;
@@ -29,8 +29,8 @@ pub(crate) use keyauth_contract::rpc::access_of;
 /// The tokens a call may present, and what each admits.
 #[derive(Clone, Debug)]
 pub(crate) struct Tokens {
-    pub(crate) operators: OperatorAuth,
-    pub(crate) verifiers: OperatorAuth,
+    pub(crate) operators: TokenCheck,
+    pub(crate) verifiers: TokenCheck,
 }
 
 /// A call the gate admitted: the operator's id when the operator token was presented.
@@ -85,7 +85,7 @@ pub struct TokenGateLayer {
 }
 
 impl TokenGateLayer {
-    pub fn new(operators: OperatorAuth, verifiers: OperatorAuth) -> Self {
+    pub fn new(operators: TokenCheck, verifiers: TokenCheck) -> Self {
         TokenGateLayer {
             tokens: Tokens {
                 operators,
@@ -182,8 +182,8 @@ mod tests {
     #[test]
     fn admission_follows_the_tokens() {
         let tokens = Tokens {
-            operators: OperatorAuth::new(Some("op")),
-            verifiers: OperatorAuth::verifier(Some("ver")),
+            operators: TokenCheck::new(Some("op")),
+            verifiers: TokenCheck::verifier(Some("ver")),
         };
         assert!(
             tokens
@@ -209,8 +209,8 @@ mod tests {
             Err(keyauth_core::Error::VerifierUnauthenticated(_))
         ));
         let open = Tokens {
-            operators: OperatorAuth::new(Some("op")),
-            verifiers: OperatorAuth::verifier(None),
+            operators: TokenCheck::new(Some("op")),
+            verifiers: TokenCheck::verifier(None),
         };
         assert!(!open.needed(Access::Verifier));
         assert_eq!(open.admit(Access::Verifier, None).unwrap(), None);

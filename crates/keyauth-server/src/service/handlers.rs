@@ -197,7 +197,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         // Served by `verifier::VerifierRoutes`; this is the same call for the generated route.
-        self.judged(request, VerdictAnswer::into_verify_response)
+        self.verdict_response(request, VerdictAnswer::into_verify_response)
             .await
     }
 
@@ -206,7 +206,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
         request: Request<pb::CheckPermissionRequest>,
     ) -> Result<Response<pb::CheckPermissionResponse>, Status> {
         // As `verify`.
-        self.judged(request, VerdictAnswer::into_check_permission_response)
+        self.verdict_response(request, VerdictAnswer::into_check_permission_response)
             .await
     }
 

@@ -22,7 +22,7 @@ use keyauth_core::Authority;
 
 pub use watch::WatchOptions;
 
-pub use auth::OperatorAuth;
+pub use auth::TokenCheck;
 pub use gate::{TokenGate, TokenGateLayer};
 pub use keyauth_proto::key_authority_service_server::KeyAuthorityServiceServer;
 pub use verifier::VerifierRoutes;
@@ -37,8 +37,8 @@ impl KeyAuthorityApi {
     /// The service; `verifiers` guards Verify and CheckPermission when it is configured.
     pub fn new(
         authority: Arc<Authority>,
-        operators: OperatorAuth,
-        verifiers: OperatorAuth,
+        operators: TokenCheck,
+        verifiers: TokenCheck,
     ) -> Self {
         KeyAuthorityApi {
             authority,

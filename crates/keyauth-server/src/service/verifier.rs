@@ -29,7 +29,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use keyauth_core::authority::{Recall, Waiting};
+use keyauth_core::authority::{FromMemory, Waiting};
 use keyauth_core::catalog::{Catalog, CatalogCheck};
 use keyauth_core::model::{KeyRecord, KeyState, Verdict};
 use keyauth_core::{Authority, Error};
@@ -119,18 +119,18 @@ impl VerdictAnswer {
 }
 
 /// `record`'s `ApiKey` in `state`, encoded: for an active key, once (kept in the record's
-/// memo: an active key's answer changes only with the record, which a change replaces); for a
+/// encoded_answer: an active key's answer changes only with the record, which a change replaces); for a
 /// revoked or expired one (rarely asked), each time.
 fn encoded_key(record: &KeyRecord, state: KeyState) -> Bytes {
     let encode = || Bytes::from(wire::key_out_as(record, state).encode_to_vec());
     match state {
-        KeyState::Active => record.memo.get_or_init(encode).clone(),
+        KeyState::Active => record.encoded_answer.get_or_init(encode).clone(),
         KeyState::Expired | KeyState::Revoked => encode(),
     }
 }
 
 /// A verifier's request: the presented key, and the permissions it is judged for.
-pub(crate) trait Judged: Send + 'static {
+pub(crate) trait VerdictRequest: Send + 'static {
     const METHOD: &'static str;
     /// The permissions the key must hold, checked against the catalog.
     type Required: AsRef<[(String, String)]> + Send + 'static;
@@ -141,16 +141,16 @@ pub(crate) trait Judged: Send + 'static {
 }
 
 /// A verifier's request whose presented key is wiped when it is dropped, however the call
-/// ends (the key a cold call keeps is `keyauth_key::PresentedKey`'s own copy, wiped too).
-struct WipedOnDrop<Req: Judged>(Req);
+/// ends (the key a cold call keeps is `keyauth_contract::PresentedKey`'s own copy, wiped too).
+struct WipedOnDrop<Req: VerdictRequest>(Req);
 
-impl<Req: Judged> Drop for WipedOnDrop<Req> {
+impl<Req: VerdictRequest> Drop for WipedOnDrop<Req> {
     fn drop(&mut self) {
         self.0.wipe();
     }
 }
 
-impl Judged for pb::VerifyRequest {
+impl VerdictRequest for pb::VerifyRequest {
     const METHOD: &'static str = "Verify";
     type Required = Vec<(String, String)>;
 
@@ -178,7 +178,7 @@ impl Judged for pb::VerifyRequest {
     }
 }
 
-impl Judged for pb::CheckPermissionRequest {
+impl VerdictRequest for pb::CheckPermissionRequest {
     const METHOD: &'static str = "CheckPermission";
     type Required = [(String, String); 1];
 
@@ -202,24 +202,24 @@ impl Judged for pb::CheckPermissionRequest {
 type Answer = Result<Response<VerdictAnswer>, Status>;
 
 /// The future of a verifier's call: the answer itself when memory gave it, else the wait.
-pub(crate) enum Answering {
+pub(crate) enum VerdictFuture {
     Now(std::future::Ready<Answer>),
     Later(Pin<Box<dyn Future<Output = Answer> + Send>>),
 }
 
-impl Future for Answering {
+impl Future for VerdictFuture {
     type Output = Answer;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Answer> {
         match self.get_mut() {
-            Answering::Now(answer) => Pin::new(answer).poll(cx),
-            Answering::Later(waiting) => waiting.as_mut().poll(cx),
+            VerdictFuture::Now(answer) => Pin::new(answer).poll(cx),
+            VerdictFuture::Later(waiting) => waiting.as_mut().poll(cx),
         }
     }
 }
 
 /// What memory made of a verifier's call.
-enum Looked<R> {
+enum MemoryAnswer<R> {
     Answered(VerdictAnswer),
     /// The key needs the store or argon2; the permissions it is judged for.
     Wait(Waiting, R),
@@ -227,25 +227,25 @@ enum Looked<R> {
 
 impl KeyAuthorityApi {
     /// The token check, the permissions against the catalog, then the key from memory.
-    fn look<Req: Judged>(
+    fn answer_from_memory<Req: VerdictRequest>(
         &self,
         request: &mut Request<()>,
         message: &mut Req,
-    ) -> Result<Looked<Req::Required>, Error> {
+    ) -> Result<MemoryAnswer<Req::Required>, Error> {
         self.admitted(Access::Verifier, request)?;
         let required = message.required(self.authority.catalog())?;
         match self
             .authority
             .verify_from_memory(message.key(), required.as_ref())
         {
-            Recall::Answered(verdict) => Ok(Looked::Answered(VerdictAnswer::of(&verdict?))),
-            Recall::Wait(waiting) => Ok(Looked::Wait(waiting, required)),
+            FromMemory::Answered(verdict) => Ok(MemoryAnswer::Answered(VerdictAnswer::of(&verdict?))),
+            FromMemory::Wait(waiting) => Ok(MemoryAnswer::Wait(waiting, required)),
         }
     }
 
     /// One Verify or CheckPermission: the token check, the permissions against the catalog,
     /// then the key, from memory when it can (see the module docs).
-    pub(crate) fn judge<Req: Judged>(&self, request: Request<Req>) -> Answering {
+    pub(crate) fn verdict<Req: VerdictRequest>(&self, request: Request<Req>) -> VerdictFuture {
         let method = Req::METHOD;
         let (metadata, extensions, message) = request.into_parts();
         let mut message = WipedOnDrop(message);
@@ -256,25 +256,25 @@ impl KeyAuthorityApi {
         // fails (see `call::finish`).
         let mut span = call::debug_span(method, &request_id);
         let ready = |result: Result<VerdictAnswer, Error>, request_id, span| {
-            Answering::Now(std::future::ready(call::finish(
+            VerdictFuture::Now(std::future::ready(call::finish(
                 method, started, request_id, span, result,
             )))
         };
         // What memory decides runs in the span when there is one (debug), so that any line it
         // writes carries the request id.
         let looked = match &span {
-            Some(span) => span.in_scope(|| self.look(&mut request, &mut message.0)),
-            None => self.look(&mut request, &mut message.0),
+            Some(span) => span.in_scope(|| self.answer_from_memory(&mut request, &mut message.0)),
+            None => self.answer_from_memory(&mut request, &mut message.0),
         };
         let (waiting, required) = match looked {
-            Ok(Looked::Answered(answer)) => return ready(Ok(answer), request_id, span),
-            Ok(Looked::Wait(waiting, required)) => (waiting, required),
+            Ok(MemoryAnswer::Answered(answer)) => return ready(Ok(answer), request_id, span),
+            Ok(MemoryAnswer::Wait(waiting, required)) => (waiting, required),
             Err(error) => return ready(Err(error), request_id, span),
         };
         let metadata = request.into_parts().0;
         drop(message);
         let authority: Arc<Authority> = self.authority.clone();
-        Answering::Later(Box::pin(async move {
+        VerdictFuture::Later(Box::pin(async move {
             let deadline = call::deadline(metadata.as_ref());
             let verdict = call::spanned_once_waiting(
                 &mut span,
@@ -291,12 +291,12 @@ impl KeyAuthorityApi {
 impl KeyAuthorityApi {
     /// Verify or CheckPermission as the generated route answers it: `judge`'s answer, decoded
     /// back into the message `decode` makes of it.
-    pub(crate) async fn judged<Req: Judged, Res>(
+    pub(crate) async fn verdict_response<Req: VerdictRequest, Res>(
         &self,
         request: Request<Req>,
         decode: fn(VerdictAnswer) -> Result<Res, Status>,
     ) -> Result<Response<Res>, Status> {
-        let (metadata, answer, extensions) = self.judge(request).await?.into_parts();
+        let (metadata, answer, extensions) = self.verdict(request).await?.into_parts();
         Ok(Response::from_parts(metadata, decode(answer)?, extensions))
     }
 }
@@ -330,26 +330,26 @@ const VERIFY_PATH: &str = "/keyauth.v1.KeyAuthorityService/Verify";
 const CHECK_PERMISSION_PATH: &str = "/keyauth.v1.KeyAuthorityService/CheckPermission";
 
 /// tonic's unary service for one verifier method.
-struct JudgeService<Req> {
+struct VerdictService<Req> {
     api: Arc<KeyAuthorityApi>,
     request: PhantomData<fn() -> Req>,
 }
 
-impl<Req: Judged> UnaryService<Req> for JudgeService<Req> {
+impl<Req: VerdictRequest> UnaryService<Req> for VerdictService<Req> {
     type Response = VerdictAnswer;
-    type Future = Answering;
+    type Future = VerdictFuture;
 
-    fn call(&mut self, request: Request<Req>) -> Answering {
-        self.api.judge(request)
+    fn call(&mut self, request: Request<Req>) -> VerdictFuture {
+        self.api.verdict(request)
     }
 }
 
 impl<S> VerifierRoutes<S> {
     fn serve<Req>(&self, request: http::Request<tonic::body::Body>) -> RouteFuture
     where
-        Req: Judged + Message + Default,
+        Req: VerdictRequest + Message + Default,
     {
-        let service = JudgeService::<Req> {
+        let service = VerdictService::<Req> {
             api: self.api.clone(),
             request: PhantomData,
         };
@@ -394,7 +394,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::OperatorAuth;
+    use crate::service::TokenCheck;
     use crate::service::call::REQUEST_ID;
     use crate::test_support::Captured;
 
@@ -463,7 +463,7 @@ mod tests {
         dir: &tempfile::TempDir,
     ) -> (KeyAuthorityApi, Arc<Authority>, KeyRecord, String) {
         let authority = crate::test_support::authority(dir).await;
-        let none = OperatorAuth::new(None);
+        let none = TokenCheck::new(None);
         let api = KeyAuthorityApi::new(authority.clone(), none.clone(), none);
         let issue = pb::IssueKeyRequest {
             application_id: "app_1".into(),
@@ -479,12 +479,12 @@ mod tests {
     }
 
     /// A verifier's request that reports, when it is dropped, the key it still holds.
-    struct Spy<R: Judged> {
+    struct Spy<R: VerdictRequest> {
         inner: R,
         left: Arc<std::sync::Mutex<Option<String>>>,
     }
 
-    impl<R: Judged> Judged for Spy<R> {
+    impl<R: VerdictRequest> VerdictRequest for Spy<R> {
         const METHOD: &'static str = R::METHOD;
         type Required = R::Required;
 
@@ -501,20 +501,20 @@ mod tests {
         }
     }
 
-    impl<R: Judged> Drop for Spy<R> {
+    impl<R: VerdictRequest> Drop for Spy<R> {
         fn drop(&mut self) {
             *self.left.lock().unwrap() = Some(self.inner.key().to_owned());
         }
     }
 
     /// What `judge` leaves of `request`'s key when it drops it.
-    async fn key_left<R: Judged>(api: &KeyAuthorityApi, request: R) -> Option<String> {
+    async fn key_left<R: VerdictRequest>(api: &KeyAuthorityApi, request: R) -> Option<String> {
         let left = Arc::default();
         let spy = Spy {
             inner: request,
             left: Arc::clone(&left),
         };
-        let _ = api.judge(Request::new(spy)).await;
+        let _ = api.verdict(Request::new(spy)).await;
         left.lock().unwrap().take()
     }
 
@@ -576,15 +576,15 @@ mod tests {
         let (api, authority, record, secret) = api_with_a_key(&dir).await;
 
         // Cold: the store and argon2, so a wait.
-        let cold = api.judge(verify(&secret, Some("req-cold-1")));
-        assert!(matches!(cold, Answering::Later(_)));
+        let cold = api.verdict(verify(&secret, Some("req-cold-1")));
+        assert!(matches!(cold, VerdictFuture::Later(_)));
         let cold = cold.await.unwrap();
         assert_eq!(cold.metadata().get(REQUEST_ID).unwrap(), "req-cold-1");
         let cold = cold.into_inner();
         assert!(cold.valid);
         // Warm: ready at once, the same bytes for the key.
-        let warm = api.judge(verify(&format!("Bearer {secret}"), Some("req-warm-2")));
-        assert!(matches!(warm, Answering::Now(_)));
+        let warm = api.verdict(verify(&format!("Bearer {secret}"), Some("req-warm-2")));
+        assert!(matches!(warm, VerdictFuture::Now(_)));
         let warm = warm.await.unwrap().into_inner();
         let (cold_key, warm_key) = (cold.key.unwrap(), warm.key.clone().unwrap());
         assert_eq!(cold_key.as_ptr(), warm_key.as_ptr(), "encoded once");
@@ -600,8 +600,8 @@ mod tests {
         assert_eq!(renamed.name, "renamed");
 
         // Refused from memory: a malformed key, and a permission outside the catalog.
-        let garbage = api.judge(verify("sk_test_nope", Some("req-quiet-3")));
-        assert!(matches!(garbage, Answering::Now(_)));
+        let garbage = api.verdict(verify("sk_test_nope", Some("req-quiet-3")));
+        assert!(matches!(garbage, VerdictFuture::Now(_)));
         let garbage = garbage.await.unwrap().into_inner();
         assert!(!garbage.valid && garbage.key.is_none());
         assert_eq!(garbage.http_status, 401);
@@ -610,7 +610,7 @@ mod tests {
             resource: "payroll".into(),
             actions: vec!["read".into()],
         }];
-        let invalid = api.judge(unknown).await.unwrap_err();
+        let invalid = api.verdict(unknown).await.unwrap_err();
         assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
         assert_eq!(invalid.metadata().get(REQUEST_ID).unwrap(), "req-loud-4");
         let check = Request::new(pb::CheckPermissionRequest {
@@ -618,7 +618,7 @@ mod tests {
             resource: "patients".into(),
             action: "fly".into(),
         });
-        let fresh = api.judge(check).await.unwrap_err();
+        let fresh = api.verdict(check).await.unwrap_err();
         let fresh = fresh.metadata().get(REQUEST_ID).unwrap().to_str().unwrap();
         assert!(!fresh.is_empty());
 

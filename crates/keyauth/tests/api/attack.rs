@@ -304,7 +304,7 @@ fn fresh_record(
         revoke_time: None,
         revoke_reason: None,
         last_used_time: None,
-        memo: Default::default(),
+        encoded_answer: Default::default(),
     }
 }
 

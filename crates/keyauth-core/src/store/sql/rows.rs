@@ -79,7 +79,7 @@ impl TryFrom<KeyRow> for KeyRecord {
             revoke_reason: row.revoke_reason,
             last_used_time: time(row.last_used_time),
             replaced_by: row.replaced_by_key_id.map(KeyId::from_store),
-            memo: Default::default(),
+            encoded_answer: Default::default(),
         })
     }
 }

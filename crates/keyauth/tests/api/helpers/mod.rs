@@ -21,7 +21,7 @@ use keyauth_proto::key_authority_service_client::KeyAuthorityServiceClient;
 use keyauth_server::ext_authz::ExtAuthzOptions;
 use keyauth_server::http::{GithubKeys, HttpOptions};
 use keyauth_server::server::{self, AuthoritySettings, Running, ServeOptions};
-use keyauth_server::service::{OperatorAuth, WatchOptions};
+use keyauth_server::service::{TokenCheck, WatchOptions};
 use sqlx::Connection;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
@@ -398,8 +398,8 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         health_interval: Duration::from_millis(200),
         usage_flush_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(10),
-        operators: OperatorAuth::new(options.admin_token.as_deref()),
-        verifiers: OperatorAuth::verifier(options.verifier_token.as_deref()),
+        operators: TokenCheck::new(options.admin_token.as_deref()),
+        verifiers: TokenCheck::verifier(options.verifier_token.as_deref()),
         ext_authz: options.ext_authz.clone(),
         http: (options.github_keys.is_some() || options.console).then(|| {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind HTTP");
