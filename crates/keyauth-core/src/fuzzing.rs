@@ -1,6 +1,8 @@
 //! Entry points for the fuzz targets (`fuzz/`) into what is private to this crate: the page
 //! tokens. Not an API: hidden from the docs, and nothing in the workspace calls it.
 
+use keyauth_contract::principal::Scope;
+
 use crate::clock::Timestamp;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::paging::PageTokens;
@@ -21,14 +23,23 @@ pub fn page_tokens(key: &[u8], token: &str) {
             }
         }
     }
-    if let Ok(before) = tokens.open_events("key:key_fuzzfuzzfuzz", token) {
-        let again = tokens.issue_events("key:key_fuzzfuzzfuzz", before);
+    let all = Scope::everything();
+    if let Ok(before) = tokens.open_events("key:key_fuzzfuzzfuzz", &all, token) {
+        let again = tokens.issue_events("key:key_fuzzfuzzfuzz", &all, before);
         assert_eq!(
-            tokens.open_events("key:key_fuzzfuzzfuzz", &again).ok(),
+            tokens
+                .open_events("key:key_fuzzfuzzfuzz", &all, &again)
+                .ok(),
             Some(before)
         );
-        // Bound to its filter.
-        assert!(tokens.open_events("app:other", &again).is_err());
+        // Bound to its filter and scope.
+        assert!(tokens.open_events("app:other", &all, &again).is_err());
+        let live = Scope::new([], ["live".to_owned()]).expect("a valid scope");
+        assert!(
+            tokens
+                .open_events("key:key_fuzzfuzzfuzz", &live, &again)
+                .is_err()
+        );
     }
     // A token this key issued for a cursor built from the input opens to that cursor.
     let micros = token
@@ -58,7 +69,8 @@ mod tests {
     #[test]
     fn page_token_checks_hold_for_real_and_garbage_tokens() {
         let tokens = super::PageTokens::new(b"page-token-key".to_vec());
-        let real = tokens.issue_events("key:key_fuzzfuzzfuzz", 42);
+        let all = keyauth_contract::principal::Scope::everything();
+        let real = tokens.issue_events("key:key_fuzzfuzzfuzz", &all, 42);
         for token in [real.as_str(), "", ".", "a.b", "MTcw.AAAA", "\u{0}.\u{ffff}"] {
             super::page_tokens(b"page-token-key", token);
             super::page_tokens(b"", token);

@@ -1,10 +1,12 @@
-//! Opaque page tokens (ListKeys, ListKeyEvents, ListApplications): the cursor (create_time, id) and the filters it was issued
-//! for, signed with HMAC-SHA256 under a key kept in the store (so every instance accepts every
-//! instance's tokens). A forged, garbled or re-filtered token is refused.
+//! Opaque page tokens (ListKeys, ListKeyEvents, ListApplications): the cursor (create_time, id)
+//! and the filters it was issued for (and, for the listings a principal's scope limits, that
+//! scope), signed with HMAC-SHA256 under a key kept in the store (so every instance accepts
+//! every instance's tokens). A forged, garbled, re-filtered or re-scoped token is refused.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hmac::{Hmac, KeyInit, Mac};
+use keyauth_contract::principal::Scope;
 use sha2::Sha256;
 
 use crate::clock::Timestamp;
@@ -103,31 +105,53 @@ impl PageTokens {
         })
     }
 
-    /// ListKeyEvents: resumes below sequence `before`, for this filter only.
-    pub fn issue_events(&self, filter: &str, before: i64) -> String {
-        self.seal(&format!("events\0{filter}"), &before.to_string())
+    /// ListKeyEvents: resumes below sequence `before`, for this filter and scope only.
+    pub fn issue_events(&self, filter: &str, scope: &Scope, before: i64) -> String {
+        self.seal(&scoped("events", filter, scope), &before.to_string())
     }
 
-    pub fn open_events(&self, filter: &str, token: &str) -> Result<i64, Error> {
-        self.unseal(&format!("events\0{filter}"), token)?
+    pub fn open_events(&self, filter: &str, scope: &Scope, token: &str) -> Result<i64, Error> {
+        self.unseal(&scoped("events", filter, scope), token)?
             .parse()
             .map_err(|_| Error::InvalidPageToken)
     }
 
-    /// ListApplications: resumes after application `after`.
-    pub fn issue_applications(&self, after: &ApplicationId) -> String {
-        self.seal("applications", after.as_str())
+    /// ListApplications: resumes after application `after`, for this scope only.
+    pub fn issue_applications(&self, after: &ApplicationId, scope: &Scope) -> String {
+        self.seal(&scoped("applications", "", scope), after.as_str())
     }
 
-    pub fn open_applications(&self, token: &str) -> Result<ApplicationId, Error> {
-        let payload = self.unseal("applications", token)?;
+    pub fn open_applications(&self, token: &str, scope: &Scope) -> Result<ApplicationId, Error> {
+        let payload = self.unseal(&scoped("applications", "", scope), token)?;
         ApplicationId::parse(&payload, "page_token").map_err(|_| Error::InvalidPageToken)
     }
+}
+
+/// What a token of `listing` is bound to: its `filter` (ListKeyEvents'), and `scope` unless it
+/// is everything (tokens issued without a scope keep the binding they had before scopes).
+/// Each application pattern is written with its length: no two scopes write the same.
+fn scoped(listing: &str, filter: &str, scope: &Scope) -> String {
+    let mut bound = match filter {
+        "" => listing.to_owned(),
+        filter => format!("{listing}\0{filter}"),
+    };
+    if !scope.is_everything() {
+        let mut patterns: Vec<&str> = scope.applications().iter().map(String::as_str).collect();
+        patterns.sort_unstable();
+        patterns.dedup();
+        bound.push_str("\0scope:");
+        for p in patterns {
+            bound.push_str(&format!("{}:{p},", p.len()));
+        }
+        bound.push_str(&format!(";{}", scope.environments().join(",")));
+    }
+    bound
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::scope;
 
     #[test]
     fn tokens_round_trip_and_refuse_tampering() {
@@ -167,16 +191,58 @@ mod tests {
         }
         let other_key = PageTokens::new(b"j".repeat(32));
         assert!(other_key.open(&app, None, KeyStates::ALL, &token).is_err());
-        let events = tokens.issue_events("key_ABCDEFGHIJKL", 42);
-        assert_eq!(tokens.open_events("key_ABCDEFGHIJKL", &events).unwrap(), 42);
-        assert!(tokens.open_events("app", &events).is_err());
+        let all = Scope::everything();
+        let events = tokens.issue_events("key_ABCDEFGHIJKL", &all, 42);
+        assert_eq!(
+            tokens
+                .open_events("key_ABCDEFGHIJKL", &all, &events)
+                .unwrap(),
+            42
+        );
+        assert!(tokens.open_events("app", &all, &events).is_err());
         assert!(
             tokens.open(&app, None, KeyStates::ALL, &events).is_err(),
             "an events token is no keys token"
         );
-        let apps = tokens.issue_applications(&app);
-        assert_eq!(tokens.open_applications(&apps).unwrap(), app);
-        assert!(tokens.open_applications(&events).is_err());
+        let apps = tokens.issue_applications(&app, &all);
+        assert_eq!(tokens.open_applications(&apps, &all).unwrap(), app);
+        assert!(tokens.open_applications(&events, &all).is_err());
         assert!(tokens.open(&app, None, KeyStates::ALL, &apps).is_err());
+    }
+
+    #[test]
+    fn a_token_holds_under_its_own_scope_only() {
+        let tokens = PageTokens::new(b"k".repeat(32));
+        let app = ApplicationId::parse("app_lab_1", "a").unwrap();
+        let scopes = [
+            Scope::everything(),
+            scope(&["app_lab_*"], &[]),
+            scope(&["app_lab_1"], &[]),
+            scope(&["app_lab_*"], &["test"]),
+            scope(&["app_lab_*"], &["live"]),
+            scope(&[], &["live"]),
+            scope(&["app_lab_*", "app_billing"], &[]),
+            scope(&["app_lab_,11:app_billing"], &[]),
+        ];
+        for (i, issued) in scopes.iter().enumerate() {
+            let apps = tokens.issue_applications(&app, issued);
+            let events = tokens.issue_events("all", issued, 7);
+            for (j, opened) in scopes.iter().enumerate() {
+                let same = i == j;
+                assert_eq!(
+                    tokens.open_applications(&apps, opened).is_ok(),
+                    same,
+                    "{issued:?} {opened:?}"
+                );
+                assert_eq!(
+                    tokens.open_events("all", opened, &events).is_ok(),
+                    same,
+                    "{issued:?} {opened:?}"
+                );
+            }
+        }
+        let reordered = scope(&["app_billing", "app_lab_*"], &[]);
+        let apps = tokens.issue_applications(&app, &scopes[6]);
+        assert!(tokens.open_applications(&apps, &reordered).is_ok());
     }
 }

@@ -3,11 +3,15 @@
 
 use std::future::Future;
 
+use keyauth_contract::principal::Scope;
+
 use super::{Authority, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, KeyStates};
-use crate::store::{ApplicationSummary, AuditEvent, Cursor, EventFilter, EventQuery, KeyListing};
+use crate::store::{
+    ApplicationSummary, AuditEvent, Cursor, EventFilter, EventKind, EventQuery, KeyListing,
+};
 
 /// One page of a listing: `fetch` reads at most `limit` items (one more than the page holds,
 /// so that a next page shows itself); `next` makes the token that resumes after an item. The
@@ -36,22 +40,30 @@ where
 }
 
 impl Authority {
-    /// Applications that have keys, by id, with their key counts per environment and state
-    /// at now, a page at a time.
+    /// Applications that have keys in `scope`, by id, with their key counts per environment
+    /// (`scope`'s) and state at now, a page at a time. A page token holds for the same scope
+    /// only.
     pub async fn list_applications(
         &self,
         page_size: u32,
         page_token: &str,
+        scope: &Scope,
     ) -> Result<(Vec<ApplicationSummary>, String), Error> {
         let after = match page_token {
             "" => None,
-            token => Some(self.page_tokens.open_applications(token)?),
+            token => Some(self.page_tokens.open_applications(token, scope)?),
         };
         let now = self.now();
         page(
             page_size,
-            |limit| self.store.list_applications(after.as_ref(), limit, now),
-            |last| self.page_tokens.issue_applications(&last.application_id),
+            |limit| {
+                self.store
+                    .list_applications(after.as_ref(), limit, now, scope)
+            },
+            |last| {
+                self.page_tokens
+                    .issue_applications(&last.application_id, scope)
+            },
         )
         .await
     }
@@ -113,52 +125,63 @@ impl Authority {
         record
     }
 
-    /// Audit events of a key, an application or the whole authority (of some types, in a time
-    /// range), newest first, a page at a time. A page token holds for the same query only.
+    /// Audit events of a key, an application or the whole authority (of some types, by an
+    /// actor, in a time range), of keys in `scope` (with a limited scope, no event that belongs
+    /// to no key), newest first, a page at a time. A page token holds for the same query and
+    /// scope only.
     pub async fn list_events(
         &self,
         query: &EventQuery,
         page_size: u32,
         page_token: &str,
+        scope: &Scope,
     ) -> Result<(Vec<AuditEvent>, String), Error> {
         if let (Some(start), Some(end)) = (query.start, query.end)
             && end <= start
         {
             return Err(Error::invalid("end_time", "must be after start_time"));
         }
-        let scope = event_scope(query);
+        let filter = event_filter(query);
         let before = match page_token {
             "" => i64::MAX,
-            token => self.page_tokens.open_events(&scope, token)?,
+            token => self.page_tokens.open_events(&filter, scope, token)?,
         };
         page(
             page_size,
-            |limit| self.store.list_events(query, before, limit),
-            |last| self.page_tokens.issue_events(&scope, last.seq),
+            |limit| self.store.list_events(query, scope, before, limit),
+            |last| self.page_tokens.issue_events(&filter, scope, last.seq),
         )
         .await
     }
 }
 
-/// What a ListKeyEvents page token is bound to: whose events, of which types, in which range.
-fn event_scope(query: &EventQuery) -> String {
-    let mut scope = match &query.filter {
+/// What a ListKeyEvents page token is bound to: whose events, of which types, in which range,
+/// by which actor (written with its length: no two filters write the same; none, as before
+/// the actor filter, for every actor).
+fn event_filter(query: &EventQuery) -> String {
+    let mut filter = match &query.filter {
         EventFilter::Key(id) => format!("key:{id}"),
         EventFilter::Application(app) => format!("app:{}", app.as_str()),
         EventFilter::All => "all".to_owned(),
     };
-    let mut kinds: Vec<&str> = query.kinds.iter().map(|k| k.as_str()).collect();
+    let mut kinds: Vec<&str> = query.kinds.iter().map(EventKind::as_str).collect();
     kinds.sort_unstable();
-    kinds.dedup();
     let micros = |t: Option<Timestamp>| t.map_or(String::new(), |t| t.as_micros().to_string());
-    scope.push_str(&format!(
+    filter.push_str(&format!(
         "\0{}\0{}\0{}",
         kinds.join(","),
         micros(query.start),
         micros(query.end)
     ));
-    scope
+    if let Some(actor) = &query.actor {
+        filter.push_str(&format!("\0actor:{}:{actor}", actor.len()));
+    }
+    filter
 }
 
+#[cfg(test)]
+mod actor_tests;
+#[cfg(test)]
+mod scope_tests;
 #[cfg(test)]
 mod tests;

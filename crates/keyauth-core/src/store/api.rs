@@ -1,6 +1,7 @@
 //! The `Store` trait: every read and change the authority asks of a store.
 
 use async_trait::async_trait;
+use keyauth_contract::principal::Scope;
 
 use super::feed::{ChangeFeed, KeyEvent};
 use super::records::{
@@ -85,13 +86,14 @@ pub trait Store: Send + Sync + 'static {
         idem: Option<&IdempotentWrite<'_>>,
     ) -> Result<Updated, Error>;
 
-    /// Applications that have keys, by id, after `after`, at most `limit`, with their key
-    /// counts per environment and state at `now`.
+    /// Applications that have keys in `scope`, by id, after `after`, at most `limit`, with
+    /// their key counts per environment (of `scope`'s) and state at `now`.
     async fn list_applications(
         &self,
         after: Option<&ApplicationId>,
         limit: u32,
         now: Timestamp,
+        scope: &Scope,
     ) -> Result<Vec<ApplicationSummary>, Error>;
 
     /// Keys of an application, newest first, after `cursor`; only those of `environment` (if
@@ -117,10 +119,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes refused-operator-call rows older than `before`; returns how many.
     async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error>;
 
-    /// Audit events matching `query`, newest first, below sequence `before`.
+    /// Audit events matching `query`, of keys in `scope` (every event for
+    /// [`Scope::everything`]; no event without a key for a limited scope), newest first, below
+    /// sequence `before`.
     async fn list_events(
         &self,
         query: &EventQuery,
+        scope: &Scope,
         before: i64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, Error>;

@@ -24,9 +24,9 @@ use crate::error::Error;
 pub use api::Store;
 pub use feed::{CHANGE_CHANNEL, ChangeFeed, KeyEvent};
 pub use records::{
-    ApplicationSummary, AuditEvent, Changed, Cursor, EventFilter, EventKind, EventQuery, Exposed,
-    Exposure, IdempotencyRecord, IdempotentWrite, KeyCounts, KeyListing, KeyUpdate, Provenance,
-    Rolled, Successor, Updated,
+    Actor, ApplicationSummary, AuditEvent, Changed, Cursor, EventFilter, EventKind, EventKinds,
+    EventQuery, Exposed, Exposure, IdempotencyRecord, IdempotentWrite, KeyCounts, KeyListing,
+    KeyUpdate, Provenance, Rolled, Successor, Updated,
 };
 pub use sql::{Backend, SqlStore};
 

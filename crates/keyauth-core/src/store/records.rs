@@ -1,6 +1,8 @@
 //! The store's records: what a change takes (who asked, the idempotency record, a roll's
 //! successor, an update) and what it produces, audit events and their queries, listings.
 
+use keyauth_contract::principal::Principal;
+
 use crate::clock::Timestamp;
 use crate::model::{
     ApplicationId, Environment, KeyId, KeyRecord, KeyStates, Metadata, Permissions,
@@ -14,6 +16,29 @@ pub struct Provenance {
     pub operator: Option<String>,
     /// The caller's address.
     pub peer: Option<String>,
+    /// The principal that made the call (DESIGN §7 "Audit"); `None` for a change no principal
+    /// made (a secret scanner's report).
+    pub actor: Option<Actor>,
+}
+
+/// The principal named in the audit trail: a static principal's or a JWT's name, where it
+/// comes from (a JWT's `sub`, a certificate's URI or subject) and a JWT's `iss`. `subject` and
+/// `issuer` are empty where the principal has none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    pub name: String,
+    pub subject: String,
+    pub issuer: String,
+}
+
+impl From<&Principal> for Actor {
+    fn from(principal: &Principal) -> Self {
+        Actor {
+            name: principal.name.clone(),
+            subject: principal.subject.clone(),
+            issuer: principal.issuer.clone(),
+        }
+    }
 }
 
 /// What a change produced, for encoding the response an idempotent retry will replay.
@@ -75,16 +100,23 @@ impl EventKind {
     }
 
     pub(crate) fn from_store(s: &str) -> Option<Self> {
-        [
-            EventKind::Issued,
-            EventKind::Rolled,
-            EventKind::Revoked,
-            EventKind::OperatorAuthFailed,
-            EventKind::Exposed,
-            EventKind::Updated,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Every kind, in the order of their bits in [`EventKinds`].
+    pub const ALL: [EventKind; 6] = [
+        EventKind::Issued,
+        EventKind::Rolled,
+        EventKind::Revoked,
+        EventKind::OperatorAuthFailed,
+        EventKind::Exposed,
+        EventKind::Updated,
+    ];
+
+    /// The kind's bit in [`EventKinds`] (and in the store's filter parameter): 1 issued,
+    /// 2 rolled, 4 revoked, 8 operator_auth_failed, 16 exposed, 32 updated.
+    pub const fn bit(self) -> u8 {
+        1 << self as u8
     }
 }
 
@@ -109,6 +141,8 @@ pub struct AuditEvent {
     pub count: u64,
     /// Updated: the fields that changed (UpdateKey's paths), sorted.
     pub changed_paths: Vec<String>,
+    /// Who made the change; `None` for events no principal made.
+    pub actor: Option<Actor>,
 }
 
 /// Whose events ListKeyEvents asks for.
@@ -120,12 +154,15 @@ pub enum EventFilter {
     All,
 }
 
-/// What ListKeyEvents asks for: whose events, of which types, in which time range.
+/// What ListKeyEvents asks for: whose events, of which types, made by whom, in which time
+/// range.
 #[derive(Clone, Debug)]
 pub struct EventQuery {
     pub filter: EventFilter,
-    /// Empty: every type.
-    pub kinds: Vec<EventKind>,
+    /// [`EventKinds::ALL`]: every type.
+    pub kinds: EventKinds,
+    /// Only events whose actor has this name or this subject.
+    pub actor: Option<String>,
     /// At or after (event_time).
     pub start: Option<Timestamp>,
     /// Before (exclusive).
@@ -133,14 +170,52 @@ pub struct EventQuery {
 }
 
 impl EventQuery {
-    /// Every event of `filter`, whatever its type and time.
+    /// Every event of `filter`, whatever its type, actor and time.
     pub fn of(filter: EventFilter) -> Self {
         EventQuery {
             filter,
-            kinds: Vec::new(),
+            kinds: EventKinds::ALL,
+            actor: None,
             start: None,
             end: None,
         }
+    }
+}
+
+/// A set of event kinds (a bit set: a repeated kind counts once, and the store binds the whole
+/// set as one value however many kinds were asked for). The empty set is every kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EventKinds(u8);
+
+impl EventKinds {
+    /// Every kind: no filter.
+    pub const ALL: EventKinds = EventKinds(0);
+
+    pub fn of(kinds: impl IntoIterator<Item = EventKind>) -> Self {
+        EventKinds(kinds.into_iter().fold(0, |bits, kind| bits | kind.bit()))
+    }
+
+    /// Whether the set holds `kind` (the empty set holds every kind).
+    pub fn contains(self, kind: EventKind) -> bool {
+        self.0 == 0 || self.0 & kind.bit() != 0
+    }
+
+    /// The kinds the set names, in bit order (none for [`EventKinds::ALL`]).
+    pub fn iter(self) -> impl Iterator<Item = EventKind> {
+        EventKind::ALL
+            .into_iter()
+            .filter(move |k| self.0 & k.bit() != 0)
+    }
+
+    /// The set as the store's filter parameter: [`EventKind::bit`] of each kind; 0 every kind.
+    pub fn bits(self) -> i64 {
+        i64::from(self.0)
+    }
+}
+
+impl FromIterator<EventKind> for EventKinds {
+    fn from_iter<I: IntoIterator<Item = EventKind>>(kinds: I) -> Self {
+        EventKinds::of(kinds)
     }
 }
 

@@ -13,11 +13,11 @@ use crate::hashing::{HashParams, Hasher};
 use crate::key::PresentedKey;
 use crate::model::{ApplicationId, Environment, Metadata, Permissions};
 use crate::sealing::{SealKey, Sealer};
-use crate::store::{self, Provenance, Store, StoreOptions};
+use crate::store::{self, Actor, Provenance, Store, StoreOptions};
 
 pub mod records;
 
-pub use records::{blank_record, secs};
+pub use records::{blank_record, scope, secs};
 
 /// The store a test runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,6 +225,16 @@ pub fn who() -> Provenance {
         request_id: Some("req-test".into()),
         operator: Some("op-test".into()),
         peer: Some("127.0.0.1".into()),
+        actor: Some(actor()),
+    }
+}
+
+/// The principal the tests' changes are made by (a JWT's).
+pub fn actor() -> Actor {
+    Actor {
+        name: "ops@example.com".into(),
+        subject: "user-1234".into(),
+        issuer: "https://idp.example.com".into(),
     }
 }
 

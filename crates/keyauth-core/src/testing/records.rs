@@ -1,5 +1,7 @@
 //! Test records and times: plain values, no store.
 
+use keyauth_contract::principal::Scope;
+
 use crate::clock::Timestamp;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
 
@@ -32,4 +34,10 @@ pub fn blank_record(id: &str) -> KeyRecord {
 /// `n` seconds after the epoch.
 pub fn secs(n: i64) -> Timestamp {
     Timestamp::from_micros(n * 1_000_000)
+}
+
+/// A principal's scope of these application patterns and environments; panics on a bad one.
+pub fn scope(applications: &[&str], environments: &[&str]) -> Scope {
+    let owned = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    Scope::new(owned(applications), owned(environments)).expect("a valid scope")
 }

@@ -226,6 +226,7 @@ pub(super) async fn alert(
             request_id: Some(request_id.clone()),
             operator: None,
             peer: Some(peer.0.to_string()),
+            actor: None,
         };
         let mut feedback = Vec::with_capacity(alerts.len());
         let mut outcomes = Vec::with_capacity(alerts.len());

@@ -93,6 +93,7 @@ impl KeyAuthorityApi {
                 peer: (access == Access::Operator)
                     .then(|| crate::connections::remote_addr(&request).map(|a| a.to_string()))
                     .flatten(),
+                actor: None,
             };
             let principal = match self.admitted(method, &mut request).await {
                 Ok(principal) => principal,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use keyauth_contract::principal::Scope;
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
@@ -275,13 +276,21 @@ impl KeyAuthorityService for KeyAuthorityApi {
             };
             let query = EventQuery {
                 filter,
-                kinds: wire::event_types_in(&req.types, "types")?,
+                kinds: wire::event_types_in(&req.types, "types")?
+                    .into_iter()
+                    .collect(),
+                actor: None,
                 start: time(&req.start_time, "start_time")?,
                 end: time(&req.end_time, "end_time")?,
             };
             let (events, next_page_token) = self
                 .authority
-                .list_events(&query, page_size(req.page_size)?, &req.page_token)
+                .list_events(
+                    &query,
+                    page_size(req.page_size)?,
+                    &req.page_token,
+                    &Scope::everything(),
+                )
                 .await?;
             Ok(pb::ListKeyEventsResponse {
                 events: events.iter().map(wire::event_out).collect(),
@@ -357,7 +366,11 @@ impl KeyAuthorityService for KeyAuthorityApi {
         self.operator("ListApplications", request, |req, _call| async move {
             let (apps, next_page_token) = self
                 .authority
-                .list_applications(page_size(req.page_size)?, &req.page_token)
+                .list_applications(
+                    page_size(req.page_size)?,
+                    &req.page_token,
+                    &Scope::everything(),
+                )
                 .await?;
             Ok(pb::ListApplicationsResponse {
                 applications: apps.iter().map(wire::application_out).collect(),

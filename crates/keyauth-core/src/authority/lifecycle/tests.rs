@@ -11,6 +11,7 @@ use crate::on_both_stores;
 use crate::sealing::IdempotencyKey;
 use crate::store::{Changed, EventFilter, EventKind, EventQuery, Exposure, KeyUpdate};
 use crate::testing::{self, StoreKind, TestAuthority, new_key, refusal, who};
+use keyauth_contract::principal::Scope;
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -240,7 +241,10 @@ async fn an_idempotent_call_replays_and_other_requests_under_its_key_are_refused
 /// The kinds of a key's events, newest first.
 async fn events_of(a: &TestAuthority, id: &KeyId) -> Vec<EventKind> {
     let query = EventQuery::of(EventFilter::Key(id.clone()));
-    let (events, _) = a.list_events(&query, 0, "").await.unwrap();
+    let (events, _) = a
+        .list_events(&query, 0, "", &Scope::everything())
+        .await
+        .unwrap();
     events.iter().map(|e| e.kind).collect()
 }
 

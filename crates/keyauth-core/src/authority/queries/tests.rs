@@ -4,12 +4,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use keyauth_contract::principal::Scope;
+
 use super::page;
 use crate::authority::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::on_both_stores;
-use crate::store::{EventFilter, EventKind, EventQuery, KeyUpdate};
+use crate::store::{EventFilter, EventKind, EventKinds, EventQuery, KeyUpdate};
 use crate::testing::{self, StoreKind, TestAuthority, new_key, who};
 
 on_both_stores!(
@@ -145,7 +147,10 @@ async fn a_page_token_holds_for_its_own_filters_only(kind: StoreKind) {
             "{application:?} {environment:?} {states:?} {token}"
         );
     }
-    let (_, apps_token) = a.list_applications(1, "").await.unwrap();
+    let (_, apps_token) = a
+        .list_applications(1, "", &Scope::everything())
+        .await
+        .unwrap();
     let crossed = a.list(&listing, None, KeyStates::ALL, 1, &apps_token).await;
     assert!(
         matches!(crossed, Err(Error::InvalidPageToken)),
@@ -199,8 +204,14 @@ async fn applications_come_a_page_at_a_time_with_their_counts(kind: StoreKind) {
     for (name, n) in [("app_a", 1), ("app_b", 2), ("app_c", 3)] {
         issue_keys(&a, name, n).await;
     }
-    let (first, token) = a.list_applications(2, "").await.unwrap();
-    let (rest, end) = a.list_applications(2, &token).await.unwrap();
+    let (first, token) = a
+        .list_applications(2, "", &Scope::everything())
+        .await
+        .unwrap();
+    let (rest, end) = a
+        .list_applications(2, &token, &Scope::everything())
+        .await
+        .unwrap();
     let names: Vec<&str> = first
         .iter()
         .chain(&rest)
@@ -221,8 +232,14 @@ async fn events_come_a_page_at_a_time_for_their_own_query(kind: StoreKind) {
         a.revoke(id, None, &who(), None).await.unwrap();
     }
     let app_events = EventQuery::of(EventFilter::Application(app("app_events")));
-    let (first, token) = a.list_events(&app_events, 4, "").await.unwrap();
-    let (rest, end) = a.list_events(&app_events, 4, &token).await.unwrap();
+    let (first, token) = a
+        .list_events(&app_events, 4, "", &Scope::everything())
+        .await
+        .unwrap();
+    let (rest, end) = a
+        .list_events(&app_events, 4, &token, &Scope::everything())
+        .await
+        .unwrap();
     assert_eq!((first.len(), rest.len(), end.as_str()), (4, 2, ""));
     let seqs: Vec<i64> = first.iter().chain(&rest).map(|e| e.seq).collect();
     assert!(
@@ -231,10 +248,13 @@ async fn events_come_a_page_at_a_time_for_their_own_query(kind: StoreKind) {
     );
 
     let revokes = EventQuery {
-        kinds: vec![EventKind::Revoked],
+        kinds: EventKinds::of([EventKind::Revoked]),
         ..app_events.clone()
     };
-    let (revoked, _) = a.list_events(&revokes, 0, "").await.unwrap();
+    let (revoked, _) = a
+        .list_events(&revokes, 0, "", &Scope::everything())
+        .await
+        .unwrap();
     assert_eq!(revoked.len(), 3);
     let elsewhere = [
         revokes,
@@ -246,7 +266,7 @@ async fn events_come_a_page_at_a_time_for_their_own_query(kind: StoreKind) {
         },
     ];
     for query in elsewhere {
-        let refused = a.list_events(&query, 4, &token).await;
+        let refused = a.list_events(&query, 4, &token, &Scope::everything()).await;
         assert!(matches!(refused, Err(Error::InvalidPageToken)), "{query:?}");
     }
     let backwards = EventQuery {
@@ -254,6 +274,6 @@ async fn events_come_a_page_at_a_time_for_their_own_query(kind: StoreKind) {
         end: Some(a.now()),
         ..app_events
     };
-    let refused = a.list_events(&backwards, 0, "").await;
+    let refused = a.list_events(&backwards, 0, "", &Scope::everything()).await;
     assert!(matches!(refused, Err(Error::InvalidArgument(_))));
 }

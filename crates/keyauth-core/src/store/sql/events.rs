@@ -1,23 +1,34 @@
 //! The audit trail (`key_events`): an event written with each change, ListKeyEvents, refused
 //! operator calls and their retention, and the change follower's reads.
 
+use keyauth_contract::principal::Scope;
+
+use super::filters::{Assembled, Param, bind_all};
 use super::rows::{ChangeRow, EventRow, Value};
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{KeyId, KeyRecord};
 use crate::store::feed::KeyEvent;
-use crate::store::records::{AuditEvent, EventFilter, EventKind, EventQuery, Exposure, Provenance};
+use crate::store::records::{
+    AuditEvent, EventFilter, EventKind, EventKinds, EventQuery, Exposure, Provenance,
+};
 
 const INSERT_EVENT: &str = "INSERT INTO key_events \
      (event, key_id, related_key_id, application_id, operator, peer, request_id, event_time, \
-     source, url, detail) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     source, url, detail, actor_name, actor_subject, actor_issuer) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// The start of every ListKeyEvents query; `list_events` adds the conditions its query needs
 /// (placeholders only, never a value).
 const SELECT_EVENTS: &str = "SELECT seq, event, key_id, related_key_id, application_id, \
-     operator, peer, request_id, event_time, source, url, occurrences, detail FROM key_events \
-     WHERE seq < $1";
+     operator, peer, request_id, event_time, source, url, occurrences, detail, actor_name, \
+     actor_subject, actor_issuer FROM key_events WHERE seq < ";
+
+/// An event's kind as its bit in `EventKinds::bits` (`EventKind::bit`; checked by a test).
+const EVENT_BIT: &str = "(CASE event WHEN 'issued' THEN 1 WHEN 'rolled' THEN 2 \
+     WHEN 'revoked' THEN 4 WHEN 'operator_auth_failed' THEN 8 WHEN 'exposed' THEN 16 \
+     WHEN 'updated' THEN 32 ELSE 0 END)";
 
 const INSERT_AUTH_FAILURES: &str = "INSERT INTO key_events \
      (event, peer, request_id, event_time, occurrences) VALUES ($1, $2, $3, $4, $5)";
@@ -56,6 +67,9 @@ sql_impl! { impl {
             .bind(exposure.map(|e| e.source))
             .bind(exposure.map(|e| e.url))
             .bind(detail)
+            .bind(who.actor.as_ref().map(|a| a.name.as_str()))
+            .bind(who.actor.as_ref().map(|a| a.subject.as_str()).filter(|s| !s.is_empty()))
+            .bind(who.actor.as_ref().map(|a| a.issuer.as_str()).filter(|s| !s.is_empty()))
             .execute(conn)
             .await
             .map_err(audit_failed)?;
@@ -65,54 +79,13 @@ sql_impl! { impl {
     pub(super) async fn list_events(
         &self,
         query: &EventQuery,
+        scope: &Scope,
         before: i64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, Error> {
-        // The statement is assembled from fixed pieces with numbered placeholders; every value
-        // is bound, in the order of its placeholder.
-        let mut sql = String::from(SELECT_EVENTS);
-        let mut texts: Vec<&str> = Vec::new();
-        let mut times = Vec::new();
-        let mut next = 2;
-        let mut placeholder = || {
-            next += 1;
-            format!("${}", next - 1)
-        };
-        match &query.filter {
-            EventFilter::Key(id) => {
-                let p = placeholder();
-                sql.push_str(&format!(" AND (key_id = {p} OR related_key_id = {p})"));
-                texts.push(id.as_str());
-            }
-            EventFilter::Application(app) => {
-                sql.push_str(&format!(" AND application_id = {}", placeholder()));
-                texts.push(app.as_str());
-            }
-            EventFilter::All => {}
-        }
-        if !query.kinds.is_empty() {
-            let list: Vec<String> = query.kinds.iter().map(|_| placeholder()).collect();
-            sql.push_str(&format!(" AND event IN ({})", list.join(", ")));
-            texts.extend(query.kinds.iter().map(|k| k.as_str()));
-        }
-        if let Some(start) = query.start {
-            sql.push_str(&format!(" AND event_time >= {}", placeholder()));
-            times.push(start.as_micros());
-        }
-        if let Some(end) = query.end {
-            sql.push_str(&format!(" AND event_time < {}", placeholder()));
-            times.push(end.as_micros());
-        }
-        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", placeholder()));
-        let mut statement = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql)).bind(before);
-        for text in texts {
-            statement = statement.bind(text);
-        }
-        for time in times {
-            statement = statement.bind(time);
-        }
-        let rows = statement
-            .bind(i64::from(limit))
+        let (sql, params) = events_statement(query, scope, before, limit);
+        let statement = sqlx::query_as::<_, EventRow>(sqlx::AssertSqlSafe(sql));
+        let rows = bind_all!(statement, params)
             .fetch_all(&mut *self.pool.acquire().await?)
             .await?;
         rows.into_iter().map(AuditEvent::try_from).collect()
@@ -164,3 +137,88 @@ sql_impl! { impl {
         Ok(rows.into_iter().map(KeyEvent::from).collect())
     }
 }}
+
+/// ListKeyEvents' statement: `query`'s events in `scope` below sequence `before`, newest
+/// first, at most `limit`. Every filter is one placeholder however many values the request
+/// repeated (the kinds are one bit set), except the scope's application patterns, which come
+/// from the principal's configuration.
+fn events_statement<'a>(
+    query: &'a EventQuery,
+    scope: &'a Scope,
+    before: i64,
+    limit: u32,
+) -> (String, Vec<Param<'a>>) {
+    let mut sql = Assembled::new(SELECT_EVENTS);
+    let p = sql.param(Param::Int(before));
+    sql.push(&p);
+    match &query.filter {
+        EventFilter::Key(id) => {
+            let p = sql.param(Param::Text(id.as_str()));
+            sql.push(&format!(" AND (key_id = {p} OR related_key_id = {p})"));
+        }
+        EventFilter::Application(app) => {
+            let p = sql.param(Param::Text(app.as_str()));
+            sql.push(&format!(" AND application_id = {p}"));
+        }
+        EventFilter::All => {}
+    }
+    if query.kinds != EventKinds::ALL {
+        let p = sql.param(Param::Int(query.kinds.bits()));
+        sql.push(&format!(" AND ({EVENT_BIT} & {p}) <> 0"));
+    }
+    if let Some(actor) = &query.actor {
+        let p = sql.param(Param::Text(actor));
+        sql.push(&format!(" AND (actor_name = {p} OR actor_subject = {p})"));
+    }
+    if let Some(start) = query.start {
+        let p = sql.param(Param::Int(start.as_micros()));
+        sql.push(&format!(" AND event_time >= {p}"));
+    }
+    if let Some(end) = query.end {
+        let p = sql.param(Param::Int(end.as_micros()));
+        sql.push(&format!(" AND event_time < {p}"));
+    }
+    if !scope.is_everything() {
+        // Events of keys in scope only: refused calls (no key) are in no limited scope.
+        sql.push(" AND key_id IS NOT NULL");
+        let apps = sql.scope_applications(scope);
+        sql.push(&apps);
+        if let Some(p) = sql.scope_environment(scope) {
+            sql.push(&format!(
+                " AND EXISTS (SELECT 1 FROM api_keys WHERE api_keys.id = key_events.key_id \
+                 AND api_keys.environment = {p})"
+            ));
+        }
+    }
+    let p = sql.param(Param::Int(i64::from(limit)));
+    sql.push(&format!(" ORDER BY seq DESC LIMIT {p}"));
+    sql.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sql_bit_of_each_kind_is_its_bit() {
+        for kind in EventKind::ALL {
+            let when = format!("WHEN '{}' THEN {} ", kind.as_str(), kind.bit());
+            assert!(EVENT_BIT.contains(&when), "{kind:?}: {EVENT_BIT}");
+        }
+        assert_eq!(EVENT_BIT.matches("WHEN").count(), EventKind::ALL.len());
+    }
+
+    #[test]
+    fn repeated_kinds_are_one_placeholder() {
+        let query = EventQuery {
+            kinds: std::iter::repeat_n(EventKind::Revoked, 40_000)
+                .chain([EventKind::Issued])
+                .collect(),
+            ..EventQuery::of(EventFilter::All)
+        };
+        let all = Scope::everything();
+        let (sql, params) = events_statement(&query, &all, 10, 5);
+        assert_eq!(params.len(), 3, "{sql}");
+        assert!(matches!(params[1], Param::Int(5)), "{params:?}");
+    }
+}

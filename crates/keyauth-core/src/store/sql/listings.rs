@@ -3,6 +3,9 @@
 
 use std::sync::atomic::Ordering;
 
+use keyauth_contract::principal::Scope;
+
+use super::filters::{Assembled, Param, bind_all};
 use super::rows::{ApplicationRow, KeyRow, Value, corrupt, select_keys};
 use crate::clock::Timestamp;
 use crate::error::Error;
@@ -21,17 +24,16 @@ const LIST_KEYS: &str = select_keys!(
      ORDER BY create_time DESC, id DESC LIMIT $4"
 );
 
-/// Key counts per application, environment and state at `$2` (as `KeyRecord::state` judges:
-/// revoked wins, a key expires at its expire_time exactly), for the applications of one page.
-const LIST_APPLICATIONS: &str = "SELECT application_id, environment, \
-     SUM(CASE WHEN revoke_time IS NULL AND (expire_time IS NULL OR expire_time > $2) \
+/// Key counts per application, environment and state at `$1` (as `KeyRecord::state` judges:
+/// revoked wins, a key expires at its expire_time exactly), for the applications of one page:
+/// `list_applications` adds the page's and the scope's conditions (placeholders only).
+const COUNT_APPLICATION_KEYS: &str = "SELECT application_id, environment, \
+     SUM(CASE WHEN revoke_time IS NULL AND (expire_time IS NULL OR expire_time > $1) \
          THEN 1 ELSE 0 END) AS active, \
-     SUM(CASE WHEN revoke_time IS NULL AND expire_time IS NOT NULL AND expire_time <= $2 \
+     SUM(CASE WHEN revoke_time IS NULL AND expire_time IS NOT NULL AND expire_time <= $1 \
          THEN 1 ELSE 0 END) AS expired, \
      SUM(CASE WHEN revoke_time IS NOT NULL THEN 1 ELSE 0 END) AS revoked \
-     FROM api_keys WHERE application_id IN (SELECT DISTINCT application_id FROM api_keys \
-         WHERE application_id > $1 ORDER BY application_id LIMIT $3) \
-     GROUP BY application_id, environment ORDER BY application_id, environment";
+     FROM api_keys WHERE ";
 
 const COUNT_KEYS: &str = "SELECT COUNT(*) AS value FROM api_keys";
 /// Key ids in id order after `$1` (the primary key's index: no sort).
@@ -79,11 +81,11 @@ sql_impl! { impl {
         after: Option<&ApplicationId>,
         limit: u32,
         now: Timestamp,
+        scope: &Scope,
     ) -> Result<Vec<ApplicationSummary>, Error> {
-        let rows: Vec<ApplicationRow> = sqlx::query_as(LIST_APPLICATIONS)
-            .bind(after.map_or("", ApplicationId::as_str))
-            .bind(now.as_micros())
-            .bind(i64::from(limit))
+        let (sql, params) = applications_statement(after, limit, now, scope);
+        let statement = sqlx::query_as::<_, ApplicationRow>(sqlx::AssertSqlSafe(sql));
+        let rows = bind_all!(statement, params)
             .fetch_all(&mut *self.pool.acquire().await?)
             .await?;
         let mut out: Vec<ApplicationSummary> = Vec::new();
@@ -136,3 +138,30 @@ sql_impl! { impl {
             .collect())
     }
 }}
+
+/// ListApplications' statement: the key counts of the applications in `scope` after `after`,
+/// at most `limit` of them, counting only keys of `scope`'s environment. An application whose
+/// keys are all outside the scope's environment is not listed.
+fn applications_statement<'a>(
+    after: Option<&'a ApplicationId>,
+    limit: u32,
+    now: Timestamp,
+    scope: &'a Scope,
+) -> (String, Vec<Param<'a>>) {
+    let mut sql = Assembled::new(COUNT_APPLICATION_KEYS);
+    sql.param(Param::Int(now.as_micros()));
+    let environment = match sql.scope_environment(scope) {
+        Some(p) => format!(" AND environment = {p}"),
+        None => String::new(),
+    };
+    let after = sql.param(Param::Text(after.map_or("", ApplicationId::as_str)));
+    let applications = sql.scope_applications(scope);
+    let limit = sql.param(Param::Int(i64::from(limit)));
+    sql.push(&format!(
+        "application_id IN (SELECT DISTINCT application_id FROM api_keys \
+         WHERE application_id > {after}{applications}{environment} \
+         ORDER BY application_id LIMIT {limit}){environment} \
+         GROUP BY application_id, environment ORDER BY application_id, environment"
+    ));
+    sql.finish()
+}

@@ -5,7 +5,8 @@
 //!
 //! By query family: `keys` (changes to keys), `listings` (reads of keys and applications),
 //! `events` (the audit trail and the change follower's reads), `idempotency`, `settings`;
-//! `rows` and `backend` apart. Modules read in one direction: `rows` → `backend` → this file's
+//! `rows`, `filters` (statements assembled at run time) and `backend` apart. Modules read in
+//! one direction: `rows`, `filters` → `backend` → this file's
 //! `SqlStore`, `Change` and `sql_impl!` → `settings`, `idempotency`, `events` → `keys` →
 //! `listings`. The `Store` impl at the end of this file runs each family's inherent method of
 //! the same name (an inherent method is found before a trait's).
@@ -17,6 +18,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
+use keyauth_contract::principal::Scope;
 use sqlx::Pool;
 
 use super::api::Store;
@@ -31,6 +33,7 @@ use crate::error::Error;
 use crate::model::{ApplicationId, KeyId, KeyRecord};
 
 mod backend;
+mod filters;
 mod rows;
 
 pub use backend::Backend;
@@ -193,8 +196,9 @@ sql_impl! { #[async_trait] impl Store {
         after: Option<&ApplicationId>,
         limit: u32,
         now: Timestamp,
+        scope: &Scope,
     ) -> Result<Vec<ApplicationSummary>, Error> {
-        Self::list_applications(self, after, limit, now).await
+        Self::list_applications(self, after, limit, now, scope).await
     }
 
     async fn list_keys(
@@ -226,10 +230,11 @@ sql_impl! { #[async_trait] impl Store {
     async fn list_events(
         &self,
         query: &EventQuery,
+        scope: &Scope,
         before: i64,
         limit: u32,
     ) -> Result<Vec<AuditEvent>, Error> {
-        Self::list_events(self, query, before, limit).await
+        Self::list_events(self, query, scope, before, limit).await
     }
 
     async fn idempotency_record(

@@ -5,7 +5,7 @@ use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, Metadata, Permissions};
 use crate::store::feed::KeyEvent;
-use crate::store::records::{AuditEvent, EventKind, IdempotencyRecord};
+use crate::store::records::{Actor, AuditEvent, EventKind, IdempotencyRecord};
 use sqlx::FromRow;
 
 /// A `SELECT` of every column of [`KeyRow`] from `api_keys`, followed by `$tail`.
@@ -100,6 +100,9 @@ pub(super) struct EventRow {
     url: Option<String>,
     occurrences: Option<i64>,
     detail: Option<String>,
+    actor_name: Option<String>,
+    actor_subject: Option<String>,
+    actor_issuer: Option<String>,
 }
 
 /// A row of LIST_APPLICATIONS.
@@ -135,6 +138,12 @@ impl TryFrom<EventRow> for AuditEvent {
                 .filter(|d| !d.is_empty())
                 .map(|d| d.split(',').map(str::to_owned).collect())
                 .unwrap_or_default(),
+            // An empty subject or issuer is stored as NULL (see the migration).
+            actor: row.actor_name.map(|name| Actor {
+                name,
+                subject: row.actor_subject.unwrap_or_default(),
+                issuer: row.actor_issuer.unwrap_or_default(),
+            }),
         })
     }
 }

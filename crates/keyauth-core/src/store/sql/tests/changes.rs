@@ -1,11 +1,13 @@
 //! The key changes, each one transaction with its event and idempotency record; settings.
 
+use keyauth_contract::principal::Scope;
+
 use crate::error::Error;
 use crate::model::{KeyId, KeyRecord, Metadata, Permissions};
 use crate::on_both_stores;
 use crate::store::{
-    Changed, EventFilter, EventKind, EventQuery, Exposed, Exposure, IdempotentWrite, KeyUpdate,
-    Rolled, Updated,
+    Changed, EventFilter, EventKind, EventKinds, EventQuery, Exposed, Exposure, IdempotentWrite,
+    KeyUpdate, Rolled, Updated,
 };
 use crate::testing::{StoreKind, secs, who};
 
@@ -138,10 +140,13 @@ async fn an_update_changes_the_named_fields_unless_refused(kind: StoreKind) {
     assert!(matches!(update(3, &name).await, Updated::Done(k) if k.name == "renamed"));
     assert!(matches!(update(9, &name).await, Updated::NotFound));
     let query = EventQuery {
-        kinds: vec![EventKind::Updated],
+        kinds: EventKinds::of([EventKind::Updated]),
         ..EventQuery::of(EventFilter::All)
     };
-    let events = store.list_events(&query, i64::MAX, 10).await.unwrap();
+    let events = store
+        .list_events(&query, &Scope::everything(), i64::MAX, 10)
+        .await
+        .unwrap();
     let paths: Vec<_> = events.iter().map(|e| e.changed_paths.join(",")).collect();
     assert_eq!(
         paths,
@@ -193,7 +198,12 @@ async fn a_revocation_is_set_once(kind: StoreKind) {
     );
     assert!(matches!(expose(&missing).await, Exposed::NotFound));
     let events = store
-        .list_events(&EventQuery::of(EventFilter::All), i64::MAX, 10)
+        .list_events(
+            &EventQuery::of(EventFilter::All),
+            &Scope::everything(),
+            i64::MAX,
+            10,
+        )
         .await
         .unwrap();
     let kinds: Vec<_> = events

@@ -1,9 +1,11 @@
 //! Reads: key and application listings, the audit trail.
 
+use keyauth_contract::principal::Scope;
+
 use crate::auth_failures::FailureRow;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::on_both_stores;
-use crate::store::{Cursor, EventFilter, EventKind, EventQuery, KeyCounts, KeyListing};
+use crate::store::{Cursor, EventFilter, EventKind, EventKinds, EventQuery, KeyCounts, KeyListing};
 use crate::testing::{StoreKind, secs, who};
 
 use super::{insert, key, one_of_each, store, successor};
@@ -87,7 +89,10 @@ async fn applications_are_counted_per_environment_and_state(kind: StoreKind) {
         &one_of_each(["app_a", "app_a", "app_b", "app_a", "app_c"]),
     )
     .await;
-    let page = store.list_applications(None, 2, secs(10)).await.unwrap();
+    let page = store
+        .list_applications(None, 2, secs(10), &Scope::everything())
+        .await
+        .unwrap();
     let summary: Vec<_> = page
         .iter()
         .map(|s| (s.application_id.as_str(), s.test, s.live))
@@ -99,7 +104,7 @@ async fn applications_are_counted_per_environment_and_state(kind: StoreKind) {
     assert_eq!(summary, expected);
     let after = ApplicationId::from_store("app_b".into());
     let rest = store
-        .list_applications(Some(&after), 2, secs(10))
+        .list_applications(Some(&after), 2, secs(10), &Scope::everything())
         .await
         .unwrap();
     assert_eq!(
@@ -127,11 +132,15 @@ async fn events_are_found_by_key_application_kind_and_time(kind: StoreKind) {
                       before| {
         let query = EventQuery {
             filter,
-            kinds,
+            kinds: EventKinds::of(kinds),
+            actor: None,
             start: range.0.map(secs),
             end: range.1.map(secs),
         };
-        let events = store.list_events(&query, before, 10).await.unwrap();
+        let events = store
+            .list_events(&query, &Scope::everything(), before, 10)
+            .await
+            .unwrap();
         events.iter().map(|e| e.kind).collect::<Vec<_>>()
     };
     use EventKind::{Issued, Rolled};
@@ -187,7 +196,10 @@ async fn refused_operator_calls_are_recorded_and_purged(kind: StoreKind) {
         .await
         .unwrap();
     let query = EventQuery::of(EventFilter::All);
-    let events = store.list_events(&query, i64::MAX, 10).await.unwrap();
+    let events = store
+        .list_events(&query, &Scope::everything(), i64::MAX, 10)
+        .await
+        .unwrap();
     let counted: Vec<_> = events
         .iter()
         .map(|e| (e.kind, e.peer.as_deref(), e.count))
@@ -203,7 +215,11 @@ async fn refused_operator_calls_are_recorded_and_purged(kind: StoreKind) {
         "older than `before`"
     );
     assert_eq!(
-        store.list_events(&query, i64::MAX, 10).await.unwrap().len(),
+        store
+            .list_events(&query, &Scope::everything(), i64::MAX, 10)
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
