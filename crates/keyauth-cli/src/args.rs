@@ -56,11 +56,65 @@ impl Connection {
     }
 }
 
+/// The caller's credential, on every command that calls the server: a principal's token (a
+/// static token of the principals file, or a JWT), in place of the command's own token flag.
+#[derive(Clone, Default, Args)]
+pub struct TokenArgs {
+    /// The caller's token (a principal's static token, or a JWT), sent as `authorization:
+    /// Bearer …`; takes the place of --admin-token / --verifier-token.
+    #[arg(long, env = "KEYAUTH_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+
+    /// A file holding the caller's token (its first line), e.g. a Kubernetes projected
+    /// service-account token; read at each command. Takes the place of --token.
+    #[arg(long, env = "KEYAUTH_TOKEN_FILE", global = true, value_name = "PATH")]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl fmt::Debug for TokenArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenArgs")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+/// `keyauth whoami`: who the server says the caller is.
+#[derive(Clone, Args)]
+pub struct WhoamiArgs {
+    #[command(flatten)]
+    pub connection: Connection,
+
+    #[command(flatten)]
+    pub credential: TokenArgs,
+
+    /// The operator token, when no --token is given.
+    #[arg(long, env = "KEYAUTH_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+impl fmt::Debug for WhoamiArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WhoamiArgs")
+            .field("connection", &self.connection)
+            .field("credential", &self.credential)
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
 /// `keyauth keys …`: the operator RPCs.
 #[derive(Clone, Args)]
 pub struct KeysArgs {
     #[command(flatten)]
     pub connection: Connection,
+
+    #[command(flatten)]
+    pub credential: TokenArgs,
 
     /// Operator token (the server's KEYAUTH_ADMIN_TOKEN), sent as `authorization: Bearer …`.
     #[arg(
@@ -79,6 +133,7 @@ impl fmt::Debug for KeysArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeysArgs")
             .field("connection", &self.connection)
+            .field("credential", &self.credential)
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
@@ -384,6 +439,9 @@ pub struct VerifyArgs {
     /// needed when the server is started with one.
     #[arg(long, env = "KEYAUTH_VERIFIER_TOKEN", hide_env_values = true)]
     pub verifier_token: Option<String>,
+
+    #[command(flatten)]
+    pub credential: TokenArgs,
 }
 
 impl fmt::Debug for VerifyArgs {
@@ -396,6 +454,7 @@ impl fmt::Debug for VerifyArgs {
                 "verifier_token",
                 &self.verifier_token.as_ref().map(|_| "<redacted>"),
             )
+            .field("credential", &self.credential)
             .finish()
     }
 }

@@ -224,8 +224,27 @@ pub(crate) fn operator_token<'a>(token: Option<&'a str>, who: &str) -> Result<&'
     }
 }
 
+/// The caller's token: the first line of --token-file (KEYAUTH_TOKEN_FILE), else --token
+/// (KEYAUTH_TOKEN), else `fallback` (the command's own token flag).
+pub(crate) fn caller_token(
+    credential: &TokenArgs,
+    fallback: Option<&str>,
+) -> Result<Option<String>, Failure> {
+    if let Some(path) = &credential.token_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Failure::Usage(format!(
+                "cannot read --token-file (KEYAUTH_TOKEN_FILE) {}: {e}",
+                path.display()
+            ))
+        })?;
+        return Ok(text.lines().next().map(|l| l.trim().to_owned()));
+    }
+    Ok(credential.token.as_deref().or(fallback).map(str::to_owned))
+}
+
 pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
-    let token = operator_token(args.admin_token.as_deref(), "operator commands")?;
+    let token = caller_token(&args.credential, args.admin_token.as_deref())?;
+    let token = operator_token(token.as_deref(), "operator commands")?;
     // Local checks first: a usage error never needs the server.
     let request = prepare(&args.command)?;
     let json = args.connection.json;
@@ -424,7 +443,8 @@ pub(crate) async fn run_verify(args: &VerifyArgs) -> Result<(Output, bool), Fail
         key,
         required_permissions: permissions_out(&args.permissions),
     };
-    let token = match args.verifier_token.as_deref().map(str::trim) {
+    let token = caller_token(&args.credential, args.verifier_token.as_deref())?;
+    let token = match token.as_deref().map(str::trim) {
         Some(token) if !token.is_empty() => {
             if bearer(token).is_none() {
                 return Err(Failure::Usage(

@@ -1,4 +1,5 @@
-//! The operator CLI: `keyauth keys issue|roll|revoke|get|list|events` and `keyauth verify`,
+//! The operator CLI: `keyauth keys issue|roll|revoke|get|list|events`, `keyauth verify` and
+//! `keyauth whoami`,
 //! calls to a running server through `keyauth-client`'s [`Client`](keyauth_client::Client)
 //! (tokens, request ids, timeouts and the retries of reads are the client's); and `keyauth
 //! scan`, which finds keys in files offline (and with `--report` has the server revoke them,
@@ -21,12 +22,14 @@ mod commands;
 mod exit;
 mod render;
 mod scan;
+mod whoami;
 
-pub use args::{KeysArgs, VerifyArgs};
+pub use args::{KeysArgs, TokenArgs, VerifyArgs, WhoamiArgs};
 pub use commands::{keys, verify};
 pub use exit::{EXIT_DENIED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, exit_code_of};
 pub use render::{event_json, key_json, render_table};
 pub use scan::{ScanArgs, scan};
+pub use whoami::whoami;
 
 #[cfg(test)]
 mod tests {

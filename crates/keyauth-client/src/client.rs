@@ -294,6 +294,8 @@ enum Token {
     Verifier,
     /// The verifier token when one is set, else the operator token (GetCatalog).
     VerifierOrOperator,
+    /// The operator token when one is set, else the verifier token (GetPrincipal).
+    OperatorOrVerifier,
 }
 
 /// Whether a failed call may be sent again: the server did not answer, or asked to retry.
@@ -358,6 +360,7 @@ impl Client {
             Token::Operator => self.operator.as_ref(),
             Token::Verifier => self.verifier.as_ref(),
             Token::VerifierOrOperator => self.verifier.as_ref().or(self.operator.as_ref()),
+            Token::OperatorOrVerifier => self.operator.as_ref().or(self.verifier.as_ref()),
         }
     }
 
@@ -461,6 +464,11 @@ impl Client {
         /// GetCatalog: the permission catalog in force (the verifier token when one is set,
         /// else the operator token).
         read get_catalog(GetCatalogRequest) -> GetCatalogResponse, VerifierOrOperator
+    }
+    unary! {
+        /// GetPrincipal: who this client's credential names, with its roles and scope (the
+        /// operator token when one is set, else the verifier token).
+        read get_principal(GetPrincipalRequest) -> GetPrincipalResponse, OperatorOrVerifier
     }
 
     /// Opens a WatchKeyChanges stream from now (`None`) or resuming after a revision (not

@@ -332,7 +332,12 @@ pub fn event_out(event: &AuditEvent) -> pb::KeyEvent {
     let kind = event_type_out(event.kind);
     let text = |s: &Option<String>| s.clone().unwrap_or_default();
     pb::KeyEvent {
-        actor: None,
+        actor: event.actor.as_ref().map(|a| pb::Principal {
+            name: a.name.clone(),
+            subject: a.subject.clone(),
+            issuer: a.issuer.clone(),
+            ..Default::default()
+        }),
         sequence: event.seq,
         r#type: kind.into(),
         key_id: event
@@ -470,29 +475,24 @@ mod tests {
     }
 }
 
-/// A principal as the API shows it: with its roles and scope (GetPrincipal), or only who it is
-/// (an audit event's actor).
-pub fn principal_out(principal: &Principal, with_grants: bool) -> pb::Principal {
-    let mut out = pb::Principal {
+/// A principal as GetPrincipal shows it: who it is, its roles and its scope.
+pub fn principal_out(principal: &Principal) -> pb::Principal {
+    pb::Principal {
         name: principal.name.clone(),
         subject: principal.subject.clone(),
         issuer: principal.issuer.clone(),
-        ..Default::default()
-    };
-    if with_grants {
-        out.roles = principal
+        roles: principal
             .roles
             .iter()
             .map(|r| r.name().to_owned())
-            .collect();
-        out.applications = principal.scope.applications().to_vec();
-        out.environments = principal
+            .collect(),
+        applications: principal.scope.applications().to_vec(),
+        environments: principal
             .scope
             .environments()
             .iter()
             .filter_map(|e| Environment::from_store(e))
             .map(|e| environment_out(e) as i32)
-            .collect();
+            .collect(),
     }
-    out
 }

@@ -35,6 +35,9 @@ enum Command {
     Keys(keyauth_cli::KeysArgs),
     /// Verify a key against a running server (exit 0 valid, 1 not valid).
     Verify(keyauth_cli::VerifyArgs),
+    /// Who the server says the caller is: the principal of --token / --token-file, its roles
+    /// and scope.
+    Whoami(keyauth_cli::WhoamiArgs),
     /// Find keys in files, offline (exit 1 when any is found, 0 when none); --report has the
     /// server revoke them.
     Scan(keyauth_cli::ScanArgs),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Keys(args) => runtime.block_on(keyauth_cli::keys(args)),
         Command::Verify(args) => runtime.block_on(keyauth_cli::verify(args)),
+        Command::Whoami(args) => runtime.block_on(keyauth_cli::whoami(args)),
         Command::Scan(args) => runtime.block_on(keyauth_cli::scan(args)),
         Command::GenSealKey => match SealKey::generate_hex() {
             Ok(key) => {

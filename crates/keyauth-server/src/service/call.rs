@@ -115,6 +115,8 @@ impl KeyAuthorityApi {
                 Err(refused) => return Err(refused.into()),
             };
             provenance.operator = principal.as_ref().map(|p| p.id());
+            // Who acted, in every event the call writes.
+            provenance.actor = principal.as_deref().map(Into::into);
             let idempotency_key = match access {
                 Access::Operator => request
                     .metadata()

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 
-use keyauth_contract::principal::Scope;
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
@@ -15,6 +14,7 @@ use tonic::{Request, Response, Status};
 
 use super::KeyAuthorityApi;
 use super::call::{Access, Call, Outcome};
+use super::scope;
 use super::verifier::VerdictAnswer;
 use crate::wire;
 
@@ -109,6 +109,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 |r, secret| r.secret = secret,
                 async |idem| {
                     let new = wire::new_key_in(&req, self.authority.catalog())?;
+                    scope::check(&call, new.application_id.as_str(), Some(new.environment))?;
                     self.authority.issue(new, &call.provenance, idem).await
                 },
                 |issued| pb::IssueKeyResponse {
@@ -141,6 +142,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 |r, secret| r.secret = secret,
                 async |idem| {
                     let id = KeyId::parse(&req.key_id, "key_id")?;
+                    self.check_key_scope(&call, &id).await?;
                     let grace = req
                         .grace_period
                         .as_ref()
@@ -182,6 +184,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 async |idem| {
                     let id = KeyId::parse(&req.key_id, "key_id")?;
                     check_text(&req.reason, "reason", REASON_MAX)?;
+                    self.check_key_scope(&call, &id).await?;
                     let reason = Some(req.reason.as_str()).filter(|r| !r.is_empty());
                     self.authority
                         .revoke(&id, reason, &call.provenance, idem)
@@ -215,8 +218,9 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::GetKeyResponse>, Status> {
-        self.operator("GetKey", request, |req, _call| async move {
+        self.operator("GetKey", request, |req, call| async move {
             let id = KeyId::parse(&req.key_id, "key_id")?;
+            self.check_key_scope(&call, &id).await?;
             let record = self.authority.get(&id).await?;
             Ok(pb::GetKeyResponse {
                 key: Some(wire::key_out(&record, self.authority.now())),
@@ -229,9 +233,11 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        self.operator("ListKeys", request, |req, _call| async move {
+        self.operator("ListKeys", request, |req, call| async move {
             let app = ApplicationId::parse(&req.application_id, "application_id")?;
             let env = wire::environment_in(req.environment, "environment")?;
+            scope::check(&call, app.as_str(), env)?;
+            let env = scope::narrow(&call, env);
             let states = wire::states_in(&req.states, "states")?;
             let (keys, next_page_token) = self
                 .authority
@@ -256,7 +262,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ListKeyEventsRequest>,
     ) -> Result<Response<pb::ListKeyEventsResponse>, Status> {
-        self.operator("ListKeyEvents", request, |req, _call| async move {
+        self.operator("ListKeyEvents", request, |req, call| async move {
             let filter = match (req.key_id.is_empty(), req.application_id.is_empty()) {
                 (false, true) => EventFilter::Key(KeyId::parse(&req.key_id, "key_id")?),
                 (true, false) => EventFilter::Application(ApplicationId::parse(
@@ -271,6 +277,11 @@ impl KeyAuthorityService for KeyAuthorityApi {
                     ));
                 }
             };
+            match &filter {
+                EventFilter::Key(id) => self.check_key_scope(&call, id).await?,
+                EventFilter::Application(app) => scope::check(&call, app.as_str(), None)?,
+                EventFilter::All => {}
+            }
             let time = |t: &Option<prost_types::Timestamp>, field| {
                 t.as_ref().map(|t| wire::timestamp_in(t, field)).transpose()
             };
@@ -279,7 +290,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 kinds: wire::event_types_in(&req.types, "types")?
                     .into_iter()
                     .collect(),
-                actor: None,
+                actor: Some(req.actor.clone()).filter(|a| !a.is_empty()),
                 start: time(&req.start_time, "start_time")?,
                 end: time(&req.end_time, "end_time")?,
             };
@@ -289,7 +300,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                     &query,
                     page_size(req.page_size)?,
                     &req.page_token,
-                    &Scope::everything(),
+                    &scope::of(&call),
                 )
                 .await?;
             Ok(pb::ListKeyEventsResponse {
@@ -315,6 +326,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 |key| pb::UpdateKeyResponse { key },
                 async |idem| {
                     let (id, update) = wire::key_update_in(&req, self.authority.catalog())?;
+                    self.check_key_scope(&call, &id).await?;
                     self.authority
                         .update(&id, &update, &call.provenance, idem)
                         .await
@@ -352,7 +364,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                     .as_deref()
                     .ok_or_else(|| Error::internal("GetPrincipal admitted without a principal"))?;
                 Ok(pb::GetPrincipalResponse {
-                    principal: Some(wire::principal_out(principal, true)),
+                    principal: Some(wire::principal_out(principal)),
                 })
             },
         )
@@ -363,13 +375,13 @@ impl KeyAuthorityService for KeyAuthorityApi {
         &self,
         request: Request<pb::ListApplicationsRequest>,
     ) -> Result<Response<pb::ListApplicationsResponse>, Status> {
-        self.operator("ListApplications", request, |req, _call| async move {
+        self.operator("ListApplications", request, |req, call| async move {
             let (apps, next_page_token) = self
                 .authority
                 .list_applications(
                     page_size(req.page_size)?,
                     &req.page_token,
-                    &Scope::everything(),
+                    &scope::of(&call),
                 )
                 .await?;
             Ok(pb::ListApplicationsResponse {

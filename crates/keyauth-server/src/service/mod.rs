@@ -13,6 +13,7 @@ mod auth;
 pub(crate) mod call;
 mod gate;
 mod handlers;
+mod scope;
 mod verifier;
 mod watch;
 
