@@ -458,7 +458,7 @@ async fn a_refused_call_is_answered_from_its_headers_before_its_body_is_read() {
     let app = spawn_with(
         Backend::Sqlite,
         Options {
-            verifier_token: Some("verifier-token-of-the-test".into()),
+            verifier_token: Some("verifier-token-of-the-attack-tests".into()),
             limits: keyauth_server::limits::Limits {
                 request_timeout: std::time::Duration::from_secs(60),
                 ..Default::default()

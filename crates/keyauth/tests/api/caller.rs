@@ -138,7 +138,7 @@ async fn the_stream_tells_every_change_and_resumes_by_revision(backend: Backend)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_limited_and_need_the_verifier_token() {
     let options = Options {
-        verifier_token: Some("watch-verifier-token".into()),
+        verifier_token: Some("watch-verifier-token-of-the-caller-tests".into()),
         watch: keyauth_server::service::WatchOptions {
             heartbeat: Duration::from_millis(200),
             max_streams: 2,
@@ -150,7 +150,7 @@ async fn streams_are_limited_and_need_the_verifier_token() {
     let refused = anonymous.watch_key_changes(None).await.unwrap_err();
     assert_eq!(refused.code(), Code::Unauthenticated);
     let verifier = Client::builder(format!("http://{}", app.addr))
-        .verifier_token("watch-verifier-token")
+        .verifier_token("watch-verifier-token-of-the-caller-tests")
         .connect()
         .await
         .unwrap();

@@ -414,3 +414,65 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whoami_names_the_caller_of_a_token_or_a_token_file() {
+    on_sqlite(async |app| {
+        let url = server(&app);
+        // The admin token, from --token.
+        let run = keyauth(
+            &["whoami", "--json", "--server", &url, "--token", ADMIN_TOKEN],
+            &[],
+            None,
+        )
+        .await;
+        assert_exit(&run, 0);
+        let me: Value = serde_json::from_str(&run.stdout).unwrap();
+        assert_eq!(me["name"], "admin");
+        assert_eq!(me["roles"], serde_json::json!(["admin"]));
+        // From a file (a projected token, say), as a table; KEYAUTH_TOKEN_FILE wins over a
+        // wrong KEYAUTH_TOKEN.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{ADMIN_TOKEN}\n")).unwrap();
+        let run = keyauth(
+            &["whoami", "--server", &url],
+            &[
+                ("KEYAUTH_TOKEN_FILE", file.to_str().unwrap()),
+                ("KEYAUTH_TOKEN", "a-token-nobody-has-at-all-000000000"),
+            ],
+            None,
+        )
+        .await;
+        assert_exit(&run, 0);
+        assert!(
+            run.stdout.contains("name") && run.stdout.contains("admin"),
+            "{run:?}"
+        );
+        // Operator commands take it too.
+        let run = keyauth(
+            &["keys", "list", "--app", "app_cli", "--server", &url],
+            &[("KEYAUTH_TOKEN_FILE", file.to_str().unwrap())],
+            None,
+        )
+        .await;
+        assert_exit(&run, 0);
+        // A token nobody has: UNAUTHENTICATED, exit 1; none at all: a usage error.
+        let run = keyauth(
+            &[
+                "whoami",
+                "--server",
+                &url,
+                "--token",
+                "a-token-nobody-has-at-all-000000000",
+            ],
+            &[],
+            None,
+        )
+        .await;
+        assert_failed(&run, 1, "UNAUTHENTICATED");
+        let run = keyauth(&["whoami", "--server", &url], &[], None).await;
+        assert_exit(&run, 2);
+    })
+    .await;
+}

@@ -535,7 +535,13 @@ async fn the_verifier_token_is_required_when_configured() {
         }
         request
     };
-    for token in [None, Some(ADMIN_TOKEN), Some("not-the-token")] {
+    // The operator token is the principal `admin`, which holds every role (DESIGN §7): it is
+    // admitted, as the verifier token is.
+    ok(&check_with(&app, with(Some(ADMIN_TOKEN)))
+        .await
+        .unwrap()
+        .into_inner());
+    for token in [None, Some("not-the-token")] {
         let status = assert_status(
             check_with(&app, with(token)).await,
             Code::Unauthenticated,

@@ -17,6 +17,7 @@ mod issue;
 mod list;
 mod operable;
 mod portal;
+mod principals;
 mod process;
 mod races;
 mod roll_revoke;

@@ -435,7 +435,7 @@ async fn the_catalog_in_force_is_served(backend: Backend) {
         backend,
         Options {
             catalog,
-            verifier_token: Some("verifier-secret-token".into()),
+            verifier_token: Some("verifier-secret-token-of-the-portal-tests".into()),
             ..Options::default()
         },
     )
@@ -467,7 +467,9 @@ async fn the_catalog_in_force_is_served(backend: Backend) {
     let mut request = Request::new(pb::GetCatalogRequest {});
     request.metadata_mut().insert(
         "authorization",
-        "Bearer verifier-secret-token".parse().unwrap(),
+        "Bearer verifier-secret-token-of-the-portal-tests"
+            .parse()
+            .unwrap(),
     );
     assert_eq!(
         client.get_catalog(request).await.unwrap().into_inner(),

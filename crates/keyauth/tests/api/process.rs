@@ -16,6 +16,12 @@ fn bad_settings_exit_2_naming_the_setting() {
     let db = format!("sqlite://{}", dir.path().join("k.db").display());
     let bad_catalog = dir.path().join("catalog.toml");
     std::fs::write(&bad_catalog, "[resources]\npatients = []\n").unwrap();
+    let bad_principals = dir.path().join("principals.toml");
+    std::fs::write(
+        &bad_principals,
+        "[[principal]]\nname = \"p\"\ntoken_sha256 = \"00\"\nroles = [\"keys.write\"]\n",
+    )
+    .unwrap();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--cache-ttl".into(), "soon".into()], "--cache-ttl"),
         (vec!["--listen".into(), "not-an-address".into()], "--listen"),
@@ -51,6 +57,20 @@ fn bad_settings_exit_2_naming_the_setting() {
         (
             vec!["--request-timeout".into(), "0s".into()],
             "--request-timeout",
+        ),
+        // A token a guesser could find stops the start (DESIGN §7: 32 characters at least).
+        (
+            vec!["--admin-token".into(), "short-operator-token".into()],
+            "--admin-token",
+        ),
+        (
+            vec!["--verifier-token".into(), "x".repeat(31)],
+            "--verifier-token",
+        ),
+        // A principals file that does not load names its line.
+        (
+            vec!["--principals".into(), bad_principals.display().to_string()],
+            "--principals",
         ),
     ];
     // TLS: half a pair, unreadable files, garbage PEM, a key of another certificate.

@@ -50,6 +50,8 @@ pub(super) async fn keyauth(args: &[&str], env: &[(&str, &str)], stdin: Option<&
             .env_remove("KEYAUTH_SERVER")
             .env_remove("KEYAUTH_ADMIN_TOKEN")
             .env_remove("KEYAUTH_VERIFIER_TOKEN")
+            .env_remove("KEYAUTH_TOKEN")
+            .env_remove("KEYAUTH_TOKEN_FILE")
             .env_remove("KEYAUTH_CA_CERT")
             .env_remove("KEYAUTH_CLIENT_CERT")
             .env_remove("KEYAUTH_CLIENT_KEY")

@@ -306,6 +306,8 @@ pub struct Options {
     pub listen: Option<std::net::SocketAddr>,
     /// Connection and call limits.
     pub limits: keyauth_server::limits::Limits,
+    /// A principals file's text (`--principals`), beside the admin and verifier tokens.
+    pub principals: Option<String>,
 }
 
 impl Default for Options {
@@ -334,6 +336,7 @@ impl Default for Options {
             listen: None,
             limits: keyauth_server::limits::Limits::default(),
             watch_backlog: authority.watch_backlog,
+            principals: None,
         }
     }
 }
@@ -398,11 +401,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         health_interval: Duration::from_millis(200),
         usage_flush_interval: Duration::from_secs(3600),
         shutdown_grace: Duration::from_secs(10),
-        credentials: Credentials::from_tokens(
-            options.admin_token.as_deref(),
-            options.verifier_token.as_deref(),
-        )
-        .expect("the tests' tokens are long enough"),
+        credentials: credentials(&options),
         ext_authz: options.ext_authz.clone(),
         http: (options.github_keys.is_some() || options.console).then(|| {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind HTTP");
@@ -454,6 +453,22 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
         db,
         server: Some(running),
     }
+}
+
+/// The credentials of `options`: its principals file, with the admin and verifier tokens.
+fn credentials(options: &Options) -> Credentials {
+    use keyauth_server::principals::{Principals, PrincipalsCell};
+    let file = options
+        .principals
+        .as_deref()
+        .map(|text| Principals::parse(text).expect("the test's principals file loads"));
+    let principals = Principals::with_legacy(
+        file,
+        options.admin_token.as_deref(),
+        options.verifier_token.as_deref(),
+    )
+    .expect("the tests' tokens are long enough");
+    Credentials::new(Arc::new(PrincipalsCell::new(principals)), None)
 }
 
 /// A request with the operator token.
