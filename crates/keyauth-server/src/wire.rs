@@ -405,6 +405,28 @@ pub fn verdict_out(verdict: &Verdict) -> (bool, Option<pb::ApiError>, i32) {
     )
 }
 
+/// A principal as GetPrincipal shows it: who it is, its roles and its scope.
+pub fn principal_out(principal: &Principal) -> pb::Principal {
+    pb::Principal {
+        name: principal.name.clone(),
+        subject: principal.subject.clone(),
+        issuer: principal.issuer.clone(),
+        roles: principal
+            .roles
+            .iter()
+            .map(|r| r.name().to_owned())
+            .collect(),
+        applications: principal.scope.applications().to_vec(),
+        environments: principal
+            .scope
+            .environments()
+            .iter()
+            .filter_map(|e| Environment::from_store(e))
+            .map(|e| environment_out(e) as i32)
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -472,27 +494,5 @@ mod tests {
         assert!(environment_in(7, "environment").is_err());
         assert!(required_environment(0, "environment").is_err());
         assert_eq!(required_environment(2, "e").unwrap(), Environment::Live);
-    }
-}
-
-/// A principal as GetPrincipal shows it: who it is, its roles and its scope.
-pub fn principal_out(principal: &Principal) -> pb::Principal {
-    pb::Principal {
-        name: principal.name.clone(),
-        subject: principal.subject.clone(),
-        issuer: principal.issuer.clone(),
-        roles: principal
-            .roles
-            .iter()
-            .map(|r| r.name().to_owned())
-            .collect(),
-        applications: principal.scope.applications().to_vec(),
-        environments: principal
-            .scope
-            .environments()
-            .iter()
-            .filter_map(|e| Environment::from_store(e))
-            .map(|e| environment_out(e) as i32)
-            .collect(),
     }
 }

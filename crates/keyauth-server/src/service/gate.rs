@@ -102,25 +102,20 @@ fn decide(
     }
 }
 
-/// The gate's future: the inner service's, or (for a JWT not validated before) the check
-/// first.
-pub enum GateFuture<F> {
+/// The gate's future: the inner service's, or (for a JWT not validated before) the check,
+/// then the inner service's.
+pub enum GateFuture<F: Future> {
     Now(F),
-    Checking(Pin<Box<dyn Future<Output = F> + Send>>),
+    Checking(Pin<Box<dyn Future<Output = F::Output> + Send>>),
 }
 
 impl<F: Future + Unpin> Future for GateFuture<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        loop {
-            match &mut *self {
-                GateFuture::Now(inner) => return Pin::new(inner).poll(cx),
-                GateFuture::Checking(check) => match check.as_mut().poll(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(inner) => *self = GateFuture::Now(inner),
-                },
-            }
+        match &mut *self {
+            GateFuture::Now(inner) => Pin::new(inner).poll(cx),
+            GateFuture::Checking(checking) => checking.as_mut().poll(cx),
         }
     }
 }
@@ -129,6 +124,8 @@ impl<S> Service<http::Request<tonic::body::Body>> for TokenGate<S>
 where
     S: Service<http::Request<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + Unpin + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -160,7 +157,7 @@ where
                 GateFuture::Checking(Box::pin(async move {
                     let decided = credentials.admit_jwt(rpc, &token).await;
                     decide(&mut request, decided);
-                    inner.call(request)
+                    inner.call(request).await
                 }))
             }
         }

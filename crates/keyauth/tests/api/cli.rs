@@ -19,7 +19,7 @@ async fn issue_get_list_roll_revoke_verify() {
     on_sqlite(async |app| {
         // Issue, human output: the secret on stdout, the warning on stderr.
         let issued = issue(
-            &app,
+            app,
             "app_cli",
             "live",
             &[
@@ -55,8 +55,7 @@ async fn issue_get_list_roll_revoke_verify() {
 
         // Issue, JSON: one object with the secret and the key (a second later: newest first).
         app.clock.advance(std::time::Duration::from_secs(1));
-        let body =
-            made_key(&issue(&app, "app_cli", "test", &["--name", "Backend", "--json"]).await);
+        let body = made_key(&issue(app, "app_cli", "test", &["--name", "Backend", "--json"]).await);
         let standard_secret = text(&body["secret"]);
         let standard_id = text(&body["key"]["id"]);
         assert!(standard_secret.starts_with("sk_test_"));
@@ -74,18 +73,18 @@ async fn issue_get_list_roll_revoke_verify() {
         );
 
         // Get, both outputs; never a secret.
-        let got = keys(&app, &["get", &restricted_id]).await;
+        let got = keys(app, &["get", &restricted_id]).await;
         assert_exit(&got, 0);
         assert_eq!(got.field("name"), "Read-only Patient Access");
         assert_eq!(got.field("metadata.team"), "analytics");
         assert!(!got.stdout.contains(&secret));
-        let got = keys(&app, &["get", &restricted_id, "--json"]).await;
+        let got = keys(app, &["get", &restricted_id, "--json"]).await;
         assert_exit(&got, 0);
         assert_eq!(got.json()["key"]["metadata"]["team"], "analytics");
         assert_eq!(got.json()["key"]["expire_time"], "2099-12-31T00:00:00Z");
 
         // List: a table with both keys, newest first; --env filters; pages join with --all.
-        let listed = keys(&app, &["list", "--app", "app_cli"]).await;
+        let listed = keys(app, &["list", "--app", "app_cli"]).await;
         let columns = "ID|ENV|NAME|STATE|RESTRICTED|CREATED|EXPIRES|LAST USED";
         let lines = table(&listed, 3, columns);
         assert!(lines[1].starts_with(&standard_id), "{listed:?}");
@@ -96,7 +95,7 @@ async fn issue_get_list_roll_revoke_verify() {
         assert_eq!(&lines[2][env_at..env_at + 4], "live");
 
         let live = keys(
-            &app,
+            app,
             &["list", "--app", "app_cli", "--env", "live", "--json"],
         )
         .await;
@@ -105,7 +104,7 @@ async fn issue_get_list_roll_revoke_verify() {
         assert_eq!(live[0]["id"], restricted_id.as_str());
 
         let page = keys(
-            &app,
+            app,
             &["list", "--app", "app_cli", "--page-size", "1", "--json"],
         )
         .await;
@@ -113,7 +112,7 @@ async fn issue_get_list_roll_revoke_verify() {
         let token = text(&page.json()["next_page_token"]);
         assert!(!token.is_empty());
         let next = keys(
-            &app,
+            app,
             &[
                 "list",
                 "--app",
@@ -128,29 +127,28 @@ async fn issue_get_list_roll_revoke_verify() {
         .await;
         assert_exit(&next, 0);
         assert_eq!(next.json()["keys"][0]["id"], restricted_id.as_str());
-        assert_eq!(every_page(&app, "list", "app_cli", "keys").await.len(), 2);
+        assert_eq!(every_page(app, "list", "app_cli", "keys").await.len(), 2);
 
         // Verify: valid → 0, also with a held permission, also read from stdin.
-        let valid = verify(&app, &[&standard_secret], None).await;
+        let valid = verify(app, &[&standard_secret], None).await;
         assert_exit(&valid, 0);
         assert_eq!(valid.field("valid"), "yes");
         assert_eq!(valid.field("id"), standard_id);
         let args = [secret.as_str(), "--permission", "patients:read", "--json"];
-        let valid = answer(&verify(&app, &args, None).await, 0);
+        let valid = answer(&verify(app, &args, None).await, 0);
         assert_eq!(valid["valid"], true);
         assert_eq!(valid["http_status"], 200);
-        let valid = verify(&app, &["-"], Some(&format!("Bearer {secret}\n"))).await;
+        let valid = verify(app, &["-"], Some(&format!("Bearer {secret}\n"))).await;
         assert_exit(&valid, 0);
         // A permission the key lacks is a denial: 1, with the REST error.
         let args = [secret.as_str(), "--permission", "patients:write", "--json"];
-        let lacking = answer(&verify(&app, &args, None).await, 1);
+        let lacking = answer(&verify(app, &args, None).await, 1);
         assert_eq!(lacking["valid"], false);
         assert_eq!(lacking["error"]["code"], "insufficient_permissions");
         assert_eq!(lacking["http_status"], 403);
 
         // Roll: a new secret, the old key until the grace period ends.
-        let rolled =
-            made_key(&keys(&app, &["roll", &standard_id, "--grace", "1h", "--json"]).await);
+        let rolled = made_key(&keys(app, &["roll", &standard_id, "--grace", "1h", "--json"]).await);
         let new_secret = text(&rolled["secret"]);
         assert_ne!(new_secret, standard_secret);
         assert_eq!(rolled["previous_key"]["id"], standard_id.as_str());
@@ -158,27 +156,27 @@ async fn issue_get_list_roll_revoke_verify() {
             rolled["previous_key"]["replaced_by_key_id"],
             rolled["key"]["id"]
         );
-        assert_exit(&verify(&app, &[&new_secret], None).await, 0);
+        assert_exit(&verify(app, &[&new_secret], None).await, 0);
         // Rolling it again is a refusal.
-        let again = keys(&app, &["roll", &standard_id]).await;
+        let again = keys(app, &["roll", &standard_id]).await;
         assert_failed(&again, 1, "FAILED_PRECONDITION");
 
         // Revoke: the key is refused at once, verify exits 1 with the REST error.
-        let revoked = keys(&app, &["revoke", &restricted_id, "--reason", "leaked"]).await;
+        let revoked = keys(app, &["revoke", &restricted_id, "--reason", "leaked"]).await;
         assert_exit(&revoked, 0);
         assert_eq!(revoked.field("state"), "revoked");
         assert_eq!(revoked.field("revoke reason"), "leaked");
-        let denied = verify(&app, &[&secret], None).await;
+        let denied = verify(app, &[&secret], None).await;
         assert_exit(&denied, 1);
         assert_eq!(denied.field("valid"), "no");
         assert_eq!(denied.field("error"), "api_key_revoked");
-        let denied = answer(&verify(&app, &[&secret, "--json"], None).await, 1);
+        let denied = answer(&verify(app, &[&secret, "--json"], None).await, 1);
         assert_eq!(denied["error"]["code"], "api_key_revoked");
         assert_eq!(denied["http_status"], 401);
 
         // Garbage is a denial too, and an unknown key id a refusal.
-        assert_exit(&verify(&app, &["sk_test_garbage"], None).await, 1);
-        let missing = keys(&app, &["get", "key_000000000000"]).await;
+        assert_exit(&verify(app, &["sk_test_garbage"], None).await, 1);
+        let missing = keys(app, &["get", "key_000000000000"]).await;
         assert_failed(&missing, 1, "NOT_FOUND");
     })
     .await;
@@ -203,15 +201,15 @@ async fn usage_errors_exit_2() {
         ];
         for case in cases {
             let args: Vec<&str> = case.split(' ').collect();
-            let run = keys(&app, &args).await;
+            let run = keys(app, &args).await;
             assert_exit(&run, 2);
             assert!(!run.stderr.is_empty(), "{run:?}");
         }
-        let run = verify(&app, &["sk_test_x", "--permission", "patients:"], None).await;
+        let run = verify(app, &["sk_test_x", "--permission", "patients:"], None).await;
         assert_exit(&run, 2);
         // No operator token at all is a usage error, caught before calling.
         let run = keyauth(
-            &["keys", "get", "key_000000000000", "--server", &server(&app)],
+            &["keys", "get", "key_000000000000", "--server", &server(app)],
             &[],
             None,
         )
@@ -233,7 +231,7 @@ async fn wrong_admin_token_exits_1() {
                 "--app",
                 "app_cli",
                 "--server",
-                &server(&app),
+                &server(app),
             ],
             &[],
             None,
@@ -276,17 +274,17 @@ async fn unreachable_server_exits_3() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_list_the_audit_trail_of_a_key_and_an_application() {
     on_sqlite(async |app| {
-        let issued = issue(&app, "app_events", "test", &["--name", "Audited", "--json"]).await;
+        let issued = issue(app, "app_events", "test", &["--name", "Audited", "--json"]).await;
         let old_id = text(&made_key(&issued)["key"]["id"]);
-        let rolled = keys(&app, &["roll", &old_id, "--grace", "1h", "--json"]).await;
+        let rolled = keys(app, &["roll", &old_id, "--grace", "1h", "--json"]).await;
         let new_id = text(&made_key(&rolled)["key"]["id"]);
         assert_exit(
-            &keys(&app, &["revoke", &new_id, "--reason", "leaked"]).await,
+            &keys(app, &["revoke", &new_id, "--reason", "leaked"]).await,
             0,
         );
 
         // The application's trail as a table, newest first.
-        let listed = keys(&app, &["events", "--app", "app_events"]).await;
+        let listed = keys(app, &["events", "--app", "app_events"]).await;
         let columns = "SEQUENCE|TIME|TYPE|KEY|RELATED KEY|OPERATOR|PEER|REQUEST ID";
         let lines = table(&listed, 4, columns);
         let type_at = lines[0].find("TYPE").unwrap();
@@ -320,7 +318,7 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
         assert!(sequences.windows(2).all(|w| w[0] > w[1]), "{listed:?}");
 
         // One key's trail as JSON: its issue and its roll (the revoke was of the new key).
-        let by_key = keys(&app, &["events", "--key", &old_id, "--json"]).await;
+        let by_key = keys(app, &["events", "--key", &old_id, "--json"]).await;
         assert_exit(&by_key, 0);
         let body = by_key.json();
         let events = body["events"].as_array().unwrap();
@@ -347,7 +345,7 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
         );
         assert_eq!(body["next_page_token"], "");
         // The new key's trail: its revoke, and the roll it came from.
-        let by_new_key = keys(&app, &["events", "--key", &new_id, "--json"]).await;
+        let by_new_key = keys(app, &["events", "--key", &new_id, "--json"]).await;
         assert_exit(&by_new_key, 0);
         let kinds: Vec<String> = by_new_key.json()["events"]
             .as_array()
@@ -358,20 +356,20 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
         assert_eq!(kinds, ["revoked", "rolled"]);
 
         // Pages: one at a time with a note on stderr, or all of them with --all.
-        let page = keys(&app, &["events", "--app", "app_events", "--page-size", "1"]).await;
+        let page = keys(app, &["events", "--app", "app_events", "--page-size", "1"]).await;
         assert_exit(&page, 0);
         assert_eq!(page.stdout.lines().count(), 2, "{page:?}");
         assert!(page.stderr.contains("--page-token"), "{page:?}");
-        let every = every_page(&app, "events", "app_events", "events").await;
+        let every = every_page(app, "events", "app_events", "events").await;
         assert_eq!(every.len(), 3);
 
         // No filter: every event; with a type and a time range. At most one of --key and --app,
         // found before any call; a malformed id is the server's refusal.
-        let all = keys(&app, &["events", "--all", "--json"]).await;
+        let all = keys(app, &["events", "--all", "--json"]).await;
         assert_exit(&all, 0);
         assert_eq!(all.json()["events"].as_array().unwrap().len(), 3);
         let rolled = keys(
-            &app,
+            app,
             &[
                 "events",
                 "--type",
@@ -398,18 +396,18 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
             "{types:?}"
         );
         let none = keys(
-            &app,
+            app,
             &["events", "--until", "2000-01-01T00:00:00Z", "--json"],
         )
         .await;
         assert_exit(&none, 0);
         assert!(none.json()["events"].as_array().unwrap().is_empty());
-        assert_exit(&keys(&app, &["events", "--type", "nonsense"]).await, 2);
+        assert_exit(&keys(app, &["events", "--type", "nonsense"]).await, 2);
         assert_exit(
-            &keys(&app, &["events", "--key", &old_id, "--app", "app_events"]).await,
+            &keys(app, &["events", "--key", &old_id, "--app", "app_events"]).await,
             2,
         );
-        let bad = keys(&app, &["events", "--key", "not-a-key-id"]).await;
+        let bad = keys(app, &["events", "--key", "not-a-key-id"]).await;
         assert_failed(&bad, 1, "INVALID_ARGUMENT");
     })
     .await;
@@ -418,7 +416,7 @@ async fn events_list_the_audit_trail_of_a_key_and_an_application() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whoami_names_the_caller_of_a_token_or_a_token_file() {
     on_sqlite(async |app| {
-        let url = server(&app);
+        let url = server(app);
         // The admin token, from --token.
         let run = keyauth(
             &["whoami", "--json", "--server", &url, "--token", ADMIN_TOKEN],

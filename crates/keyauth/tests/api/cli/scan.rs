@@ -122,7 +122,7 @@ async fn scan_report_has_the_server_revoke_what_it_finds() {
         let tree = tempfile::tempdir().unwrap();
         std::fs::write(tree.path().join("app.yaml"), format!("api_key: {secret}\n")).unwrap();
         let dir = tree.path().to_str().unwrap();
-        let server = server(&app);
+        let server = server(app);
 
         let report = async || {
             let args = ["scan", dir, "--report", "--server", &server];
@@ -136,7 +136,7 @@ async fn scan_report_has_the_server_revoke_what_it_finds() {
             app.verify(&secret).await.error.unwrap().code,
             "api_key_revoked"
         );
-        let events = crate::exposed::events_of(&app, "app_scan").await;
+        let events = crate::exposed::events_of(app, "app_scan").await;
         let exposed = crate::exposed::exposed(&events);
         assert_eq!(exposed.len(), 1);
         assert_eq!(exposed[0].key_id, key.id);
@@ -151,7 +151,7 @@ async fn scan_report_has_the_server_revoke_what_it_finds() {
         let again = report().await;
         assert_exit(&again, 1);
         assert!(again.stdout.ends_with(": already revoked\n"), "{again:?}");
-        assert_eq!(crate::exposed::events_of(&app, "app_scan").await, events);
+        assert_eq!(crate::exposed::events_of(app, "app_scan").await, events);
     })
     .await;
 }
