@@ -569,6 +569,7 @@ mod tests {
             "WatchKeyChanges" => watch_key_changes,
             "GetCatalog" => get_catalog,
             "ListApplications" => list_applications,
+            "GetPrincipal" => get_principal,
         ];
         let proto = include_str!("../../../proto/keyauth/v1/keyauth.proto");
         let mut rpcs: Vec<&str> = proto
