@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use keyauth_contract::principal::Principal;
+use keyauth_contract::rpc::Rpc;
 use keyauth_contract::{request_id, rpc};
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
@@ -138,19 +139,27 @@ impl KeyAuthorityApi {
         finish(method, started, header, Some(span), result)
     }
 
-    /// A call's admission: the gate's, made from the headers (see `gate`), or made here for a
-    /// call that did not pass the gate (a unit test calling the service directly). The
-    /// principal, or `None` for an RPC open to every caller.
+    /// What memory decides of a call's admission: the gate's decision, made from the headers
+    /// (see `gate`), or made here for a call that did not pass the gate (a unit test calling
+    /// the service directly); or the JWT left to validate.
+    fn admission<T>(&self, rpc: &Rpc, request: &mut Request<T>) -> Admission {
+        match gate_decision(request) {
+            Some(decided) => Admission::Decided(decided),
+            None => self.credentials.admit_now(rpc, authorization(request)),
+        }
+    }
+
+    /// A call's admission: its principal, or `None` for an RPC open to every caller.
     pub(crate) async fn admitted<T>(
         &self,
         method: &str,
         request: &mut Request<T>,
     ) -> Result<Option<Arc<Principal>>, Refusal> {
-        if let Some(decided) = gate_decision(request) {
-            return decided;
-        }
         let rpc = rpc::find(method).expect("a method of the service");
-        self.credentials.admit(rpc, authorization(request)).await
+        match self.admission(rpc, request) {
+            Admission::Decided(decided) => decided,
+            Admission::Jwt(token) => self.credentials.admit_jwt(rpc, &token).await,
+        }
     }
 
     /// [`KeyAuthorityApi::admitted`] from memory only (the verifier's path, which answers a
@@ -160,11 +169,8 @@ impl KeyAuthorityApi {
         method: &str,
         request: &mut Request<T>,
     ) -> Result<Option<Arc<Principal>>, Refusal> {
-        if let Some(decided) = gate_decision(request) {
-            return decided;
-        }
         let rpc = rpc::find(method).expect("a method of the service");
-        match self.credentials.admit_now(rpc, authorization(request)) {
+        match self.admission(rpc, request) {
             Admission::Decided(decided) => decided,
             Admission::Jwt(_) => Err(Refusal::Unauthenticated {
                 access: rpc.access,
