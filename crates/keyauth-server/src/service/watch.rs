@@ -117,9 +117,20 @@ impl KeyAuthorityApi {
         &self,
         mut request: Request<pb::WatchKeyChangesRequest>,
     ) -> Result<ChangeStream, Status> {
-        self.admitted("WatchKeyChanges", &mut request)
+        let principal = self
+            .admitted("WatchKeyChanges", &mut request)
             .await
             .map_err(|refused| status::from_error(refused.into()))?;
+        // The stream names every key id of every application: open to every caller only on
+        // loopback (the security review's F4), else a credential with keys.verify.
+        let loopback =
+            crate::connections::remote_addr(&request).is_some_and(|a| a.ip().is_loopback());
+        if principal.is_none() && !loopback {
+            return Err(status::from_error(Error::VerifierUnauthenticated(
+                "WatchKeyChanges names every key id: it needs a credential with keys.verify \
+                 (a verifier token) unless the caller is on loopback",
+            )));
+        }
         let resume = request.into_inner().after_revision;
         let after = resume.unwrap_or(0);
         if after < 0 {

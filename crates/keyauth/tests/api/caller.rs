@@ -135,6 +135,62 @@ async fn the_stream_tells_every_change_and_resumes_by_revision(backend: Backend)
     app.stop().await;
 }
 
+/// This machine's address on its first non-loopback interface, if it has one.
+fn non_loopback_address() -> Option<std::net::IpAddr> {
+    // A UDP "connection" sends nothing: it only picks the route's source address.
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.255:9").ok()?;
+    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+}
+
+/// The security review's F4: without a verifier credential configured, WatchKeyChanges (every
+/// key id of every application) answers a caller on loopback only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_verifier_credential_streams_answer_loopback_only() {
+    let Some(ip) = non_loopback_address() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI: this machine has no non-loopback address"
+        );
+        eprintln!("skipped: this machine has no non-loopback address");
+        return;
+    };
+    let options = Options {
+        listen: Some("0.0.0.0:0".parse().unwrap()),
+        ..Options::default()
+    };
+    let app = spawn_with(Backend::Sqlite, options).await.unwrap();
+    let local = Client::builder(format!("http://127.0.0.1:{}", app.addr.port()))
+        .connect()
+        .await
+        .unwrap();
+    assert!(
+        local.watch_key_changes(None).await.is_ok(),
+        "loopback: open"
+    );
+    let remote = Client::builder(format!(
+        "http://{}",
+        std::net::SocketAddr::new(ip, app.addr.port())
+    ))
+    .connect()
+    .await
+    .unwrap();
+    let refused = remote.watch_key_changes(None).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("keys.verify"), "{refused:?}");
+    // Verify itself stays open to every caller while no verifier credential is configured.
+    let (_, secret) = app.issue_test_key().await;
+    let verdict = remote
+        .verify(keyauth_proto::VerifyRequest {
+            key: secret,
+            required_permissions: vec![],
+        })
+        .await
+        .unwrap();
+    assert!(verdict.valid);
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_limited_and_need_the_verifier_token() {
     let options = Options {
