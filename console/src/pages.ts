@@ -239,7 +239,9 @@ function eventDetails(event: KeyEvent): (Node | string)[] {
 }
 
 function who(event: KeyEvent): string {
-  return [event.operatorId && `by ${event.operatorId}`, event.peer && `from ${event.peer}`].filter(Boolean).join(" ");
+  // The principal that acted (its name), else the operator id of older events.
+  const actor = event.actor?.name || event.operatorId;
+  return [actor && `by ${actor}`, event.peer && `from ${event.peer}`].filter(Boolean).join(" ");
 }
 
 export async function keyPage(root: HTMLElement, id: string): Promise<void> {

@@ -18,7 +18,100 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keyauth/v1/keyauth.proto.
  */
 export const file_keyauth_v1_keyauth: GenFile = /*@__PURE__*/
-  fileDesc("ChhrZXlhdXRoL3YxL2tleWF1dGgucHJvdG8SCmtleWF1dGgudjEiLwoKUGVybWlzc2lvbhIQCghyZXNvdXJjZRgBIAEoCRIPCgdhY3Rpb25zGAIgAygJIr8ECgZBcGlLZXkSCgoCaWQYASABKAkSFgoOYXBwbGljYXRpb25faWQYAiABKAkSLAoLZW52aXJvbm1lbnQYAyABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EgwKBG5hbWUYBCABKAkSEAoIcmVkYWN0ZWQYBSABKAkSEgoKcmVzdHJpY3RlZBgGIAEoCBIrCgtwZXJtaXNzaW9ucxgHIAMoCzIWLmtleWF1dGgudjEuUGVybWlzc2lvbhIyCghtZXRhZGF0YRgIIAMoCzIgLmtleWF1dGgudjEuQXBpS2V5Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF91c2VkX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgNIAEoCRIjCgVzdGF0ZRgOIAEoDjIULmtleWF1dGgudjEuS2V5U3RhdGUSFQoNcmV2b2tlX3JlYXNvbhgPIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoIQXBpRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEgwKBHR5cGUYAyABKAkirgIKCEtleUV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEiYKBHR5cGUYAiABKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIOCgZrZXlfaWQYAyABKAkSFgoOcmVsYXRlZF9rZXlfaWQYBCABKAkSFgoOYXBwbGljYXRpb25faWQYBSABKAkSEwoLb3BlcmF0b3JfaWQYBiABKAkSDAoEcGVlchgHIAEoCRISCgpyZXF1ZXN0X2lkGAggASgJEi4KCmV2ZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNvdXJjZRgKIAEoCRILCgN1cmwYCyABKAkSDQoFY291bnQYDCABKAQSFQoNY2hhbmdlZF9wYXRocxgNIAMoCSKxAgoPSXNzdWVLZXlSZXF1ZXN0EhYKDmFwcGxpY2F0aW9uX2lkGAEgASgJEiwKC2Vudmlyb25tZW50GAIgASgOMhcua2V5YXV0aC52MS5FbnZpcm9ubWVudBIMCgRuYW1lGAMgASgJEisKC3Blcm1pc3Npb25zGAQgAygLMhYua2V5YXV0aC52MS5QZXJtaXNzaW9uEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI7CghtZXRhZGF0YRgGIAMoCzIpLmtleWF1dGgudjEuSXNzdWVLZXlSZXF1ZXN0Lk1ldGFkYXRhRW50cnkaLwoNTWV0YWRhdGFFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkMKEElzc3VlS2V5UmVzcG9uc2USHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJIoIBCg5Sb2xsS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSLwoMZ3JhY2VfcGVyaW9kGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEi8KC2V4cGlyZV90aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJsCg9Sb2xsS2V5UmVzcG9uc2USHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSDgoGc2VjcmV0GAIgASgJEigKDHByZXZpb3VzX2tleRgDIAEoCzISLmtleWF1dGgudjEuQXBpS2V5IjIKEFJldm9rZUtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSI0ChFSZXZva2VLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleSJSCg1WZXJpZnlSZXF1ZXN0EgsKA2tleRgBIAEoCRI0ChRyZXF1aXJlZF9wZXJtaXNzaW9ucxgCIAMoCzIWLmtleWF1dGgudjEuUGVybWlzc2lvbiJ6Cg5WZXJpZnlSZXNwb25zZRINCgV2YWxpZBgBIAEoCBIfCgNrZXkYAiABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIjCgVlcnJvchgDIAEoCzIULmtleWF1dGgudjEuQXBpRXJyb3ISEwoLaHR0cF9zdGF0dXMYBCABKAUiRwoWQ2hlY2tQZXJtaXNzaW9uUmVxdWVzdBILCgNrZXkYASABKAkSEAoIcmVzb3VyY2UYAiABKAkSDgoGYWN0aW9uGAMgASgJIoUBChdDaGVja1Blcm1pc3Npb25SZXNwb25zZRIPCgdhbGxvd2VkGAEgASgIEh8KA2tleRgCIAEoCzISLmtleWF1dGgudjEuQXBpS2V5EiMKBWVycm9yGAMgASgLMhQua2V5YXV0aC52MS5BcGlFcnJvchITCgtodHRwX3N0YXR1cxgEIAEoBSIfCg1HZXRLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCSIxCg5HZXRLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleSKkAQoPTGlzdEtleXNSZXF1ZXN0EhYKDmFwcGxpY2F0aW9uX2lkGAEgASgJEiwKC2Vudmlyb25tZW50GAIgASgOMhcua2V5YXV0aC52MS5FbnZpcm9ubWVudBIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRIkCgZzdGF0ZXMYBSADKA4yFC5rZXlhdXRoLnYxLktleVN0YXRlIk0KEExpc3RLZXlzUmVzcG9uc2USIAoEa2V5cxgBIAMoCzISLmtleWF1dGgudjEuQXBpS2V5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSLsAQoUTGlzdEtleUV2ZW50c1JlcXVlc3QSDgoGa2V5X2lkGAEgASgJEhYKDmFwcGxpY2F0aW9uX2lkGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEicKBXR5cGVzGAUgAygOMhgua2V5YXV0aC52MS5LZXlFdmVudFR5cGUSLgoKc3RhcnRfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlYKFUxpc3RLZXlFdmVudHNSZXNwb25zZRIkCgZldmVudHMYASADKAsyFC5rZXlhdXRoLnYxLktleUV2ZW50EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJkChBVcGRhdGVLZXlSZXF1ZXN0Eh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5Ei8KC3VwZGF0ZV9tYXNrGAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayI0ChFVcGRhdGVLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleSITChFHZXRDYXRhbG9nUmVxdWVzdCIwCg9DYXRhbG9nUmVzb3VyY2USDAoEbmFtZRgBIAEoCRIPCgdhY3Rpb25zGAIgAygJIkQKEkdldENhdGFsb2dSZXNwb25zZRIuCglyZXNvdXJjZXMYASADKAsyGy5rZXlhdXRoLnYxLkNhdGFsb2dSZXNvdXJjZSJAChdMaXN0QXBwbGljYXRpb25zUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCSI9CglLZXlDb3VudHMSDgoGYWN0aXZlGAEgASgEEg8KB2V4cGlyZWQYAiABKAQSDwoHcmV2b2tlZBgDIAEoBCJ2ChJBcHBsaWNhdGlvblN1bW1hcnkSFgoOYXBwbGljYXRpb25faWQYASABKAkSIwoEdGVzdBgCIAEoCzIVLmtleWF1dGgudjEuS2V5Q291bnRzEiMKBGxpdmUYAyABKAsyFS5rZXlhdXRoLnYxLktleUNvdW50cyJpChhMaXN0QXBwbGljYXRpb25zUmVzcG9uc2USNAoMYXBwbGljYXRpb25zGAEgAygLMh4ua2V5YXV0aC52MS5BcHBsaWNhdGlvblN1bW1hcnkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIkUKGFJlcG9ydEV4cG9zZWRLZXlzUmVxdWVzdBIMCgRrZXlzGAEgAygJEg4KBnNvdXJjZRgCIAEoCRILCgN1cmwYAyABKAkiegoQRXhwb3NlZEtleVJlc3VsdBIsCgdvdXRjb21lGAEgASgOMhsua2V5YXV0aC52MS5FeHBvc3VyZU91dGNvbWUSDgoGa2V5X2lkGAIgASgJEhAKCHJlZGFjdGVkGAMgASgJEhYKDmFwcGxpY2F0aW9uX2lkGAQgASgJIkoKGVJlcG9ydEV4cG9zZWRLZXlzUmVzcG9uc2USLQoHcmVzdWx0cxgBIAMoCzIcLmtleWF1dGgudjEuRXhwb3NlZEtleVJlc3VsdCJIChZXYXRjaEtleUNoYW5nZXNSZXF1ZXN0EhsKDmFmdGVyX3JldmlzaW9uGAEgASgDSACIAQFCEQoPX2FmdGVyX3JldmlzaW9uIuQBChdXYXRjaEtleUNoYW5nZXNSZXNwb25zZRIQCghyZXZpc2lvbhgBIAEoAxIrCgdzdGFydGVkGAIgASgLMhgua2V5YXV0aC52MS5XYXRjaFN0YXJ0ZWRIABInCgZjaGFuZ2UYAyABKAsyFS5rZXlhdXRoLnYxLktleUNoYW5nZUgAEi8KCWhlYXJ0YmVhdBgEIAEoCzIaLmtleWF1dGgudjEuV2F0Y2hIZWFydGJlYXRIABInCgVyZXNldBgFIAEoCzIWLmtleWF1dGgudjEuV2F0Y2hSZXNldEgAQgcKBWV2ZW50Ig4KDFdhdGNoU3RhcnRlZCIQCg5XYXRjaEhlYXJ0YmVhdCIcCgpXYXRjaFJlc2V0Eg4KBnJlYXNvbhgBIAEoCSKeAQoJS2V5Q2hhbmdlEhAKCHNlcXVlbmNlGAEgASgDEg4KBmtleV9pZBgCIAEoCRImCgR0eXBlGAMgASgOMhgua2V5YXV0aC52MS5LZXlFdmVudFR5cGUSFgoOcmVsYXRlZF9rZXlfaWQYBCABKAkSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wKlYKC0Vudmlyb25tZW50EhsKF0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASFAoQRU5WSVJPTk1FTlRfVEVTVBABEhQKEEVOVklST05NRU5UX0xJVkUQAippCghLZXlTdGF0ZRIZChVLRVlfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBLRVlfU1RBVEVfQUNUSVZFEAESFQoRS0VZX1NUQVRFX0VYUElSRUQQAhIVChFLRVlfU1RBVEVfUkVWT0tFRBADKuEBCgxLZXlFdmVudFR5cGUSHgoaS0VZX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIZChVLRVlfRVZFTlRfVFlQRV9JU1NVRUQQARIZChVLRVlfRVZFTlRfVFlQRV9ST0xMRUQQAhIaChZLRVlfRVZFTlRfVFlQRV9SRVZPS0VEEAMSJwojS0VZX0VWRU5UX1RZUEVfT1BFUkFUT1JfQVVUSF9GQUlMRUQQBBIaChZLRVlfRVZFTlRfVFlQRV9FWFBPU0VEEAUSGgoWS0VZX0VWRU5UX1RZUEVfVVBEQVRFRBAGKrUBCg9FeHBvc3VyZU91dGNvbWUSIAocRVhQT1NVUkVfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhwKGEVYUE9TVVJFX09VVENPTUVfUkVWT0tFRBABEiQKIEVYUE9TVVJFX09VVENPTUVfQUxSRUFEWV9SRVZPS0VEEAISHgoaRVhQT1NVUkVfT1VUQ09NRV9OT1RfQV9LRVkQAxIcChhFWFBPU1VSRV9PVVRDT01FX1VOS05PV04QBDKbCAoTS2V5QXV0aG9yaXR5U2VydmljZRJFCghJc3N1ZUtleRIbLmtleWF1dGgudjEuSXNzdWVLZXlSZXF1ZXN0Ghwua2V5YXV0aC52MS5Jc3N1ZUtleVJlc3BvbnNlEkIKB1JvbGxLZXkSGi5rZXlhdXRoLnYxLlJvbGxLZXlSZXF1ZXN0Ghsua2V5YXV0aC52MS5Sb2xsS2V5UmVzcG9uc2USSAoJUmV2b2tlS2V5Ehwua2V5YXV0aC52MS5SZXZva2VLZXlSZXF1ZXN0Gh0ua2V5YXV0aC52MS5SZXZva2VLZXlSZXNwb25zZRJICglVcGRhdGVLZXkSHC5rZXlhdXRoLnYxLlVwZGF0ZUtleVJlcXVlc3QaHS5rZXlhdXRoLnYxLlVwZGF0ZUtleVJlc3BvbnNlEj8KBlZlcmlmeRIZLmtleWF1dGgudjEuVmVyaWZ5UmVxdWVzdBoaLmtleWF1dGgudjEuVmVyaWZ5UmVzcG9uc2USWgoPQ2hlY2tQZXJtaXNzaW9uEiIua2V5YXV0aC52MS5DaGVja1Blcm1pc3Npb25SZXF1ZXN0GiMua2V5YXV0aC52MS5DaGVja1Blcm1pc3Npb25SZXNwb25zZRI/CgZHZXRLZXkSGS5rZXlhdXRoLnYxLkdldEtleVJlcXVlc3QaGi5rZXlhdXRoLnYxLkdldEtleVJlc3BvbnNlEkUKCExpc3RLZXlzEhsua2V5YXV0aC52MS5MaXN0S2V5c1JlcXVlc3QaHC5rZXlhdXRoLnYxLkxpc3RLZXlzUmVzcG9uc2USVAoNTGlzdEtleUV2ZW50cxIgLmtleWF1dGgudjEuTGlzdEtleUV2ZW50c1JlcXVlc3QaIS5rZXlhdXRoLnYxLkxpc3RLZXlFdmVudHNSZXNwb25zZRJgChFSZXBvcnRFeHBvc2VkS2V5cxIkLmtleWF1dGgudjEuUmVwb3J0RXhwb3NlZEtleXNSZXF1ZXN0GiUua2V5YXV0aC52MS5SZXBvcnRFeHBvc2VkS2V5c1Jlc3BvbnNlElwKD1dhdGNoS2V5Q2hhbmdlcxIiLmtleWF1dGgudjEuV2F0Y2hLZXlDaGFuZ2VzUmVxdWVzdBojLmtleWF1dGgudjEuV2F0Y2hLZXlDaGFuZ2VzUmVzcG9uc2UwARJLCgpHZXRDYXRhbG9nEh0ua2V5YXV0aC52MS5HZXRDYXRhbG9nUmVxdWVzdBoeLmtleWF1dGgudjEuR2V0Q2F0YWxvZ1Jlc3BvbnNlEl0KEExpc3RBcHBsaWNhdGlvbnMSIy5rZXlhdXRoLnYxLkxpc3RBcHBsaWNhdGlvbnNSZXF1ZXN0GiQua2V5YXV0aC52MS5MaXN0QXBwbGljYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChhrZXlhdXRoL3YxL2tleWF1dGgucHJvdG8SCmtleWF1dGgudjEijgEKCVByaW5jaXBhbBIMCgRuYW1lGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDgoGaXNzdWVyGAMgASgJEg0KBXJvbGVzGAQgAygJEhQKDGFwcGxpY2F0aW9ucxgFIAMoCRItCgxlbnZpcm9ubWVudHMYBiADKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50IhUKE0dldFByaW5jaXBhbFJlcXVlc3QiQAoUR2V0UHJpbmNpcGFsUmVzcG9uc2USKAoJcHJpbmNpcGFsGAEgASgLMhUua2V5YXV0aC52MS5QcmluY2lwYWwiLwoKUGVybWlzc2lvbhIQCghyZXNvdXJjZRgBIAEoCRIPCgdhY3Rpb25zGAIgAygJIr8ECgZBcGlLZXkSCgoCaWQYASABKAkSFgoOYXBwbGljYXRpb25faWQYAiABKAkSLAoLZW52aXJvbm1lbnQYAyABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EgwKBG5hbWUYBCABKAkSEAoIcmVkYWN0ZWQYBSABKAkSEgoKcmVzdHJpY3RlZBgGIAEoCBIrCgtwZXJtaXNzaW9ucxgHIAMoCzIWLmtleWF1dGgudjEuUGVybWlzc2lvbhIyCghtZXRhZGF0YRgIIAMoCzIgLmtleWF1dGgudjEuQXBpS2V5Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF91c2VkX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgNIAEoCRIjCgVzdGF0ZRgOIAEoDjIULmtleWF1dGgudjEuS2V5U3RhdGUSFQoNcmV2b2tlX3JlYXNvbhgPIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoIQXBpRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEgwKBHR5cGUYAyABKAki1AIKCEtleUV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEiYKBHR5cGUYAiABKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIOCgZrZXlfaWQYAyABKAkSFgoOcmVsYXRlZF9rZXlfaWQYBCABKAkSFgoOYXBwbGljYXRpb25faWQYBSABKAkSEwoLb3BlcmF0b3JfaWQYBiABKAkSDAoEcGVlchgHIAEoCRISCgpyZXF1ZXN0X2lkGAggASgJEi4KCmV2ZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNvdXJjZRgKIAEoCRILCgN1cmwYCyABKAkSDQoFY291bnQYDCABKAQSFQoNY2hhbmdlZF9wYXRocxgNIAMoCRIkCgVhY3RvchgOIAEoCzIVLmtleWF1dGgudjEuUHJpbmNpcGFsIrECCg9Jc3N1ZUtleVJlcXVlc3QSFgoOYXBwbGljYXRpb25faWQYASABKAkSLAoLZW52aXJvbm1lbnQYAiABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EgwKBG5hbWUYAyABKAkSKwoLcGVybWlzc2lvbnMYBCADKAsyFi5rZXlhdXRoLnYxLlBlcm1pc3Npb24SLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKCG1ldGFkYXRhGAYgAygLMikua2V5YXV0aC52MS5Jc3N1ZUtleVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQwoQSXNzdWVLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiggEKDlJvbGxLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIvCgxncmFjZV9wZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKD1JvbGxLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkSKAoMcHJldmlvdXNfa2V5GAMgASgLMhIua2V5YXV0aC52MS5BcGlLZXkiMgoQUmV2b2tlS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjQKEVJldm9rZUtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5IlIKDVZlcmlmeVJlcXVlc3QSCwoDa2V5GAEgASgJEjQKFHJlcXVpcmVkX3Blcm1pc3Npb25zGAIgAygLMhYua2V5YXV0aC52MS5QZXJtaXNzaW9uInoKDlZlcmlmeVJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEh8KA2tleRgCIAEoCzISLmtleWF1dGgudjEuQXBpS2V5EiMKBWVycm9yGAMgASgLMhQua2V5YXV0aC52MS5BcGlFcnJvchITCgtodHRwX3N0YXR1cxgEIAEoBSJHChZDaGVja1Blcm1pc3Npb25SZXF1ZXN0EgsKA2tleRgBIAEoCRIQCghyZXNvdXJjZRgCIAEoCRIOCgZhY3Rpb24YAyABKAkihQEKF0NoZWNrUGVybWlzc2lvblJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSHwoDa2V5GAIgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSIwoFZXJyb3IYAyABKAsyFC5rZXlhdXRoLnYxLkFwaUVycm9yEhMKC2h0dHBfc3RhdHVzGAQgASgFIh8KDUdldEtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIjEKDkdldEtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5IqQBCg9MaXN0S2V5c1JlcXVlc3QSFgoOYXBwbGljYXRpb25faWQYASABKAkSLAoLZW52aXJvbm1lbnQYAiABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEiQKBnN0YXRlcxgFIAMoDjIULmtleWF1dGgudjEuS2V5U3RhdGUiTQoQTGlzdEtleXNSZXNwb25zZRIgCgRrZXlzGAEgAygLMhIua2V5YXV0aC52MS5BcGlLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIvsBChRMaXN0S2V5RXZlbnRzUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSFgoOYXBwbGljYXRpb25faWQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSJwoFdHlwZXMYBSADKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIuCgpzdGFydF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYCCABKAkiVgoVTGlzdEtleUV2ZW50c1Jlc3BvbnNlEiQKBmV2ZW50cxgBIAMoCzIULmtleWF1dGgudjEuS2V5RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEFVwZGF0ZUtleVJlcXVlc3QSHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjQKEVVwZGF0ZUtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5IhMKEUdldENhdGFsb2dSZXF1ZXN0IjAKD0NhdGFsb2dSZXNvdXJjZRIMCgRuYW1lGAEgASgJEg8KB2FjdGlvbnMYAiADKAkiRAoSR2V0Q2F0YWxvZ1Jlc3BvbnNlEi4KCXJlc291cmNlcxgBIAMoCzIbLmtleWF1dGgudjEuQ2F0YWxvZ1Jlc291cmNlIkAKF0xpc3RBcHBsaWNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIj0KCUtleUNvdW50cxIOCgZhY3RpdmUYASABKAQSDwoHZXhwaXJlZBgCIAEoBBIPCgdyZXZva2VkGAMgASgEInYKEkFwcGxpY2F0aW9uU3VtbWFyeRIWCg5hcHBsaWNhdGlvbl9pZBgBIAEoCRIjCgR0ZXN0GAIgASgLMhUua2V5YXV0aC52MS5LZXlDb3VudHMSIwoEbGl2ZRgDIAEoCzIVLmtleWF1dGgudjEuS2V5Q291bnRzImkKGExpc3RBcHBsaWNhdGlvbnNSZXNwb25zZRI0CgxhcHBsaWNhdGlvbnMYASADKAsyHi5rZXlhdXRoLnYxLkFwcGxpY2F0aW9uU3VtbWFyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRQoYUmVwb3J0RXhwb3NlZEtleXNSZXF1ZXN0EgwKBGtleXMYASADKAkSDgoGc291cmNlGAIgASgJEgsKA3VybBgDIAEoCSJ6ChBFeHBvc2VkS2V5UmVzdWx0EiwKB291dGNvbWUYASABKA4yGy5rZXlhdXRoLnYxLkV4cG9zdXJlT3V0Y29tZRIOCgZrZXlfaWQYAiABKAkSEAoIcmVkYWN0ZWQYAyABKAkSFgoOYXBwbGljYXRpb25faWQYBCABKAkiSgoZUmVwb3J0RXhwb3NlZEtleXNSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwua2V5YXV0aC52MS5FeHBvc2VkS2V5UmVzdWx0IkgKFldhdGNoS2V5Q2hhbmdlc1JlcXVlc3QSGwoOYWZ0ZXJfcmV2aXNpb24YASABKANIAIgBAUIRCg9fYWZ0ZXJfcmV2aXNpb24i5AEKF1dhdGNoS2V5Q2hhbmdlc1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEisKB3N0YXJ0ZWQYAiABKAsyGC5rZXlhdXRoLnYxLldhdGNoU3RhcnRlZEgAEicKBmNoYW5nZRgDIAEoCzIVLmtleWF1dGgudjEuS2V5Q2hhbmdlSAASLwoJaGVhcnRiZWF0GAQgASgLMhoua2V5YXV0aC52MS5XYXRjaEhlYXJ0YmVhdEgAEicKBXJlc2V0GAUgASgLMhYua2V5YXV0aC52MS5XYXRjaFJlc2V0SABCBwoFZXZlbnQiDgoMV2F0Y2hTdGFydGVkIhAKDldhdGNoSGVhcnRiZWF0IhwKCldhdGNoUmVzZXQSDgoGcmVhc29uGAEgASgJIp4BCglLZXlDaGFuZ2USEAoIc2VxdWVuY2UYASABKAMSDgoGa2V5X2lkGAIgASgJEiYKBHR5cGUYAyABKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIWCg5yZWxhdGVkX2tleV9pZBgEIAEoCRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqVgoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIUChBFTlZJUk9OTUVOVF9URVNUEAESFAoQRU5WSVJPTk1FTlRfTElWRRACKmkKCEtleVN0YXRlEhkKFUtFWV9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEtFWV9TVEFURV9BQ1RJVkUQARIVChFLRVlfU1RBVEVfRVhQSVJFRBACEhUKEUtFWV9TVEFURV9SRVZPS0VEEAMq4QEKDEtleUV2ZW50VHlwZRIeChpLRVlfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhkKFUtFWV9FVkVOVF9UWVBFX0lTU1VFRBABEhkKFUtFWV9FVkVOVF9UWVBFX1JPTExFRBACEhoKFktFWV9FVkVOVF9UWVBFX1JFVk9LRUQQAxInCiNLRVlfRVZFTlRfVFlQRV9PUEVSQVRPUl9BVVRIX0ZBSUxFRBAEEhoKFktFWV9FVkVOVF9UWVBFX0VYUE9TRUQQBRIaChZLRVlfRVZFTlRfVFlQRV9VUERBVEVEEAYqtQEKD0V4cG9zdXJlT3V0Y29tZRIgChxFWFBPU1VSRV9PVVRDT01FX1VOU1BFQ0lGSUVEEAASHAoYRVhQT1NVUkVfT1VUQ09NRV9SRVZPS0VEEAESJAogRVhQT1NVUkVfT1VUQ09NRV9BTFJFQURZX1JFVk9LRUQQAhIeChpFWFBPU1VSRV9PVVRDT01FX05PVF9BX0tFWRADEhwKGEVYUE9TVVJFX09VVENPTUVfVU5LTk9XThAEMu4IChNLZXlBdXRob3JpdHlTZXJ2aWNlEkUKCElzc3VlS2V5Ehsua2V5YXV0aC52MS5Jc3N1ZUtleVJlcXVlc3QaHC5rZXlhdXRoLnYxLklzc3VlS2V5UmVzcG9uc2USQgoHUm9sbEtleRIaLmtleWF1dGgudjEuUm9sbEtleVJlcXVlc3QaGy5rZXlhdXRoLnYxLlJvbGxLZXlSZXNwb25zZRJICglSZXZva2VLZXkSHC5rZXlhdXRoLnYxLlJldm9rZUtleVJlcXVlc3QaHS5rZXlhdXRoLnYxLlJldm9rZUtleVJlc3BvbnNlEkgKCVVwZGF0ZUtleRIcLmtleWF1dGgudjEuVXBkYXRlS2V5UmVxdWVzdBodLmtleWF1dGgudjEuVXBkYXRlS2V5UmVzcG9uc2USPwoGVmVyaWZ5Ehkua2V5YXV0aC52MS5WZXJpZnlSZXF1ZXN0Ghoua2V5YXV0aC52MS5WZXJpZnlSZXNwb25zZRJaCg9DaGVja1Blcm1pc3Npb24SIi5rZXlhdXRoLnYxLkNoZWNrUGVybWlzc2lvblJlcXVlc3QaIy5rZXlhdXRoLnYxLkNoZWNrUGVybWlzc2lvblJlc3BvbnNlEj8KBkdldEtleRIZLmtleWF1dGgudjEuR2V0S2V5UmVxdWVzdBoaLmtleWF1dGgudjEuR2V0S2V5UmVzcG9uc2USRQoITGlzdEtleXMSGy5rZXlhdXRoLnYxLkxpc3RLZXlzUmVxdWVzdBocLmtleWF1dGgudjEuTGlzdEtleXNSZXNwb25zZRJUCg1MaXN0S2V5RXZlbnRzEiAua2V5YXV0aC52MS5MaXN0S2V5RXZlbnRzUmVxdWVzdBohLmtleWF1dGgudjEuTGlzdEtleUV2ZW50c1Jlc3BvbnNlEmAKEVJlcG9ydEV4cG9zZWRLZXlzEiQua2V5YXV0aC52MS5SZXBvcnRFeHBvc2VkS2V5c1JlcXVlc3QaJS5rZXlhdXRoLnYxLlJlcG9ydEV4cG9zZWRLZXlzUmVzcG9uc2USXAoPV2F0Y2hLZXlDaGFuZ2VzEiIua2V5YXV0aC52MS5XYXRjaEtleUNoYW5nZXNSZXF1ZXN0GiMua2V5YXV0aC52MS5XYXRjaEtleUNoYW5nZXNSZXNwb25zZTABEksKCkdldENhdGFsb2cSHS5rZXlhdXRoLnYxLkdldENhdGFsb2dSZXF1ZXN0Gh4ua2V5YXV0aC52MS5HZXRDYXRhbG9nUmVzcG9uc2USXQoQTGlzdEFwcGxpY2F0aW9ucxIjLmtleWF1dGgudjEuTGlzdEFwcGxpY2F0aW9uc1JlcXVlc3QaJC5rZXlhdXRoLnYxLkxpc3RBcHBsaWNhdGlvbnNSZXNwb25zZRJRCgxHZXRQcmluY2lwYWwSHy5rZXlhdXRoLnYxLkdldFByaW5jaXBhbFJlcXVlc3QaIC5rZXlhdXRoLnYxLkdldFByaW5jaXBhbFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+
+/**
+ * Who made a call: a named static token, a JWT's subject, or a client certificate.
+ *
+ * @generated from message keyauth.v1.Principal
+ */
+export type Principal = Message<"keyauth.v1.Principal"> & {
+  /**
+   * Shown in the audit trail: a static principal's name, or a JWT's name claim.
+   *
+   * @generated from field: string name = 1;
+   */
+  name: string;
+
+  /**
+   * A JWT's `sub`, or a client certificate's URI or subject; empty for a static token.
+   *
+   * @generated from field: string subject = 2;
+   */
+  subject: string;
+
+  /**
+   * A JWT's `iss`; empty for a static token or a certificate.
+   *
+   * @generated from field: string issuer = 3;
+   */
+  issuer: string;
+
+  /**
+   * The roles it holds: `keys.read`, `keys.issue`, `keys.revoke`, `keys.verify`, `admin`.
+   *
+   * @generated from field: repeated string roles = 4;
+   */
+  roles: string[];
+
+  /**
+   * The applications its operator roles reach: names, or prefixes ending in `*`; empty for
+   * every application.
+   *
+   * @generated from field: repeated string applications = 5;
+   */
+  applications: string[];
+
+  /**
+   * The environments its operator roles reach; empty for both.
+   *
+   * @generated from field: repeated keyauth.v1.Environment environments = 6;
+   */
+  environments: Environment[];
+};
+
+/**
+ * Describes the message keyauth.v1.Principal.
+ * Use `create(PrincipalSchema)` to create a new message.
+ */
+export const PrincipalSchema: GenMessage<Principal> = /*@__PURE__*/
+  messageDesc(file_keyauth_v1_keyauth, 0);
+
+/**
+ * Request of GetPrincipal.
+ *
+ * @generated from message keyauth.v1.GetPrincipalRequest
+ */
+export type GetPrincipalRequest = Message<"keyauth.v1.GetPrincipalRequest"> & {
+};
+
+/**
+ * Describes the message keyauth.v1.GetPrincipalRequest.
+ * Use `create(GetPrincipalRequestSchema)` to create a new message.
+ */
+export const GetPrincipalRequestSchema: GenMessage<GetPrincipalRequest> = /*@__PURE__*/
+  messageDesc(file_keyauth_v1_keyauth, 1);
+
+/**
+ * Response of GetPrincipal.
+ *
+ * @generated from message keyauth.v1.GetPrincipalResponse
+ */
+export type GetPrincipalResponse = Message<"keyauth.v1.GetPrincipalResponse"> & {
+  /**
+   * The caller.
+   *
+   * @generated from field: keyauth.v1.Principal principal = 1;
+   */
+  principal?: Principal | undefined;
+};
+
+/**
+ * Describes the message keyauth.v1.GetPrincipalResponse.
+ * Use `create(GetPrincipalResponseSchema)` to create a new message.
+ */
+export const GetPrincipalResponseSchema: GenMessage<GetPrincipalResponse> = /*@__PURE__*/
+  messageDesc(file_keyauth_v1_keyauth, 2);
 
 /**
  * The actions a key may perform on one resource of the permission catalog.
@@ -47,7 +140,7 @@ export type Permission = Message<"keyauth.v1.Permission"> & {
  * Use `create(PermissionSchema)` to create a new message.
  */
 export const PermissionSchema: GenMessage<Permission> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 0);
+  messageDesc(file_keyauth_v1_keyauth, 3);
 
 /**
  * An API key's metadata. It never contains the secret.
@@ -167,7 +260,7 @@ export type ApiKey = Message<"keyauth.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 1);
+  messageDesc(file_keyauth_v1_keyauth, 4);
 
 /**
  * The error body the REST API returns verbatim, in the shape of its documentation:
@@ -204,7 +297,7 @@ export type ApiError = Message<"keyauth.v1.ApiError"> & {
  * Use `create(ApiErrorSchema)` to create a new message.
  */
 export const ApiErrorSchema: GenMessage<ApiError> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 2);
+  messageDesc(file_keyauth_v1_keyauth, 5);
 
 /**
  * One entry of the audit trail. It never contains a secret, an operator token or a full key.
@@ -306,6 +399,14 @@ export type KeyEvent = Message<"keyauth.v1.KeyEvent"> & {
    * @generated from field: repeated string changed_paths = 13;
    */
   changedPaths: string[];
+
+  /**
+   * Who made the change: name, subject and issuer (no roles or scope); unset for an event no
+   * authenticated call made (a refused call, a GitHub alert).
+   *
+   * @generated from field: keyauth.v1.Principal actor = 14;
+   */
+  actor?: Principal | undefined;
 };
 
 /**
@@ -313,7 +414,7 @@ export type KeyEvent = Message<"keyauth.v1.KeyEvent"> & {
  * Use `create(KeyEventSchema)` to create a new message.
  */
 export const KeyEventSchema: GenMessage<KeyEvent> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 3);
+  messageDesc(file_keyauth_v1_keyauth, 6);
 
 /**
  * Request of IssueKey.
@@ -370,7 +471,7 @@ export type IssueKeyRequest = Message<"keyauth.v1.IssueKeyRequest"> & {
  * Use `create(IssueKeyRequestSchema)` to create a new message.
  */
 export const IssueKeyRequestSchema: GenMessage<IssueKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 4);
+  messageDesc(file_keyauth_v1_keyauth, 7);
 
 /**
  * Response of IssueKey.
@@ -398,7 +499,7 @@ export type IssueKeyResponse = Message<"keyauth.v1.IssueKeyResponse"> & {
  * Use `create(IssueKeyResponseSchema)` to create a new message.
  */
 export const IssueKeyResponseSchema: GenMessage<IssueKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 5);
+  messageDesc(file_keyauth_v1_keyauth, 8);
 
 /**
  * Request of RollKey.
@@ -435,7 +536,7 @@ export type RollKeyRequest = Message<"keyauth.v1.RollKeyRequest"> & {
  * Use `create(RollKeyRequestSchema)` to create a new message.
  */
 export const RollKeyRequestSchema: GenMessage<RollKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 6);
+  messageDesc(file_keyauth_v1_keyauth, 9);
 
 /**
  * Response of RollKey.
@@ -470,7 +571,7 @@ export type RollKeyResponse = Message<"keyauth.v1.RollKeyResponse"> & {
  * Use `create(RollKeyResponseSchema)` to create a new message.
  */
 export const RollKeyResponseSchema: GenMessage<RollKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 7);
+  messageDesc(file_keyauth_v1_keyauth, 10);
 
 /**
  * Request of RevokeKey.
@@ -498,7 +599,7 @@ export type RevokeKeyRequest = Message<"keyauth.v1.RevokeKeyRequest"> & {
  * Use `create(RevokeKeyRequestSchema)` to create a new message.
  */
 export const RevokeKeyRequestSchema: GenMessage<RevokeKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 8);
+  messageDesc(file_keyauth_v1_keyauth, 11);
 
 /**
  * Response of RevokeKey.
@@ -519,7 +620,7 @@ export type RevokeKeyResponse = Message<"keyauth.v1.RevokeKeyResponse"> & {
  * Use `create(RevokeKeyResponseSchema)` to create a new message.
  */
 export const RevokeKeyResponseSchema: GenMessage<RevokeKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 9);
+  messageDesc(file_keyauth_v1_keyauth, 12);
 
 /**
  * Request of Verify.
@@ -548,7 +649,7 @@ export type VerifyRequest = Message<"keyauth.v1.VerifyRequest"> & {
  * Use `create(VerifyRequestSchema)` to create a new message.
  */
 export const VerifyRequestSchema: GenMessage<VerifyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 10);
+  messageDesc(file_keyauth_v1_keyauth, 13);
 
 /**
  * Response of Verify.
@@ -591,7 +692,7 @@ export type VerifyResponse = Message<"keyauth.v1.VerifyResponse"> & {
  * Use `create(VerifyResponseSchema)` to create a new message.
  */
 export const VerifyResponseSchema: GenMessage<VerifyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 11);
+  messageDesc(file_keyauth_v1_keyauth, 14);
 
 /**
  * Request of CheckPermission.
@@ -626,7 +727,7 @@ export type CheckPermissionRequest = Message<"keyauth.v1.CheckPermissionRequest"
  * Use `create(CheckPermissionRequestSchema)` to create a new message.
  */
 export const CheckPermissionRequestSchema: GenMessage<CheckPermissionRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 12);
+  messageDesc(file_keyauth_v1_keyauth, 15);
 
 /**
  * Response of CheckPermission.
@@ -668,7 +769,7 @@ export type CheckPermissionResponse = Message<"keyauth.v1.CheckPermissionRespons
  * Use `create(CheckPermissionResponseSchema)` to create a new message.
  */
 export const CheckPermissionResponseSchema: GenMessage<CheckPermissionResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 13);
+  messageDesc(file_keyauth_v1_keyauth, 16);
 
 /**
  * Request of GetKey.
@@ -689,7 +790,7 @@ export type GetKeyRequest = Message<"keyauth.v1.GetKeyRequest"> & {
  * Use `create(GetKeyRequestSchema)` to create a new message.
  */
 export const GetKeyRequestSchema: GenMessage<GetKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 14);
+  messageDesc(file_keyauth_v1_keyauth, 17);
 
 /**
  * Response of GetKey.
@@ -710,7 +811,7 @@ export type GetKeyResponse = Message<"keyauth.v1.GetKeyResponse"> & {
  * Use `create(GetKeyResponseSchema)` to create a new message.
  */
 export const GetKeyResponseSchema: GenMessage<GetKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 15);
+  messageDesc(file_keyauth_v1_keyauth, 18);
 
 /**
  * Request of ListKeys.
@@ -760,7 +861,7 @@ export type ListKeysRequest = Message<"keyauth.v1.ListKeysRequest"> & {
  * Use `create(ListKeysRequestSchema)` to create a new message.
  */
 export const ListKeysRequestSchema: GenMessage<ListKeysRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 16);
+  messageDesc(file_keyauth_v1_keyauth, 19);
 
 /**
  * Response of ListKeys.
@@ -788,7 +889,7 @@ export type ListKeysResponse = Message<"keyauth.v1.ListKeysResponse"> & {
  * Use `create(ListKeysResponseSchema)` to create a new message.
  */
 export const ListKeysResponseSchema: GenMessage<ListKeysResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 17);
+  messageDesc(file_keyauth_v1_keyauth, 20);
 
 /**
  * Request of ListKeyEvents. At most one of `key_id` and `application_id`; with neither, every
@@ -845,6 +946,13 @@ export type ListKeyEventsRequest = Message<"keyauth.v1.ListKeyEventsRequest"> & 
    * @generated from field: google.protobuf.Timestamp end_time = 7;
    */
   endTime?: Timestamp | undefined;
+
+  /**
+   * Only events made by this actor: its name or its subject, exactly.
+   *
+   * @generated from field: string actor = 8;
+   */
+  actor: string;
 };
 
 /**
@@ -852,7 +960,7 @@ export type ListKeyEventsRequest = Message<"keyauth.v1.ListKeyEventsRequest"> & 
  * Use `create(ListKeyEventsRequestSchema)` to create a new message.
  */
 export const ListKeyEventsRequestSchema: GenMessage<ListKeyEventsRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 18);
+  messageDesc(file_keyauth_v1_keyauth, 21);
 
 /**
  * Response of ListKeyEvents.
@@ -880,7 +988,7 @@ export type ListKeyEventsResponse = Message<"keyauth.v1.ListKeyEventsResponse"> 
  * Use `create(ListKeyEventsResponseSchema)` to create a new message.
  */
 export const ListKeyEventsResponseSchema: GenMessage<ListKeyEventsResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 19);
+  messageDesc(file_keyauth_v1_keyauth, 22);
 
 /**
  * Request of UpdateKey (AIP-134).
@@ -917,7 +1025,7 @@ export type UpdateKeyRequest = Message<"keyauth.v1.UpdateKeyRequest"> & {
  * Use `create(UpdateKeyRequestSchema)` to create a new message.
  */
 export const UpdateKeyRequestSchema: GenMessage<UpdateKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 20);
+  messageDesc(file_keyauth_v1_keyauth, 23);
 
 /**
  * Response of UpdateKey.
@@ -938,7 +1046,7 @@ export type UpdateKeyResponse = Message<"keyauth.v1.UpdateKeyResponse"> & {
  * Use `create(UpdateKeyResponseSchema)` to create a new message.
  */
 export const UpdateKeyResponseSchema: GenMessage<UpdateKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 21);
+  messageDesc(file_keyauth_v1_keyauth, 24);
 
 /**
  * Request of GetCatalog.
@@ -953,7 +1061,7 @@ export type GetCatalogRequest = Message<"keyauth.v1.GetCatalogRequest"> & {
  * Use `create(GetCatalogRequestSchema)` to create a new message.
  */
 export const GetCatalogRequestSchema: GenMessage<GetCatalogRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 22);
+  messageDesc(file_keyauth_v1_keyauth, 25);
 
 /**
  * One resource of the permission catalog.
@@ -981,7 +1089,7 @@ export type CatalogResource = Message<"keyauth.v1.CatalogResource"> & {
  * Use `create(CatalogResourceSchema)` to create a new message.
  */
 export const CatalogResourceSchema: GenMessage<CatalogResource> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 23);
+  messageDesc(file_keyauth_v1_keyauth, 26);
 
 /**
  * Response of GetCatalog.
@@ -1002,7 +1110,7 @@ export type GetCatalogResponse = Message<"keyauth.v1.GetCatalogResponse"> & {
  * Use `create(GetCatalogResponseSchema)` to create a new message.
  */
 export const GetCatalogResponseSchema: GenMessage<GetCatalogResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 24);
+  messageDesc(file_keyauth_v1_keyauth, 27);
 
 /**
  * Request of ListApplications.
@@ -1030,7 +1138,7 @@ export type ListApplicationsRequest = Message<"keyauth.v1.ListApplicationsReques
  * Use `create(ListApplicationsRequestSchema)` to create a new message.
  */
 export const ListApplicationsRequestSchema: GenMessage<ListApplicationsRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 25);
+  messageDesc(file_keyauth_v1_keyauth, 28);
 
 /**
  * How many keys of one application and environment are in each state (computed at the time of
@@ -1066,7 +1174,7 @@ export type KeyCounts = Message<"keyauth.v1.KeyCounts"> & {
  * Use `create(KeyCountsSchema)` to create a new message.
  */
 export const KeyCountsSchema: GenMessage<KeyCounts> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 26);
+  messageDesc(file_keyauth_v1_keyauth, 29);
 
 /**
  * One application that has keys.
@@ -1101,7 +1209,7 @@ export type ApplicationSummary = Message<"keyauth.v1.ApplicationSummary"> & {
  * Use `create(ApplicationSummarySchema)` to create a new message.
  */
 export const ApplicationSummarySchema: GenMessage<ApplicationSummary> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 27);
+  messageDesc(file_keyauth_v1_keyauth, 30);
 
 /**
  * Response of ListApplications.
@@ -1129,7 +1237,7 @@ export type ListApplicationsResponse = Message<"keyauth.v1.ListApplicationsRespo
  * Use `create(ListApplicationsResponseSchema)` to create a new message.
  */
 export const ListApplicationsResponseSchema: GenMessage<ListApplicationsResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 28);
+  messageDesc(file_keyauth_v1_keyauth, 31);
 
 /**
  * Request of ReportExposedKeys.
@@ -1166,7 +1274,7 @@ export type ReportExposedKeysRequest = Message<"keyauth.v1.ReportExposedKeysRequ
  * Use `create(ReportExposedKeysRequestSchema)` to create a new message.
  */
 export const ReportExposedKeysRequestSchema: GenMessage<ReportExposedKeysRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 29);
+  messageDesc(file_keyauth_v1_keyauth, 32);
 
 /**
  * The outcome for one reported key. Never contains the key.
@@ -1208,7 +1316,7 @@ export type ExposedKeyResult = Message<"keyauth.v1.ExposedKeyResult"> & {
  * Use `create(ExposedKeyResultSchema)` to create a new message.
  */
 export const ExposedKeyResultSchema: GenMessage<ExposedKeyResult> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 30);
+  messageDesc(file_keyauth_v1_keyauth, 33);
 
 /**
  * Response of ReportExposedKeys.
@@ -1229,7 +1337,7 @@ export type ReportExposedKeysResponse = Message<"keyauth.v1.ReportExposedKeysRes
  * Use `create(ReportExposedKeysResponseSchema)` to create a new message.
  */
 export const ReportExposedKeysResponseSchema: GenMessage<ReportExposedKeysResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 31);
+  messageDesc(file_keyauth_v1_keyauth, 34);
 
 /**
  * Request of WatchKeyChanges.
@@ -1251,7 +1359,7 @@ export type WatchKeyChangesRequest = Message<"keyauth.v1.WatchKeyChangesRequest"
  * Use `create(WatchKeyChangesRequestSchema)` to create a new message.
  */
 export const WatchKeyChangesRequestSchema: GenMessage<WatchKeyChangesRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 32);
+  messageDesc(file_keyauth_v1_keyauth, 35);
 
 /**
  * One message of the WatchKeyChanges stream.
@@ -1313,7 +1421,7 @@ export type WatchKeyChangesResponse = Message<"keyauth.v1.WatchKeyChangesRespons
  * Use `create(WatchKeyChangesResponseSchema)` to create a new message.
  */
 export const WatchKeyChangesResponseSchema: GenMessage<WatchKeyChangesResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 33);
+  messageDesc(file_keyauth_v1_keyauth, 36);
 
 /**
  * First message of a WatchKeyChanges stream started from now.
@@ -1328,7 +1436,7 @@ export type WatchStarted = Message<"keyauth.v1.WatchStarted"> & {
  * Use `create(WatchStartedSchema)` to create a new message.
  */
 export const WatchStartedSchema: GenMessage<WatchStarted> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 34);
+  messageDesc(file_keyauth_v1_keyauth, 37);
 
 /**
  * Sent when nothing happened for a while.
@@ -1343,7 +1451,7 @@ export type WatchHeartbeat = Message<"keyauth.v1.WatchHeartbeat"> & {
  * Use `create(WatchHeartbeatSchema)` to create a new message.
  */
 export const WatchHeartbeatSchema: GenMessage<WatchHeartbeat> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 35);
+  messageDesc(file_keyauth_v1_keyauth, 38);
 
 /**
  * Sent before the server ends a stream it cannot continue.
@@ -1364,7 +1472,7 @@ export type WatchReset = Message<"keyauth.v1.WatchReset"> & {
  * Use `create(WatchResetSchema)` to create a new message.
  */
 export const WatchResetSchema: GenMessage<WatchReset> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 36);
+  messageDesc(file_keyauth_v1_keyauth, 39);
 
 /**
  * One change of one key.
@@ -1413,7 +1521,7 @@ export type KeyChange = Message<"keyauth.v1.KeyChange"> & {
  * Use `create(KeyChangeSchema)` to create a new message.
  */
 export const KeyChangeSchema: GenMessage<KeyChange> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 37);
+  messageDesc(file_keyauth_v1_keyauth, 40);
 
 /**
  * Environment a key works in; it decides the key's prefix.
@@ -1767,6 +1875,18 @@ export const KeyAuthorityService: GenService<{
     methodKind: "unary";
     input: typeof ListApplicationsRequestSchema;
     output: typeof ListApplicationsResponseSchema;
+  },
+  /**
+   * Returns who the caller is: the principal its credential names, with its roles and scope.
+   * Any authenticated caller (a static token, a JWT of a configured issuer, a client
+   * certificate); without a credential UNAUTHENTICATED.
+   *
+   * @generated from rpc keyauth.v1.KeyAuthorityService.GetPrincipal
+   */
+  getPrincipal: {
+    methodKind: "unary";
+    input: typeof GetPrincipalRequestSchema;
+    output: typeof GetPrincipalResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_keyauth_v1_keyauth, 0);
