@@ -1,9 +1,10 @@
 //! keyauth's gRPC API, `keyauth.v1`: the generated messages, the client and server stubs, and
 //! the encoded descriptor set that reflection serves. What any Rust service adds to call
-//! keyauth; it depends on tonic and prost only.
+//! keyauth; it depends on tonic, prost and the contract (for the key's shape) only.
 //!
 //! The messages that carry a full key (`IssueKeyResponse`, `RollKeyResponse`, `VerifyRequest`,
-//! `CheckPermissionRequest`) have hand-written `Debug` impls that print a redaction.
+//! `CheckPermissionRequest`, `ReportExposedKeysRequest`) have hand-written `Debug` impls that
+//! print a redaction.
 
 #![allow(clippy::all, clippy::pedantic)]
 
