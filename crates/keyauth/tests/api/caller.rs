@@ -137,10 +137,16 @@ async fn the_stream_tells_every_change_and_resumes_by_revision(backend: Backend)
 
 /// This machine's address on its first non-loopback interface, if it has one.
 fn non_loopback_address() -> Option<std::net::IpAddr> {
-    // A UDP "connection" sends nothing: it only picks the route's source address.
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    socket.connect("192.0.2.255:9").ok()?;
-    Some(socket.local_addr().ok()?.ip()).filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    // A UDP "connection" sends nothing: it only picks the route's source address. Any
+    // address off this machine will do (not a broadcast one, which needs SO_BROADCAST).
+    ["10.255.255.254:9", "192.0.2.1:9", "172.31.255.254:9"]
+        .into_iter()
+        .find_map(|target| {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            socket.connect(target).ok()?;
+            Some(socket.local_addr().ok()?.ip())
+        })
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
 }
 
 /// The security review's F4: without a verifier credential configured, WatchKeyChanges (every
