@@ -2,7 +2,7 @@
 //! permissions consistently.
 #![no_main]
 
-use keyauth_core::catalog::{Catalog, RequestedPermission};
+use keyauth_core::catalog::{Catalog, CatalogCheck, RequestedPermission};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

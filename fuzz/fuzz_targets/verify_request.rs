@@ -3,7 +3,7 @@
 //! message echoes an unbounded caller string.
 #![no_main]
 
-use keyauth_core::catalog::{Catalog, RequestedPermission};
+use keyauth_core::catalog::{Catalog, CatalogCheck, RequestedPermission};
 use keyauth_core::key::PresentedKey;
 use keyauth_proto as pb;
 use libfuzzer_sys::fuzz_target;
