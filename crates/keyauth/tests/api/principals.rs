@@ -145,7 +145,16 @@ async fn roles_admit_and_refuse_each_kind_of_rpc(backend: Backend) {
     // Verify stays open: no credential is given keys.verify.
     let (_, secret) = app.issue_test_key().await;
     assert!(app.verify(&secret).await.valid);
-    app.stop().await;
+    // No principal's token in any log line or table.
+    let db = app.stop().await;
+    let (logs, tables) = (captured_logs(), db.dump().await);
+    for token in [READER, LAB, AUDITOR] {
+        let found = |hay: &[u8]| hay.windows(token.len()).any(|w| w == token.as_bytes());
+        assert!(
+            !found(&logs) && !found(&tables),
+            "a principal's token was written"
+        );
+    }
 }
 
 async fn scope_limits_keys_and_applications_whether_or_not_they_exist(backend: Backend) {
