@@ -59,6 +59,8 @@ pub struct Hasher {
     waiting: AtomicUsize,
     max_waiting: usize,
     blocks: Arc<BlockPool>,
+    /// Secrets checked by argon2 so far (for tests and the benchmark).
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 /// Reusable argon2 block buffers: at most one per worker is ever out (the permits), so the
@@ -179,6 +181,7 @@ impl Hasher {
             permits: Arc::new(Semaphore::new(workers.max(1))),
             waiting: AtomicUsize::new(0),
             max_waiting,
+            verifications: Default::default(),
         })
     }
 
@@ -199,6 +202,7 @@ impl Hasher {
         phc: &str,
         deadline: Option<Instant>,
     ) -> Result<bool, Error> {
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         let phc = phc.to_owned();
         let blocks = self.blocks.clone();
         self.run(secret, deadline, move |secret| {
@@ -238,6 +242,11 @@ impl Hasher {
         })
         .await
         .map_err(Error::internal)?
+    }
+
+    /// Secrets checked by argon2 since start (for tests and the benchmark).
+    pub fn verifications(&self) -> u64 {
+        self.verifications.load(Ordering::Relaxed)
     }
 
     /// Hashes waiting for a worker right now (for metrics and tests).

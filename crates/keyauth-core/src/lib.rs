@@ -2,7 +2,7 @@
 //! tonic or the proto crate, so the compiler keeps it so).
 //!
 //! The layers read in one direction, each using only those above it:
-//! `clock` → `error` → `model` → `key` → `catalog`, `sealing`, `hashing`, `usage`,
+//! `clock` → `error` → `model` → `key` → `catalog`, `sealing` → `check_value`, `hashing`, `usage`,
 //! `auth_failures` →
 //! `store` → `key_filter`, `paging`, `cache`, `changes` → `authority` → `propagation`
 //! (`testing`, test support only, on top).
@@ -12,6 +12,7 @@ pub mod authority;
 pub mod cache;
 pub mod catalog;
 pub mod changes;
+pub mod check_value;
 pub mod clock;
 pub mod error;
 pub mod hashing;

@@ -320,6 +320,9 @@ pub struct KeyRecord {
     pub name: String,
     /// argon2id PHC string of the secret part.
     pub secret_hash: String,
+    /// The secret's check value (`check_value`), if it has one: a wrong secret is refused
+    /// without argon2.
+    pub secret_check: Option<String>,
     pub redacted: String,
     /// False: a standard key with every permission of the catalog.
     pub restricted: bool,
@@ -392,6 +395,7 @@ impl KeyRecord {
             + text(self.application_id.as_str())
             + text(&self.name)
             + text(&self.secret_hash)
+            + optional(&self.secret_check)
             + text(&self.redacted)
             + optional(&self.revoke_reason)
             + self.replaced_by.as_ref().map_or(0, |id| text(id.as_str()))

@@ -79,6 +79,11 @@ impl SealKey {
         Ok(SealKey(Zeroizing::new(key)))
     }
 
+    /// The key's bytes (for deriving other keys from it: `check_value`).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.0[..]
+    }
+
     pub fn load(path: &Path) -> Result<Self, String> {
         let text = Zeroizing::new(
             std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,

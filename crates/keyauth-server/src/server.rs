@@ -15,6 +15,7 @@ use std::time::Duration;
 use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
+use keyauth_core::check_value::CheckKeys;
 use keyauth_core::clock::Clock;
 use keyauth_core::hashing::{HashParams, Hasher};
 use keyauth_core::propagation::{self, FollowOptions};
@@ -93,6 +94,10 @@ pub async fn authority(
                 .with_previous(settings.seal_key_previous.as_deref()),
             settings.idempotency_ttl,
         )
+        .with_check_keys(CheckKeys::new(
+            settings.seal_key.as_deref(),
+            settings.seal_key_previous.as_deref(),
+        ))
         .with_auth_failures(settings.auth_failures)
         .with_change_backlog(settings.watch_backlog);
     Ok(Arc::new(authority))

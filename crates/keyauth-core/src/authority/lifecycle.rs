@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::types::{ExposureOutcome, Idempotency, Issued, NewKey, Replay};
 use super::{Authority, DEFAULT_GRACE, EXPOSURE_TEXT_MAX, MAX_EXPOSED_KEYS, MAX_GRACE};
+use crate::check_value::Check;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::key::{KeyIdOf, PresentedKey};
@@ -24,6 +25,7 @@ impl Authority {
             environment: new.environment,
             name: new.name,
             secret_hash,
+            secret_check: Some(self.checks.make(key.secret())),
             redacted: key.redacted(),
             restricted: !new.permissions.is_empty(),
             permissions: new.permissions,
@@ -152,6 +154,7 @@ impl Authority {
         let successor = Successor {
             id: key.id(),
             secret_hash: self.hasher.hash(key.secret(), None).await?,
+            secret_check: Some(self.checks.make(key.secret())),
             redacted: key.redacted(),
             create_time: now,
             expire_time,
@@ -318,7 +321,11 @@ impl Authority {
         let Some(record) = self.store.get_key(&id).await? else {
             return Ok(unknown());
         };
+        let checked = self
+            .checks
+            .judge(record.secret_check.as_deref(), key.secret());
         if record.environment != key.environment()
+            || checked == Check::Mismatch
             || !self
                 .hasher
                 .verify(key.secret(), &record.secret_hash, None)

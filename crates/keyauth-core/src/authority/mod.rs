@@ -21,6 +21,7 @@ use crate::auth_failures::{AuthFailureSettings, AuthFailures};
 use crate::cache::{CacheSettings, Flights, VerifyCache};
 use crate::catalog::Catalog;
 use crate::changes::ChangeHub;
+use crate::check_value::CheckKeys;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::Hasher;
@@ -53,6 +54,8 @@ pub struct Authority {
     page_tokens: PageTokens,
     contact: StoreContact,
     sealer: Sealer,
+    /// Makes and judges secrets' check values (a wrong secret refused without argon2).
+    checks: CheckKeys,
     idempotency_ttl: Duration,
     /// Every key id of the store (a Bloom filter): unknown ids are refused from memory.
     key_filter: KeyFilter,
@@ -130,6 +133,7 @@ impl Authority {
                 last_ms: std::sync::atomic::AtomicU64::new(0),
             },
             sealer: Sealer::new(None),
+            checks: CheckKeys::default(),
             idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
             key_filter: keys,
             probes: ProbeBudget::new(PROBE_BURST, PROBES_PER_SECOND),
@@ -157,6 +161,13 @@ impl Authority {
     pub fn with_idempotency(mut self, sealer: Sealer, ttl: Duration) -> Self {
         self.sealer = sealer;
         self.idempotency_ttl = ttl;
+        self
+    }
+
+    /// Keys check values with the seal key (and the previous one, during a rotation); without
+    /// this they are unkeyed (see `check_value`).
+    pub fn with_check_keys(mut self, checks: CheckKeys) -> Self {
+        self.checks = checks;
         self
     }
 

@@ -9,10 +9,11 @@ use std::time::Instant;
 use super::Authority;
 use super::types::{FromMemory, Pending, Waiting};
 use crate::cache::{Admission, Lookup, Proven};
+use crate::check_value::Check;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::key::{KeyIdOf, KeyView, PresentedKey};
-use crate::model::{KeyIdText, KeyRecord, Verdict};
+use crate::model::{KeyId, KeyIdText, KeyRecord, Verdict};
 
 impl Authority {
     /// Verifies a presented key (raw or `Bearer …`) and judges it against `required`
@@ -107,6 +108,13 @@ impl Authority {
         if self.cache.is_unknown(&id, now) {
             return Ok(None);
         }
+        // A wrong secret for a key whose check value this instance has read: refused from
+        // memory, counted against nothing, and never waiting in the flight the owner needs.
+        if let Some(check) = self.cache.known_check(&id)
+            && self.checks.judge(Some(&check), key.secret()) == Check::Mismatch
+        {
+            return Ok(None);
+        }
         if let Some(after) = self.cache.is_throttled(&id, now) {
             return Err(Error::KeyIdThrottled(after));
         }
@@ -134,14 +142,27 @@ impl Authority {
         if record.environment != key.environment() {
             return Ok(None);
         }
+        let stored_check = record.secret_check.as_deref();
+        if let Some(check) = stored_check {
+            self.cache.note_check(&id, check);
+        }
+        if self.checks.judge(stored_check, key.secret()) == Check::Mismatch {
+            tracing::debug!(key_id = %id, "wrong secret (check value)");
+            return Ok(None);
+        }
         if !self
             .hasher
             .verify(key.secret(), &record.secret_hash, deadline)
             .await?
         {
+            // Only keys without a check value under our keys get here with a wrong secret
+            // (and one wrong secret in 2³² for the others): rationed per id, as before.
             self.cache.note_failure(&id, now);
             tracing::debug!(key_id = %id, "wrong secret");
             return Ok(None);
+        }
+        if !self.checks.is_current(stored_check) {
+            self.give_check_value(&id, key.secret()).await;
         }
         let record = Arc::new(for_cache(record));
         Ok(Some(
@@ -175,6 +196,19 @@ impl Authority {
                 .remember(stale.digest(), record.clone(), now, generation)
                 .unwrap_or_else(|| Arc::new(Proven::uncached(record, now))),
         ))
+    }
+
+    /// Writes the check value of a key proven without one under the current check key (made
+    /// before check values, or before a seal-key rotation). A failed write is logged and
+    /// tried again on a later proof: the key stays provable by argon2 meanwhile.
+    async fn give_check_value(&self, id: &KeyId, secret: &[u8]) {
+        let check = self.checks.make(secret);
+        match self.store.set_secret_check(id, &check).await {
+            Ok(()) => self.cache.note_check(id, &check),
+            Err(e) => {
+                tracing::warn!(key_id = %id, error = %e, "could not store a key's check value; it is proven by argon2 until it has one")
+            }
+        }
     }
 
     /// Hands a use to the recorder at most once a second per key.

@@ -10,8 +10,11 @@
 //! - **failures**: failed secrets per key id in a window; past the limit, unproven attempts on
 //!   that id get one argon2 try per `throttled_try_interval` (one a second) and the rest a
 //!   retryable refusal ([`Admission::Throttled`]), never "invalid": an attacker who knows a
-//!   key id can slow its owner's first proof on this instance, not refuse it. The owner's
+//!   key id can slow its owner's first proof on this instance, not refuse it (only a key without
+//!   a check value: a wrong secret that fails the check value is not counted). The owner's
 //!   proven key is answered before this check.
+//! - **checks**: the check values of keys read but not proven here, so that wrong secrets for
+//!   a key id are refused from memory (see `check_value`).
 //! - **flights**: one cold proof or refresh per key id at a time; concurrent callers of the
 //!   same id wait for it and then read what it cached (single flight).
 //!
@@ -23,9 +26,10 @@
 //! down: nothing here reads a clock, so tests move time instead of sleeping. The proven keys are
 //! weighed in bytes (a key with large metadata takes more of the budget than a bare one).
 //!
-//! One file per cache: `proven`, `negative`, `failures`, `flights`; [`VerifyCache`] here holds
-//! the first three behind the one face the authority uses.
+//! One file per cache: `proven`, `negative`, `failures`, `checks`, `flights`; [`VerifyCache`]
+//! here holds all but the flights behind the one face the authority uses.
 
+mod checks;
 mod failures;
 mod flights;
 mod negative;
@@ -39,6 +43,7 @@ use crate::clock::Timestamp;
 use crate::key::KeyDigest;
 use crate::model::KeyId;
 
+use checks::KnownChecks;
 use failures::{FailedSecrets, FailureLimits};
 use negative::UnknownIds;
 use proven::ProvenKeys;
@@ -96,6 +101,7 @@ pub struct VerifyCache {
     proven: ProvenKeys,
     unknown: UnknownIds,
     failures: FailedSecrets,
+    checks: KnownChecks,
     settings: CacheSettings,
 }
 
@@ -109,8 +115,18 @@ impl VerifyCache {
                 window: settings.failure_window,
                 try_interval: settings.throttled_try_interval,
             }),
+            checks: KnownChecks::new(),
             settings,
         }
+    }
+
+    /// The check value last read for `id`, if any (see `checks`).
+    pub fn known_check(&self, id: &KeyId) -> Option<Box<str>> {
+        self.checks.get(id)
+    }
+
+    pub fn note_check(&self, id: &KeyId, check: &str) {
+        self.checks.note(id, check);
     }
 
     pub fn lookup(&self, id: &str, digest: &KeyDigest) -> Lookup {

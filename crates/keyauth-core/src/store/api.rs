@@ -109,6 +109,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records last-use times in one batch; a time never moves backwards.
     async fn record_last_used(&self, uses: &[(KeyId, Timestamp)]) -> Result<(), Error>;
 
+    /// Sets a key's check value (a key made before check values, once proven).
+    async fn set_secret_check(&self, id: &KeyId, check: &str) -> Result<(), Error>;
+
     /// Returns the setting `name`, storing `fresh` first if it has none (first start wins).
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error>;
 

@@ -285,6 +285,8 @@ pub struct Successor {
     pub id: KeyId,
     /// argon2id PHC string of the new secret.
     pub secret_hash: String,
+    /// Check value of the new secret.
+    pub secret_check: Option<String>,
     pub redacted: String,
     pub create_time: Timestamp,
     /// The expiry the roll names, if any; else the new key expires when `old` would have.
@@ -301,6 +303,7 @@ impl Successor {
             environment: old.environment,
             name: old.name.clone(),
             secret_hash: self.secret_hash.clone(),
+            secret_check: self.secret_check.clone(),
             redacted: self.redacted.clone(),
             restricted: old.restricted,
             permissions: old.permissions.clone(),

@@ -7,6 +7,7 @@ use crate::Authority;
 use crate::authority::{DEFAULT_IDEMPOTENCY_TTL, NewKey};
 use crate::cache::CacheSettings;
 use crate::catalog::Catalog;
+use crate::check_value::CheckKeys;
 use crate::clock::{Clock, Timestamp};
 use crate::error::Error;
 use crate::hashing::{HashParams, Hasher};
@@ -210,7 +211,8 @@ pub async fn authority_with(kind: StoreKind, cache: CacheSettings) -> Option<Tes
     )
     .await
     .expect("authority")
-    .with_idempotency(Sealer::new(Some(&seal)), DEFAULT_IDEMPOTENCY_TTL);
+    .with_idempotency(Sealer::new(Some(&seal)), DEFAULT_IDEMPOTENCY_TTL)
+    .with_check_keys(CheckKeys::new(Some(&seal), None));
     Some(TestAuthority {
         authority: Arc::new(authority),
         clock,

@@ -27,6 +27,7 @@ pub fn blank_record(id: &str) -> KeyRecord {
         redacted: String::new(),
         metadata: Metadata::new(),
         secret_hash: String::new(),
+        secret_check: None,
         encoded_answer: Default::default(),
     }
 }

@@ -143,6 +143,23 @@ async fn revoke_with_raw_sql(db: &TestDb, key_id: &str) {
     }
 }
 
+/// `n` wrong secrets (valid checksums) for the key id of `target`.
+fn wrong_secrets(target: &str, n: usize) -> Vec<String> {
+    let real = PresentedKey::parse(target).unwrap();
+    (0..n)
+        .map(|i| {
+            PresentedKey::from_parts(Environment::Test, real.lookup(), &format!("{i:0>32}"))
+                .unwrap()
+                .expose()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// F2/F7: a wrong secret is refused by the key's check value, without argon2 and without
+/// counting against the key id, so however many come, the owner is proven at the first try.
+/// Keys from before check values are rationed per id as before, until their first proof gives
+/// them one.
 async fn the_failure_limiter_spares_the_owner(backend: Backend) {
     let options = Options {
         cache: CacheSettings {
@@ -156,34 +173,54 @@ async fn the_failure_limiter_spares_the_owner(backend: Backend) {
     };
     let (_, secret) = app.issue_test_key().await;
     let (_, cold_secret) = app.issue_test_key().await;
+    let (legacy, legacy_secret) = app.issue_test_key().await;
+    app.db
+        .execute(&format!(
+            "UPDATE api_keys SET secret_check = NULL WHERE id = '{}'",
+            legacy.id
+        ))
+        .await;
     assert!(
         app.verify(&secret).await.valid,
         "the owner's key is proven and cached"
     );
 
+    // A flood on the cached key and on the cold one: each refused as invalid, never "retry";
+    // no argon2, and the cold key's row read once (its check value is then in memory).
+    let (argon2, reads) = (app.argon2_checks(), app.key_reads());
     for target in [&secret, &cold_secret] {
-        let real = PresentedKey::parse(target).unwrap();
-        for i in 0..10 {
-            let wrong = PresentedKey::from_parts(
-                Environment::Test,
-                real.lookup(),
-                &format!("{i}").repeat(32),
-            )
-            .unwrap();
-            // Past the limit an attempt may be told to retry instead: never "valid".
-            match app.verify_with(wrong.expose(), vec![]).await {
-                Ok(r) => assert_eq!(error_code(&r), Some("authentication_error")),
-                Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
-            }
+        for wrong in wrong_secrets(target, 20) {
+            let r = app
+                .verify_with(&wrong, vec![])
+                .await
+                .expect("never throttled");
+            assert_eq!(error_code(&r), Some("authentication_error"));
         }
     }
-    // The attacker's attempts on the cached key cost nothing; the owner still gets in.
+    assert_eq!(
+        app.argon2_checks(),
+        argon2,
+        "a wrong secret costs no argon2"
+    );
+    assert_eq!(app.key_reads(), reads + 1, "one read of the cold key");
     assert!(app.verify(&secret).await.valid);
-    // On the uncached key, argon2 is rationed after the limit: this second's one try went to
-    // the attacker, so the owner is told to retry (never "invalid"), without a store read.
+    assert!(
+        app.verify(&cold_secret).await.valid,
+        "the cold owner is proven at the first try"
+    );
+
+    // A key without a check value: argon2 is rationed after the limit, so this second's one
+    // try went to the attacker and the owner is told to retry (never "invalid"), without a
+    // store read.
+    for wrong in wrong_secrets(&legacy_secret, 10) {
+        match app.verify_with(&wrong, vec![]).await {
+            Ok(r) => assert_eq!(error_code(&r), Some("authentication_error")),
+            Err(status) => assert_eq!(status.code(), Code::Unavailable, "{status:?}"),
+        }
+    }
     let reads = app.key_reads();
     let throttled = assert_status(
-        app.verify_with(&cold_secret, vec![]).await,
+        app.verify_with(&legacy_secret, vec![]).await,
         Code::Unavailable,
         Some("KEY_ID_THROTTLED"),
     );
@@ -194,9 +231,19 @@ async fn the_failure_limiter_spares_the_owner(backend: Backend) {
         reads,
         "throttled ids skip the store and argon2"
     );
-    // A second later the owner's try runs argon2, and the key is valid.
+    // A second later the owner's try runs argon2: valid, and the proof gave the key its
+    // check value, which refuses wrong secrets from then on.
     app.clock.advance(Duration::from_secs(1));
-    assert!(app.verify(&cold_secret).await.valid);
+    assert!(app.verify(&legacy_secret).await.valid);
+    let argon2 = app.argon2_checks();
+    for wrong in wrong_secrets(&legacy_secret, 5) {
+        let r = app
+            .verify_with(&wrong, vec![])
+            .await
+            .expect("never throttled");
+        assert_eq!(error_code(&r), Some("authentication_error"));
+    }
+    assert_eq!(app.argon2_checks(), argon2, "its check value refuses them");
     app.stop().await;
 }
 

@@ -12,8 +12,12 @@ use crate::store::records::{
 
 const INSERT_KEY: &str = "INSERT INTO api_keys (id, application_id, environment, name, \
      secret_hash, redacted, restricted, permissions, metadata, create_time, expire_time, \
-     revoke_time, revoke_reason, last_used_time, replaced_by_key_id) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
+     revoke_time, revoke_reason, last_used_time, replaced_by_key_id, secret_check) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+
+/// Gives a key made before check values its check value, once (a check value never changes
+/// but for a seal-key rotation, which rewrites it).
+const SET_SECRET_CHECK: &str = "UPDATE api_keys SET secret_check = $2 WHERE id = $1";
 
 /// Claims the old key for a roll: only an active, never rolled key matches, so of two
 /// concurrent rolls exactly one updates a row (the other's transaction is rolled back, taking
@@ -260,6 +264,15 @@ sql_impl! { impl {
         Ok(())
     }
 
+    pub(super) async fn set_secret_check(&self, id: &KeyId, check: &str) -> Result<(), Error> {
+        sqlx::query(SET_SECRET_CHECK)
+            .bind(id.as_str())
+            .bind(check)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn get(
         conn: &mut DB::Connection,
         id: &KeyId,
@@ -308,6 +321,7 @@ sql_impl! { impl {
             .bind(key.revoke_reason.as_deref())
             .bind(micros(key.last_used_time))
             .bind(key.replaced_by.as_ref().map(KeyId::as_str))
+            .bind(key.secret_check.as_deref())
             .execute(conn)
             .await?;
         Ok(())

@@ -215,6 +215,10 @@ sql_impl! { #[async_trait] impl Store {
         Self::record_last_used(self, uses).await
     }
 
+    async fn set_secret_check(&self, id: &KeyId, check: &str) -> Result<(), Error> {
+        Self::set_secret_check(self, id, check).await
+    }
+
     async fn setting_or_insert(&self, name: &str, fresh: &str) -> Result<String, Error> {
         Self::setting_or_insert(self, name, fresh).await
     }

@@ -14,7 +14,7 @@ macro_rules! select_keys {
         concat!(
             "SELECT id, application_id, environment, name, secret_hash, redacted, restricted, \
              permissions, metadata, create_time, expire_time, revoke_time, revoke_reason, \
-             last_used_time, replaced_by_key_id FROM api_keys ",
+             last_used_time, replaced_by_key_id, secret_check FROM api_keys ",
             $tail
         )
     };
@@ -54,6 +54,7 @@ pub(super) struct KeyRow {
     revoke_reason: Option<String>,
     last_used_time: Option<i64>,
     replaced_by_key_id: Option<String>,
+    secret_check: Option<String>,
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -68,6 +69,7 @@ impl TryFrom<KeyRow> for KeyRecord {
                 .ok_or_else(|| corrupt("environment"))?,
             name: row.name,
             secret_hash: row.secret_hash,
+            secret_check: row.secret_check,
             redacted: row.redacted,
             restricted: row.restricted,
             permissions: Permissions::from_store(&row.permissions),

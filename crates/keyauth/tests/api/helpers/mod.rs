@@ -169,6 +169,22 @@ impl TestDb {
         }
     }
 
+    /// Runs one SQL statement on the test's database (to set up what the API cannot make,
+    /// such as a key from before a migration).
+    pub async fn execute(&self, sql: &str) {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self {
+            TestDb::Sqlite { .. } => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url()).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+            TestDb::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&self.url()).await.unwrap();
+                sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+            }
+        };
+    }
+
     pub fn url(&self) -> String {
         match self {
             TestDb::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
@@ -672,6 +688,11 @@ impl TestApp {
             });
         }
         calls.join_all().await
+    }
+
+    /// Secrets argon2 has checked so far.
+    pub fn argon2_checks(&self) -> u64 {
+        self.authority.hasher().verifications()
     }
 
     /// Key records the store has read so far.

@@ -59,6 +59,7 @@ pub(super) fn successor(n: u32, at: i64) -> Successor {
     Successor {
         id: KeyId::from_store(format!("key_{n:012}")),
         secret_hash: "hash".into(),
+        secret_check: None,
         redacted: "redacted".into(),
         create_time: secs(at),
         expire_time: None,
