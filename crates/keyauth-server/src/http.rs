@@ -61,13 +61,17 @@ pub struct HttpOptions {
 }
 
 /// The listener's routes: the webhook when GitHub's keys are given, the console and
-/// `grpc_web` (the key authority service behind tonic-web) when given.
+/// `grpc_web` (the key authority service behind tonic-web) when given. For a connection
+/// without the client certificate `--tls-client-ca` requires (`uncertified`), the webhook
+/// only: every other path is refused with 403.
 fn router(
     authority: Arc<Authority>,
     options: &HttpOptions,
     grpc_web: Option<Router>,
     request_timeout: Duration,
+    uncertified: bool,
 ) -> Router {
+    let grpc_web = grpc_web.filter(|_| !uncertified);
     let mut app = Router::new();
     if let Some(github_keys) = &options.github_keys {
         let state = Arc::new(AppState {
@@ -86,7 +90,16 @@ fn router(
             .merge(console::routes(options.tls.is_some()))
             .merge(grpc_web);
     }
-    app.fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such path") })
+    let (status, message) = if uncertified {
+        (
+            StatusCode::FORBIDDEN,
+            "this listener needs a client certificate signed by the server's --tls-client-ca \
+             for everything but the GitHub webhook",
+        )
+    } else {
+        (StatusCode::NOT_FOUND, "no such path")
+    };
+    app.fallback(move || async move { refusal(status, message) })
         .layer(axum::middleware::from_fn(
             move |request: Request, next: Next| async move {
                 within(request_timeout, next.run(request)).await
@@ -133,7 +146,20 @@ pub(crate) async fn serve(
         github = options.github_keys.is_some(),
         "HTTP listener serving"
     );
-    let app = router(authority, &options, grpc_web, request_timeout);
+    if tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "HTTP listener serving plaintext on a non-loopback address: the console sends the \
+             operator's token on every call, and the webhook receives leaked keys, unencrypted. \
+             Set --tls-cert and --tls-key, or listen on loopback behind a TLS proxy."
+        );
+    }
+    let certified_only = tls
+        .as_ref()
+        .is_some_and(|tls| tls.requires_client_certificate());
+    let uncertified =
+        certified_only.then(|| router(authority.clone(), &options, None, request_timeout, true));
+    let app = router(authority, &options, grpc_web, request_timeout, false);
     let graceful = GracefulShutdown::new();
     loop {
         let (tcp, peer) = tokio::select! {
@@ -156,10 +182,13 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         // The peer for the webhook's audit rows, and as the gRPC port's connections give it
         // to the service (gRPC-Web calls record it like any other operator call).
-        let app = app
-            .clone()
-            .layer(axum::Extension(Peer(peer)))
-            .layer(axum::Extension(crate::peer::PeerInfo::detached(peer)));
+        let layered = |app: &Router| {
+            app.clone()
+                .layer(axum::Extension(Peer(peer)))
+                .layer(axum::Extension(crate::peer::PeerInfo::detached(peer)))
+        };
+        let app = layered(&app);
+        let uncertified = uncertified.as_ref().map(layered);
         let watcher = graceful.watcher();
         // The configuration in force now: a reload later leaves this connection as it is.
         let tls = tls.as_ref().map(|tls| TlsAcceptor::from(tls.http()));
@@ -168,7 +197,19 @@ pub(crate) async fn serve(
             let served = match tls {
                 None => connection(tcp, app, watcher).await,
                 Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => connection(stream, app, watcher).await,
+                    Ok(Ok(stream)) => {
+                        // A certificate given was checked against the CA in the handshake.
+                        let certified = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .is_some_and(|chain| !chain.is_empty());
+                        let app = match uncertified {
+                            Some(webhook_only) if !certified => webhook_only,
+                            _ => app,
+                        };
+                        connection(stream, app, watcher).await
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "HTTP listener: TLS handshake failed");
                         Ok(())

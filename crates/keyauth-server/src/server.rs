@@ -306,7 +306,7 @@ pub async fn run(
     if options.tls.is_none() && !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
-            "serving plaintext on a non-loopback address: keys and tokens cross the network \
+            "gRPC listener serving plaintext on a non-loopback address: keys and tokens cross the network \
              unencrypted. Set --tls-cert and --tls-key (KEYAUTH_TLS_CERT, KEYAUTH_TLS_KEY)."
         );
     }

@@ -158,10 +158,17 @@ impl Reloading {
         self.configs().grpc
     }
 
-    /// The HTTP listener's configuration in force (ALPN `http/1.1`; no client certificate
-    /// asked for: the webhooks' senders have none, their requests are signed instead).
+    /// The HTTP listener's configuration in force (ALPN `http/1.1`). With a client CA it asks
+    /// for a certificate without requiring one (GitHub's webhook has none; its requests are
+    /// signed instead): see [`Reloading::requires_client_certificate`].
     pub fn http(&self) -> Arc<rustls::ServerConfig> {
         self.configs().http
+    }
+
+    /// Whether clients must present a certificate signed by `--tls-client-ca` (on the HTTP
+    /// listener: for everything but the webhook).
+    pub fn requires_client_certificate(&self) -> bool {
+        self.files.client_ca.is_some()
     }
 
     /// The end-entity certificate new connections are given.
@@ -295,8 +302,11 @@ impl Configs {
         let key = PrivateKeyDer::from_pem_slice(&contents.key)
             .map_err(|e| bad(KEY_SETTING, format!("{}: {e}", files.key.display())))?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = match (&files.client_ca, &contents.client_ca) {
-            (Some(path), Some(pem)) => Some(client_verifier(path, pem, &provider)?),
+        let verifiers = match (&files.client_ca, &contents.client_ca) {
+            (Some(path), Some(pem)) => Some((
+                client_verifier(path, pem, &provider, false)?,
+                client_verifier(path, pem, &provider, true)?,
+            )),
             _ => None,
         };
         let mismatch = |e: rustls::Error| {
@@ -320,17 +330,23 @@ impl Configs {
                 .with_safe_default_protocol_versions()
                 .map_err(|e| bad(CERT_SETTING, e.to_string()))
         };
-        let mut grpc = match verifier {
+        let (required, optional) = verifiers.unzip();
+        let mut grpc = match required {
             Some(verifier) => builder()?.with_client_cert_verifier(verifier),
             None => builder()?.with_no_client_auth(),
         }
         .with_single_cert(chain.clone(), key.clone_key())
         .map_err(mismatch)?;
         grpc.alpn_protocols = vec![ALPN_H2.to_vec()];
-        let mut http = builder()?
-            .with_no_client_auth()
-            .with_single_cert(chain.clone(), key)
-            .map_err(mismatch)?;
+        // GitHub's webhook presents no certificate, so the HTTP listener asks for one without
+        // requiring it: a certificate given must be signed by the CA, and the listener serves
+        // a connection without one nothing but the webhook (`http::serve`).
+        let mut http = match optional {
+            Some(verifier) => builder()?.with_client_cert_verifier(verifier),
+            None => builder()?.with_no_client_auth(),
+        }
+        .with_single_cert(chain.clone(), key)
+        .map_err(mismatch)?;
         http.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
         Ok(Configs {
             grpc: Arc::new(grpc),
@@ -340,11 +356,13 @@ impl Configs {
     }
 }
 
-/// The verifier requiring a client certificate signed by one of the CAs of `pem`.
+/// The verifier of client certificates signed by one of the CAs of `pem`: requiring one, or
+/// (`optional`) letting a client without one through, to be judged by the listener.
 fn client_verifier(
     path: &Path,
     pem: &[u8],
     provider: &Arc<CryptoProvider>,
+    optional: bool,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsSettingError> {
     let named = |why: String| bad(CLIENT_CA_SETTING, format!("{}: {why}", path.display()));
     certificates(pem, path, CLIENT_CA_SETTING)?;
@@ -355,9 +373,13 @@ fn client_verifier(
             .add(cert)
             .map_err(|e| named(format!("not a usable CA certificate: {e}")))?;
     }
-    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .map_err(|e| named(e.to_string()))
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    if optional {
+        builder.allow_unauthenticated().build()
+    } else {
+        builder.build()
+    }
+    .map_err(|e| named(e.to_string()))
 }
 
 /// The DNS names a certificate is valid for, for the log.

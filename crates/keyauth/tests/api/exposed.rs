@@ -22,9 +22,6 @@ use crate::helpers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_webhook_speaks_tls_with_the_grpc_certificate() {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, ServerName};
-
     let github = Github::new();
     let pki = crate::helpers::pki::Pki::new();
     let options = Options {
@@ -36,39 +33,20 @@ async fn the_webhook_speaks_tls_with_the_grpc_certificate() {
     };
     let (secret, body) = leaked_to_github(&app).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(app.http_addr.unwrap())
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .expect("the TLS handshake with the gRPC port's certificate");
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
     let mut request = hyper::Request::post(GITHUB_PATH)
         .header("host", "localhost")
         .header("content-type", "application/json");
     for (name, value) in github.signed(&body) {
         request = request.header(name, value);
     }
-    let response = sender
-        .send_request(request.body(Full::new(Bytes::from(body))).unwrap())
-        .await
-        .unwrap();
+    let response = https(
+        &app,
+        &pki,
+        None,
+        request.body(Full::new(Bytes::from(body))).unwrap(),
+    )
+    .await
+    .expect("the TLS handshake with the gRPC port's certificate");
     assert_eq!(response.status().as_u16(), 200);
     let feedback: Vec<Value> =
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
@@ -89,6 +67,150 @@ async fn the_webhook_speaks_tls_with_the_grpc_certificate() {
             )
             .await;
     assert!(plaintext.is_err(), "{plaintext:?}");
+    app.stop().await;
+}
+
+/// One request over a new TLS connection to `app`'s HTTP listener, trusting `pki`'s CA and
+/// presenting `identity` (a certificate and its key, PEM) if given. `Err`: the handshake failed.
+async fn https(
+    app: &TestApp,
+    pki: &crate::helpers::pki::Pki,
+    identity: Option<&(String, String)>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap(),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+    };
+    let tcp = tokio::net::TcpStream::connect(app.http_addr.unwrap())
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// F3: with a client CA, a connection without a certificate signed by it is served the
+/// GitHub webhook only (GitHub presents none; its alerts are signed): not the console, not
+/// gRPC-Web. A certificate of another CA fails the handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_client_ca_only_the_webhook_is_served_without_a_certificate() {
+    let github = Github::new();
+    let (pki, stranger) = (
+        crate::helpers::pki::Pki::new(),
+        crate::helpers::pki::Pki::new(),
+    );
+    let options = Options {
+        http_tls: Some((pki.server_cert.clone(), pki.server_key.clone())),
+        http_client_ca: Some(pki.ca.clone()),
+        console: true,
+        ..github.options()
+    };
+    let Some(app) = spawn_with(Backend::Sqlite, options).await else {
+        return;
+    };
+    let get = |path: &str| {
+        hyper::Request::get(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // gRPC-Web: a GetCatalog (no body needed to be refused or answered).
+    let grpc_web = || {
+        hyper::Request::post("/keyauth.v1.KeyAuthorityService/GetCatalog")
+            .header("host", "localhost")
+            .header("content-type", "application/grpc-web+proto")
+            .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+            .body(Full::new(Bytes::from_static(&[0, 0, 0, 0, 0])))
+            .unwrap()
+    };
+    for request in [get("/"), get("/console.js"), grpc_web()] {
+        let path = request.uri().path().to_owned();
+        let refused = https(&app, &pki, None, request).await.unwrap();
+        assert_eq!(
+            refused.status().as_u16(),
+            403,
+            "{path} without a certificate"
+        );
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("--tls-client-ca"),
+            "{body:?}"
+        );
+    }
+    let with_cert = https(&app, &pki, Some(&pki.client), get("/"))
+        .await
+        .unwrap();
+    assert_eq!(with_cert.status().as_u16(), 200);
+    let with_cert = https(&app, &pki, Some(&pki.client), grpc_web())
+        .await
+        .unwrap();
+    assert_eq!(with_cert.status().as_u16(), 200);
+    assert_eq!(
+        with_cert
+            .headers()
+            .get("grpc-status")
+            .map(|v| v.to_str().unwrap()),
+        None,
+        "gRPC-Web answers with a body (trailers inside it)"
+    );
+    assert!(
+        https(&app, &pki, Some(&stranger.client), get("/"))
+            .await
+            .is_err(),
+        "another CA's certificate fails the handshake"
+    );
+
+    // The webhook, without a certificate: served.
+    let (secret, body) = leaked_to_github(&app).await;
+    let mut request = hyper::Request::post(GITHUB_PATH)
+        .header("host", "localhost")
+        .header("content-type", "application/json");
+    for (name, value) in github.signed(&body) {
+        request = request.header(name, value);
+    }
+    let response = https(
+        &app,
+        &pki,
+        None,
+        request.body(Full::new(Bytes::from(body))).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        error_code(&app.verify(&secret).await),
+        Some("api_key_revoked")
+    );
     app.stop().await;
 }
 

@@ -82,6 +82,8 @@ async fn plaintext_on_a_public_address_is_warned_about() {
             "serve",
             "--listen",
             "0.0.0.0:0",
+            "--http-listen",
+            "0.0.0.0:0",
             "--database",
             &sqlite_url(&dir),
         ])
@@ -90,8 +92,19 @@ async fn plaintext_on_a_public_address_is_warned_about() {
         .spawn()
         .unwrap();
     let lines = log_lines(&mut child);
-    let warning = wait_for_line(&lines, "plaintext on a non-loopback address");
-    assert!(warning.contains("--tls-cert"), "{warning}");
+    // Each listener says so, by name (F3: the console sends the operator token on every call).
+    // (In either order: the two listeners start side by side.)
+    let (mut grpc, mut http) = (None, None);
+    while grpc.is_none() || http.is_none() {
+        let line = wait_for_line(&lines, "serving plaintext on a non-loopback");
+        if line.contains("gRPC listener") {
+            grpc = Some(line);
+        } else if line.contains("HTTP listener") {
+            http = Some(line);
+        }
+    }
+    assert!(grpc.unwrap().contains("--tls-cert"));
+    assert!(http.unwrap().contains("operator's token"));
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -313,6 +313,8 @@ pub struct Options {
     pub console: bool,
     /// The HTTP listener's certificate and key (PEM files): set, it speaks TLS only.
     pub http_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// With `http_tls`: the client CA (`--tls-client-ca`).
+    pub http_client_ca: Option<std::path::PathBuf>,
     pub auth_failures: AuthFailureSettings,
     /// WatchKeyChanges: heartbeat (fast in tests) and stream limit.
     pub watch: WatchOptions,
@@ -344,6 +346,7 @@ impl Default for Options {
             github_keys: None,
             console: false,
             http_tls: None,
+            http_client_ca: None,
             auth_failures: authority.auth_failures,
             watch: WatchOptions {
                 heartbeat: Duration::from_millis(200),
@@ -424,7 +427,8 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
             HttpOptions {
                 listener: Arc::new(listener),
                 tls: options.http_tls.as_ref().map(|(cert, key)| {
-                    let tls = keyauth_server::tls::load(Some(cert), Some(key), None)
+                    let ca = options.http_client_ca.as_deref();
+                    let tls = keyauth_server::tls::load(Some(cert), Some(key), ca)
                         .expect("HTTP TLS settings")
                         .expect("TLS");
                     Arc::new(tls)
