@@ -22,7 +22,7 @@ use std::time::Duration;
 use std::future::Future;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -36,7 +36,9 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use github::AppState;
-pub use github::{GITHUB_PATH, GithubKeys, KEY_ID_HEADER, SIGNATURE_HEADER};
+pub use github::{
+    BODIES_IN_FLIGHT, BODY_DEADLINE, GITHUB_PATH, GithubKeys, KEY_ID_HEADER, SIGNATURE_HEADER,
+};
 use shared::{Peer, refusal};
 
 /// Largest request body accepted; larger ones get 413.
@@ -77,11 +79,11 @@ fn router(
         let state = Arc::new(AppState {
             authority,
             github_keys: github_keys.clone(),
+            bodies: Arc::new(tokio::sync::Semaphore::new(github::BODIES_IN_FLIGHT)),
         });
         app = app.merge(
             Router::new()
                 .route(GITHUB_PATH, post(github::alert))
-                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
                 .with_state(state),
         );
     }

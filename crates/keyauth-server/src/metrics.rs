@@ -57,6 +57,9 @@ pub const PRINCIPALS_RELOADS: &str = "keyauth_principals_reloads_total";
 pub const EXPOSURES: &str = "keyauth_exposures_total";
 /// Keys revoked because they were reported as leaked, by `channel`.
 pub const EXPOSURE_REVOCATIONS: &str = "keyauth_exposure_revocations_total";
+/// Webhook requests answered 503 because [`crate::http::BODIES_IN_FLIGHT`] bodies were being
+/// read already.
+pub const WEBHOOK_BUSY: &str = "keyauth_webhook_busy_total";
 /// The `channel` label of reports from GitHub secret scanning.
 pub const EXPOSURE_GITHUB: &str = "github";
 /// The `channel` label of reports made with ReportExposedKeys.
@@ -82,6 +85,10 @@ pub fn install(addr: SocketAddr) -> Result<(), BuildError> {
 fn describe() {
     use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(CALLS, "Calls answered, by RPC and outcome");
+    describe_counter!(
+        WEBHOOK_BUSY,
+        "GitHub webhook requests answered 503: too many bodies being read"
+    );
     describe_histogram!(CALL_DURATION, Unit::Seconds, "Call latency, by RPC");
     describe_counter!(CACHE_LOOKUPS, "Verify cache lookups, by result");
     describe_counter!(

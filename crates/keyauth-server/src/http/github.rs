@@ -45,7 +45,16 @@ pub const SIGNATURE_HEADER: &str = "github-public-key-signature";
 pub(super) struct AppState {
     pub(super) authority: Arc<Authority>,
     pub(super) github_keys: Arc<GithubKeys>,
+    /// Bodies being read and checked now ([`BODIES_IN_FLIGHT`] at most).
+    pub(super) bodies: Arc<tokio::sync::Semaphore>,
 }
+
+/// Unauthenticated bodies read at once at most: one more is answered 503 with `Retry-After`
+/// at once (GitHub retries). With [`super::MAX_BODY_BYTES`] each, the webhook holds at most
+/// 16 MiB of bodies whose signature is not checked yet, whatever the senders do.
+pub const BODIES_IN_FLIGHT: usize = 16;
+/// A body must arrive within this, once its request head has: 408 after.
+pub const BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The public keys GitHub signs alerts with, from a file in the shape of
 /// `https://api.github.com/meta/public_keys/secret_scanning`. The file's modification time and
@@ -167,6 +176,69 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     refusal(status, why)
 }
 
+/// The body, read within [`BODY_DEADLINE`] while one of [`BODIES_IN_FLIGHT`] places is
+/// held, and its signature checked; or the answer refusing it.
+async fn signed_body(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> Result<Bytes, Response> {
+    let Ok(_place) = state.bodies.clone().try_acquire_owned() else {
+        metrics::counter!(crate::metrics::WEBHOOK_BUSY).increment(1);
+        let mut busy = refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many alerts are being read right now; retry",
+        );
+        busy.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return Err(busy);
+    };
+    let read = tokio::time::timeout(
+        BODY_DEADLINE,
+        axum::body::to_bytes(body, super::MAX_BODY_BYTES),
+    );
+    let body = match read.await {
+        Err(_) => {
+            return Err(refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            ));
+        }
+        Ok(Err(e)) if too_large(&e) => {
+            return Err(refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "the body is larger than 1 MiB",
+            ));
+        }
+        Ok(Err(_)) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                "the body could not be read",
+            ));
+        }
+        Ok(Ok(body)) => body,
+    };
+    let keys = state.github_keys.current();
+    match check_signature(&keys, headers, &body) {
+        Ok(()) => Ok(body),
+        Err(why) => Err(refuse(StatusCode::UNAUTHORIZED, why)),
+    }
+}
+
+/// Whether reading a body failed for its size.
+fn too_large(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Why a body's signature is not good, if it is not.
 fn check_signature(
     keys: &HashMap<String, VerifyingKey>,
@@ -201,9 +273,10 @@ fn clean(text: &str) -> String {
 pub(super) async fn alert(
     State(state): State<Arc<AppState>>,
     Extension(peer): Extension<Peer>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let request_id = crate::service::call::request_id(
         headers
             .get(crate::service::call::REQUEST_ID)
@@ -212,10 +285,10 @@ pub(super) async fn alert(
     let span = tracing::info_span!("http", path = GITHUB_PATH, request_id = %request_id);
     async move {
         let started = Instant::now();
-        let keys = state.github_keys.current();
-        if let Err(why) = check_signature(&keys, &headers, &body) {
-            return refuse(StatusCode::UNAUTHORIZED, why);
-        }
+        let body = match signed_body(&state, &headers, body).await {
+            Ok(body) => body,
+            Err(refused) => return refused,
+        };
         let Ok(alerts) = serde_json::from_slice::<Vec<Alert>>(&body) else {
             return refuse(
                 StatusCode::BAD_REQUEST,

@@ -771,3 +771,67 @@ async fn refused_alerts_change_nothing(backend: Backend) {
     );
     app.stop().await;
 }
+
+/// F5: unauthenticated bodies are read a few at a time, each within a deadline. Before, 150
+/// unsigned 1 MiB bodies held open raised the server's memory by 150 MB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_reads_few_unauthenticated_bodies_at_once() {
+    use keyauth_server::http::{BODIES_IN_FLIGHT, BODY_DEADLINE};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let github = Github::new();
+    let Some(app) = spawn_with(Backend::Sqlite, github.options()).await else {
+        return;
+    };
+    let addr = app.http_addr.unwrap();
+    // A request announcing 1 MiB and sending 1 KiB of it.
+    let unfinished = || async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST {GITHUB_PATH} HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+             content-length: {MAX_BODY_BYTES}\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        tcp.write_all(&[b' '; 1024]).await.unwrap();
+        tcp
+    };
+    let answer = |mut tcp: tokio::net::TcpStream| async move {
+        let mut buf = vec![0; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut held = Vec::new();
+    for _ in 0..BODIES_IN_FLIGHT {
+        held.push(unfinished().await);
+    }
+    // Let the server start reading each of them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let busy = answer(unfinished().await).await;
+    assert!(busy.starts_with("HTTP/1.1 503"), "{busy}");
+    assert!(
+        busy.to_ascii_lowercase().contains("retry-after: 1"),
+        "{busy}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered at once"
+    );
+    // The held bodies never finish: each is cut at the deadline.
+    let cut = answer(held.pop().unwrap()).await;
+    assert!(cut.starts_with("HTTP/1.1 408"), "{cut}");
+    assert!(started.elapsed() <= BODY_DEADLINE + Duration::from_secs(1));
+    drop(held);
+    // Places free again: a signed alert is handled.
+    let (secret, body) = leaked_to_github(&app).await;
+    let (status, _) = post(&app, &github.signed(&body), body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        error_code(&app.verify(&secret).await),
+        Some("api_key_revoked")
+    );
+    app.stop().await;
+}
