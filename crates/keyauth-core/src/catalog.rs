@@ -7,6 +7,11 @@ use keyauth_contract::catalog::Violation;
 use crate::error::{Error, FieldViolation};
 use crate::model::Permissions;
 
+/// Permissions one request may list at most (a resource listed twice is folded into one).
+pub const MAX_PERMISSIONS: usize = 64;
+/// Actions one permission may list at most (an action listed twice counts once).
+pub const MAX_ACTIONS_PER_PERMISSION: usize = 16;
+
 /// A permission as a caller wrote it, before it is checked against the catalog.
 #[derive(Clone, Debug, Default)]
 pub struct RequestedPermission {
@@ -46,11 +51,20 @@ impl CatalogCheck for Catalog {
         requested: &[RequestedPermission],
         field: &str,
     ) -> Result<Permissions, Error> {
-        const MAX: usize = 1000;
-        if requested.len() > MAX {
+        // Bounds first, so that the worst accepted list costs a few times a normal one (F6).
+        if requested.len() > MAX_PERMISSIONS {
             return Err(Error::invalid(
                 field,
-                format!("lists more than {MAX} permissions"),
+                format!("lists more than {MAX_PERMISSIONS} permissions"),
+            ));
+        }
+        if let Some(i) = requested
+            .iter()
+            .position(|p| p.actions.len() > MAX_ACTIONS_PER_PERMISSION)
+        {
+            return Err(Error::invalid(
+                &format!("{field}[{i}].actions"),
+                format!("lists more than {MAX_ACTIONS_PER_PERMISSION} actions"),
             ));
         }
         let mut violations = Vec::new();
@@ -113,6 +127,31 @@ mod tests {
             panic!()
         };
         assert_eq!(v[0].field, "permissions[0].actions");
+    }
+
+    #[test]
+    fn lists_are_bounded_before_they_are_judged() {
+        let c = Catalog::built_in();
+        let many = vec![perm("patients", &["read"]); MAX_PERMISSIONS + 1];
+        let Err(Error::InvalidArgument(v)) = c.permissions(&many, "permissions") else {
+            panic!("accepted")
+        };
+        assert_eq!(v.len(), 1);
+        assert_eq!(v[0].field, "permissions");
+        // At the bound, duplicates fold.
+        let folded = c
+            .permissions(&many[..MAX_PERMISSIONS], "permissions")
+            .unwrap();
+        assert_eq!(folded.pairs().count(), 1);
+        let actions = vec!["x"; MAX_ACTIONS_PER_PERMISSION + 1];
+        let Err(Error::InvalidArgument(v)) = c.permissions(
+            &[perm("patients", &["read"]), perm("patients", &actions)],
+            "required_permissions",
+        ) else {
+            panic!("accepted")
+        };
+        assert_eq!(v.len(), 1, "one violation, not one per action");
+        assert_eq!(v[0].field, "required_permissions[1].actions");
     }
 
     #[test]

@@ -27,8 +27,24 @@ pub fn environment_in(value: i32, field: &str) -> Result<Option<Environment>, Er
     }
 }
 
+/// Entries a repeated enum field (ListKeys' `states`, ListKeyEvents' `types`) or UpdateKey's
+/// `update_mask.paths` may hold at most; within it, duplicates fold.
+pub const MAX_REPEATED_ENUMS: usize = 16;
+
+/// Refuses a repeated field longer than `max`, before any entry is looked at.
+fn at_most<T>(values: &[T], max: usize, field: &str) -> Result<(), Error> {
+    if values.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!("lists {} entries; at most {max}", values.len()),
+        ));
+    }
+    Ok(())
+}
+
 /// ListKeys' `states`: each a `KeyState` other than UNSPECIFIED; none for every state.
 pub fn states_in(values: &[i32], field: &str) -> Result<KeyStates, Error> {
+    at_most(values, MAX_REPEATED_ENUMS, field)?;
     let states = values
         .iter()
         .map(|&value| match pb::KeyState::try_from(value) {
@@ -206,6 +222,7 @@ pub fn event_type_out(kind: EventKind) -> pb::KeyEventType {
 
 /// ListKeyEvents' `types`: each a known type other than UNSPECIFIED.
 pub fn event_types_in(values: &[i32], field: &str) -> Result<Vec<EventKind>, Error> {
+    at_most(values, MAX_REPEATED_ENUMS, field)?;
     values
         .iter()
         .map(|&value| match pb::KeyEventType::try_from(value) {
@@ -242,6 +259,7 @@ pub fn key_update_in(
         .as_ref()
         .map(|m| m.paths.as_slice())
         .unwrap_or_default();
+    at_most(paths, MAX_REPEATED_ENUMS, "update_mask.paths")?;
     let mut problems = Vec::new();
     if paths.is_empty() {
         problems.push(Error::invalid(

@@ -332,22 +332,34 @@ async fn filters_by_state_at_the_time_of_the_call(backend: Backend) {
 }
 
 /// The security review's F9: a ListKeyEvents with 40,000 repeated `types` was INTERNAL ("too
-/// many SQL variables"); repeated types are one set now.
+/// many SQL variables"). Now more than 16 is INVALID_ARGUMENT naming `types` (F6: every repeated
+/// field has a bound), and repeated types within it are one set.
 async fn repeated_event_types_are_one_filter(backend: Backend) {
     let Some(app) = spawn(backend).await else {
         return;
     };
     let (key, _) = app.issue_test_key().await;
-    let events = app
-        .client
-        .clone()
-        .list_key_events(op(pb::ListKeyEventsRequest {
-            key_id: key.id.clone(),
-            types: vec![pb::KeyEventType::Issued as i32; 40_000],
-            ..Default::default()
-        }))
+    let list = |types: Vec<i32>| {
+        let mut client = app.client.clone();
+        let key_id = key.id.clone();
+        async move {
+            client
+                .list_key_events(op(pb::ListKeyEventsRequest {
+                    key_id,
+                    types,
+                    ..Default::default()
+                }))
+                .await
+        }
+    };
+    let refused = list(vec![pb::KeyEventType::Issued as i32; 40_000])
         .await
-        .expect("answered, not INTERNAL")
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert_eq!(violated_fields(&refused), vec!["types".to_owned()]);
+    let events = list(vec![pb::KeyEventType::Issued as i32; 16])
+        .await
+        .expect("answered")
         .into_inner()
         .events;
     assert_eq!(events.len(), 1);
