@@ -35,10 +35,17 @@ pub struct AuthFailureSettings {
     pub max_peers: usize,
     /// How long the aggregated rows are kept in the audit trail.
     pub retention: Duration,
+    /// Failures over all peers within `window` before each further one is answered only
+    /// after [`GLOBAL_DELAY`] (guessing from many addresses at once).
+    pub global_limit: u32,
 }
+
+/// How long a failure waits before it is answered once the global ceiling is passed.
+pub const GLOBAL_DELAY: Duration = Duration::from_secs(1);
 
 impl AuthFailureSettings {
     pub const DEFAULT_LIMIT: u32 = 20;
+    pub const DEFAULT_GLOBAL_LIMIT: u32 = 1000;
     pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 }
 
@@ -50,6 +57,7 @@ impl Default for AuthFailureSettings {
             max_rows: 20,
             max_peers: 10_000,
             retention: Self::DEFAULT_RETENTION,
+            global_limit: Self::DEFAULT_GLOBAL_LIMIT,
         }
     }
 }
@@ -78,6 +86,9 @@ struct State {
     /// Failures of untracked peers not yet written, and when the last one happened.
     untracked: u64,
     untracked_at: Timestamp,
+    /// Failures over all peers in the current global window.
+    global_start: Timestamp,
+    global_in_window: u32,
 }
 
 pub struct AuthFailures {
@@ -92,6 +103,8 @@ impl AuthFailures {
                 peers: HashMap::new(),
                 untracked: 0,
                 untracked_at: Timestamp::EPOCH,
+                global_start: Timestamp::EPOCH,
+                global_in_window: 0,
             }),
             settings,
         }
@@ -105,6 +118,11 @@ impl AuthFailures {
     /// limit (answer RESOURCE_EXHAUSTED, retry after `wait`).
     pub fn note(&self, peer: &str, request_id: Option<&str>, now: Timestamp) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if now < state.global_start || now.since(state.global_start) >= self.settings.window {
+            state.global_start = now;
+            state.global_in_window = 0;
+        }
+        state.global_in_window = state.global_in_window.saturating_add(1);
         let tracked = state.peers.len() < self.settings.max_peers || state.peers.contains_key(peer);
         if !tracked {
             state.untracked += 1;
@@ -129,6 +147,26 @@ impl AuthFailures {
         // Request ids are bounded (128 printable characters) by the server before they get here.
         entry.last_request_id = request_id.map(str::to_owned);
         (entry.in_window > self.settings.limit)
+            .then(|| window.saturating_sub(now.since(entry.window_start)))
+    }
+
+    /// Whether failures over all peers are past the global ceiling in the current window:
+    /// a failure is then answered only after [`GLOBAL_DELAY`].
+    pub fn over_global_ceiling(&self, now: Timestamp) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let current =
+            now >= state.global_start && now.since(state.global_start) < self.settings.window;
+        current && state.global_in_window > self.settings.global_limit
+    }
+
+    /// `Some(wait)` when `peer` is past the limit in its current window (see [`Self::note`]),
+    /// without counting anything.
+    pub fn blocked(&self, peer: &str, now: Timestamp) -> Option<Duration> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = state.peers.get(peer)?;
+        let window = self.settings.window;
+        let current = now >= entry.window_start && now.since(entry.window_start) < window;
+        (current && entry.in_window > self.settings.limit)
             .then(|| window.saturating_sub(now.since(entry.window_start)))
     }
 
@@ -197,6 +235,30 @@ impl AuthFailures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_peer_is_known_without_counting_and_the_global_ceiling_holds() {
+        let f = AuthFailures::new(AuthFailureSettings {
+            limit: 2,
+            global_limit: 3,
+            ..AuthFailureSettings::default()
+        });
+        let t0 = Timestamp::from_micros(1_000_000);
+        assert_eq!(f.blocked("a", t0), None);
+        for _ in 0..3 {
+            f.note("a", None, t0);
+        }
+        let wait = f.blocked("a", t0).expect("past the limit");
+        assert_eq!(wait, Duration::from_secs(60));
+        assert_eq!(f.blocked("a", t0), Some(wait), "asking counts nothing");
+        assert_eq!(f.blocked("b", t0), None, "per address");
+        assert!(!f.over_global_ceiling(t0), "3 failures: at the ceiling");
+        f.note("b", None, t0);
+        assert!(f.over_global_ceiling(t0), "4 over all addresses");
+        let later = t0.saturating_add(Duration::from_secs(60));
+        assert_eq!(f.blocked("a", later), None, "the window passed");
+        assert!(!f.over_global_ceiling(later));
+    }
 
     fn secs(n: i64) -> Timestamp {
         Timestamp::from_micros(n * 1_000_000)

@@ -61,6 +61,17 @@ pub fn note_request(extensions: &tonic::codegen::http::Extensions) {
     }
 }
 
+/// The address of the peer a request (before tonic has made it a `Request`) came from.
+pub fn remote_addr_in(extensions: &tonic::codegen::http::Extensions) -> Option<SocketAddr> {
+    peer_info(extensions)
+        .and_then(|peer| peer.remote)
+        .or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr())
+        })
+}
+
 /// The address of the peer that sent a call (tonic's `Request::remote_addr` knows only its
 /// own connection types).
 pub fn remote_addr<T>(request: &tonic::Request<T>) -> Option<SocketAddr> {

@@ -227,7 +227,7 @@ pub async fn run(
         options.limits.max_request_bytes,
     );
     // Tokens checked from the headers, before the body is read (see `service::gate`).
-    let api = TokenGateLayer::new(options.credentials.clone()).layer(api);
+    let api = TokenGateLayer::new(options.credentials.clone(), authority.clone()).layer(api);
     // envoy-types ships no file descriptor set, so reflection does not list this service.
     let ext_authz = AuthorizationServer::new(ExtAuthzApi::new(
         authority.clone(),

@@ -32,6 +32,18 @@ impl Authority {
     /// Counts a refused operator call of `peer` (its IP address) in memory; written in
     /// aggregate by [`Authority::flush_auth_failures`]. Past the per-peer limit the refusal
     /// becomes [`Error::TooManyAuthFailures`] (instead of `refusal`).
+    /// `Some(wait)` when `peer` is past the limit of refused operator calls: its calls are
+    /// refused without their credential being compared until `wait` has passed.
+    pub fn auth_blocked(&self, peer: &str) -> Option<std::time::Duration> {
+        self.auth_failures.blocked(peer, self.now())
+    }
+
+    /// Whether refused operator calls over all peers are past the global ceiling: a refusal
+    /// is then answered only after [`crate::auth_failures::GLOBAL_DELAY`].
+    pub fn auth_failures_over_ceiling(&self) -> bool {
+        self.auth_failures.over_global_ceiling(self.now())
+    }
+
     pub fn note_auth_failure(
         &self,
         peer: Option<&str>,

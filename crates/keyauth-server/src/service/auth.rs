@@ -46,6 +46,9 @@ pub(crate) enum Refusal {
         access: Access,
         why: Unauthenticated,
     },
+    /// An operator call from an address past the limit of refused operator calls: refused
+    /// without its credential being compared, until `wait` has passed (F8).
+    Blocked { wait: std::time::Duration },
     /// An authenticated principal without any of the RPC's roles; `role`: the first of them.
     LacksRole {
         principal: String,
@@ -68,7 +71,10 @@ impl Refusal {
     /// Whether it counts towards the per-peer limit of refused operator calls: only a failed
     /// authentication does (a PERMISSION_DENIED is an authenticated caller, not a guess).
     pub(crate) fn is_failed_authentication(&self) -> bool {
-        matches!(self, Refusal::Unauthenticated { .. })
+        matches!(
+            self,
+            Refusal::Unauthenticated { .. } | Refusal::Blocked { .. }
+        )
     }
 }
 
@@ -99,6 +105,7 @@ impl From<Refusal> for Error {
                     }
                 }
             }
+            Refusal::Blocked { wait } => Error::TooManyAuthFailures(wait),
             Refusal::LacksRole {
                 principal,
                 rpc,

@@ -105,11 +105,17 @@ impl KeyAuthorityApi {
                     // refused call writes nothing itself.
                     let peer =
                         crate::connections::remote_addr(&request).map(|a| a.ip().to_string());
-                    return Err(self.authority.note_auth_failure(
+                    let refusal = self.authority.note_auth_failure(
                         peer.as_deref(),
                         Some(request_id),
                         refused.into(),
-                    ));
+                    );
+                    // Guessing from many addresses at once: past the global ceiling every
+                    // failure waits before it is answered (bounded by --max-in-flight).
+                    if self.authority.auth_failures_over_ceiling() {
+                        tokio::time::sleep(keyauth_core::auth_failures::GLOBAL_DELAY).await;
+                    }
+                    return Err(refusal);
                 }
                 // Not counted as a failed operator call: an authenticated caller without the
                 // role, or GetCatalog answering with the verifier's refusal.

@@ -15,6 +15,9 @@
 //! A JWT not validated before is validated here, before the call goes on (the only admission
 //! that may wait: for the issuer's keys).
 //!
+//! An operator call from an address past `--operator-failure-limit` is refused before its
+//! credential is compared ([`Refusal::Blocked`]), until the address's window passes.
+//!
 //! Which credential each RPC needs is the contract's table (`keyauth_contract::rpc`).
 
 use std::future::Future;
@@ -23,7 +26,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use keyauth_contract::principal::Principal;
-use keyauth_contract::rpc::Rpc;
+use keyauth_contract::rpc::{Access, Rpc};
+use keyauth_core::Authority;
 use tonic::codegen::{Bytes, Service, http};
 use tonic::server::NamedService;
 use tower_layer::Layer;
@@ -47,14 +51,18 @@ pub(crate) fn rpc_of(path: &str) -> Option<&'static Rpc> {
 }
 
 /// Wraps the key authority service in a [`TokenGate`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TokenGateLayer {
     credentials: Credentials,
+    authority: Arc<Authority>,
 }
 
 impl TokenGateLayer {
-    pub fn new(credentials: Credentials) -> Self {
-        TokenGateLayer { credentials }
+    pub fn new(credentials: Credentials, authority: Arc<Authority>) -> Self {
+        TokenGateLayer {
+            credentials,
+            authority,
+        }
     }
 }
 
@@ -65,15 +73,24 @@ impl<S> Layer<S> for TokenGateLayer {
         TokenGate {
             inner,
             credentials: self.credentials.clone(),
+            authority: self.authority.clone(),
         }
     }
 }
 
 /// See the module docs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TokenGate<S> {
     inner: S,
     credentials: Credentials,
+    /// Knows which addresses are past the limit of refused operator calls.
+    authority: Arc<Authority>,
+}
+
+impl<S> std::fmt::Debug for TokenGate<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenGate").finish_non_exhaustive()
+    }
 }
 
 impl<S: NamedService> NamedService for TokenGate<S> {
@@ -139,6 +156,15 @@ where
         let Some(rpc) = rpc_of(request.uri().path()) else {
             return GateFuture::Now(self.inner.call(request));
         };
+        // An address past the limit of refused operator calls gets nothing compared until its
+        // window passes: guessing stops there, right token or not.
+        if rpc.access == Access::Operator
+            && let Some(wait) = crate::peer::remote_addr_in(request.extensions())
+                .and_then(|addr| self.authority.auth_blocked(&addr.ip().to_string()))
+        {
+            decide(&mut request, Err(Refusal::Blocked { wait }));
+            return GateFuture::Now(self.inner.call(request));
+        }
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)
