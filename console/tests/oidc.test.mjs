@@ -7,6 +7,7 @@
 //     (app-alpha only): she sees app-alpha and not app-beta;
 //   - bob's carries keys.read and keys.issue, no keys.revoke: no Revoke button anywhere, and
 //     a RevokeKey he makes himself over gRPC-Web is refused PERMISSION_DENIED;
+//   - carol's carries keys.verify only: every page says she cannot read it;
 //   - a credential keyauth stops accepting: the console says the session expired and offers to
 //     sign in again.
 
@@ -37,6 +38,14 @@ const users = {
       email: "bob@example.test",
       name: "Bob Support",
       keyauth_roles: ["keys.read", "keys.issue"],
+    },
+  },
+  carol: {
+    password: randomBytes(12).toString("hex"),
+    claims: {
+      email: "carol@example.test",
+      name: "Carol Gateway",
+      keyauth_roles: ["keys.verify"],
     },
   },
 };
@@ -112,7 +121,7 @@ async function signInAs(user) {
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("button", { name: "Allow" }).click();
   // Back at the console, signed in.
-  await page.getByRole("heading", { name: "Applications" }).waitFor();
+  await page.locator("header .who-am-i").getByText(users[user].claims.email).waitFor();
   const stored = await page.evaluate(() => ({ ...sessionStorage }));
   idTokens.push(stored["keyauth.operator-token"]);
   return { page, shot, stored };
@@ -222,9 +231,22 @@ test("bob, without keys.revoke, is offered no Revoke, and the API refuses his Re
   await page.context().close();
 });
 
+test("carol, with keys.verify only, is told that she cannot read the pages", async () => {
+  const { page, shot } = await signInAs("carol");
+  await page.getByText(/You cannot read the applications and their keys/).waitFor();
+  assert.equal(await page.getByRole("button", { name: "Create key" }).count(), 0);
+  assert.equal(await page.locator("table").count(), 0);
+  await page.getByRole("link", { name: "Audit trail" }).click();
+  await page.getByText(/You cannot read the audit trail/).waitFor();
+  await page.goto(`${keyauth.origin}/#/keys/${keys.alpha.id}`);
+  await page.getByText(new RegExp(`You cannot read key ${keys.alpha.id}`)).waitFor();
+  await shot("24-oidc-carol-cannot-read");
+  await page.context().close();
+});
+
 test("no console error, no CSP violation, no ID token in keyauth's log", () => {
   assert.deepEqual(problems, []);
-  assert.equal(idTokens.length, 2);
+  assert.equal(idTokens.length, 3);
   for (const idToken of idTokens) assert.ok(!keyauth.log().includes(idToken));
   assert.ok(!keyauth.log().includes(adminToken));
 });
