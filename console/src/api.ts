@@ -1,23 +1,43 @@
-// The key authority service over gRPC-Web, at the origin that served the page. The operator
-// token lives in sessionStorage only (gone when the tab closes; never in a URL, a cookie or
-// localStorage) and is sent as `authorization: Bearer …` on each call.
+// The key authority service over gRPC-Web, at the origin that served the page. The credential
+// (an operator token, or the ID token of a sign-in with OIDC) lives in sessionStorage only (gone
+// when the tab closes; never in a URL, a cookie or localStorage) and is sent as
+// `authorization: Bearer …` on each call. When keyauth stops accepting it (UNAUTHENTICATED: an
+// ID token past its expiry, a token removed), the console is told (`onCredentialRefused`).
 
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { KeyAuthorityService } from "./gen/keyauth/v1/keyauth_pb";
 
 const TOKEN = "keyauth.operator-token";
+/** The issuer the token came from, for a sign-in with OIDC; absent for an operator token. */
+const ISSUER = "keyauth.oidc-issuer";
 
 export function token(): string | null {
   return sessionStorage.getItem(TOKEN);
 }
 
-export function setToken(value: string): void {
+/** Keeps the credential: an operator token, or an ID token of `issuer`. */
+export function setToken(value: string, issuer: string | null = null): void {
   sessionStorage.setItem(TOKEN, value);
+  if (issuer === null) sessionStorage.removeItem(ISSUER);
+  else sessionStorage.setItem(ISSUER, issuer);
+}
+
+/** The issuer of the kept ID token; `null` for an operator token. */
+export function tokenIssuer(): string | null {
+  return sessionStorage.getItem(ISSUER);
 }
 
 export function forgetToken(): void {
   sessionStorage.removeItem(TOKEN);
+  sessionStorage.removeItem(ISSUER);
+}
+
+let credentialRefused: () => void = () => {};
+
+/** What to do when keyauth refuses the kept credential (UNAUTHENTICATED). */
+export function onCredentialRefused(handler: () => void): void {
+  credentialRefused = handler;
 }
 
 /** A request id of our own on each call, so an error can name its call even without an answer. */
@@ -27,7 +47,9 @@ export function newRequestId(): string {
 
 const headers: Interceptor = (next) => async (request) => {
   const bearer = token();
-  if (bearer !== null && !request.header.has("authorization")) {
+  // A call with an authorization of its own (a sign-in trying a token) is not the kept one's.
+  const kept = bearer !== null && !request.header.has("authorization");
+  if (kept) {
     request.header.set("authorization", `Bearer ${bearer}`);
   }
   if (!request.header.has("x-request-id")) {
@@ -40,6 +62,7 @@ const headers: Interceptor = (next) => async (request) => {
     if (!error.metadata.has("x-request-id")) {
       error.metadata.set("x-request-id", request.header.get("x-request-id") ?? "");
     }
+    if (kept && error.code === Code.Unauthenticated && token() === bearer) credentialRefused();
     throw error;
   }
 };

@@ -1,6 +1,7 @@
 // The pages: applications, one application's keys, one key, the audit trail. Each renders into
 // the element it is given; a page left before its answers arrive writes into a detached
-// element, harmlessly.
+// element, harmlessly. Controls exist only for the roles that allow them (`may`): create, roll
+// and permissions with keys.issue, revoke with keys.revoke; a page needing keys.read says so.
 
 import { create } from "@bufbuild/protobuf";
 import { FieldMaskSchema } from "@bufbuild/protobuf/wkt";
@@ -9,6 +10,7 @@ import { catalog, permissionGrid, permissionSummary } from "./catalog";
 import { createKey, revokeKey, rollKey } from "./dialogs";
 import { h, replace } from "./dom";
 import { type ErrorBox, errorBox } from "./errors";
+import { cannotRead, may } from "./session";
 import { EVENT_LABEL, STATE_LABEL, type Shown, environmentName, plural, shownState, stateBadge, time } from "./format";
 import {
   type ApiKey,
@@ -79,12 +81,26 @@ function counts(c: KeyCounts | undefined): string {
 
 export async function applicationsPage(root: HTMLElement): Promise<void> {
   const errors = errorBox();
+  const create = may("keys.issue")
+    ? h("button", {
+        type: "button",
+        class: "primary",
+        onclick: () =>
+          createKey(null, Environment.TEST, (key) => navigate(link.keys(key.applicationId, environmentName(key.environment)))).catch(errors.show),
+      }, "Create key")
+    : null;
+  const head = h("div", { class: "page-head" }, h("h1", {}, "Applications"), create);
+  if (!may("keys.read")) {
+    replace(root, head, errors.element, cannotRead("the applications and their keys"));
+    return;
+  }
   const body = h("tbody", {});
   const { button: next, load } = pager(async (pageToken) => {
     const answer = await api.listApplications({ pageSize: 50, pageToken });
     body.append(...answer.applications.map(row));
     if (body.children.length === 0) {
-      body.append(h("tr", {}, h("td", { colspan: 3 }, "No application has keys yet. Create the first key.")));
+      const none = may("keys.issue") ? "No application has keys yet. Create the first key." : "No application has keys yet.";
+      body.append(h("tr", {}, h("td", { colspan: 3 }, none)));
     }
     return answer.nextPageToken;
   }, errors);
@@ -98,17 +114,7 @@ export async function applicationsPage(root: HTMLElement): Promise<void> {
     );
   replace(
     root,
-    h(
-      "div",
-      { class: "page-head" },
-      h("h1", {}, "Applications"),
-      h("button", {
-        type: "button",
-        class: "primary",
-        onclick: () =>
-          createKey(null, Environment.TEST, (key) => navigate(link.keys(key.applicationId, environmentName(key.environment)))).catch(errors.show),
-      }, "Create key"),
-    ),
+    head,
     errors.element,
     h(
       "table",
@@ -157,9 +163,21 @@ export async function keysPage(root: HTMLElement, app: string, params: URLSearch
     shown.textContent = `${plural(body.children.length, "key")} shown${pageToken ? "; more below." : "."}`;
     return pageToken;
   }, errors);
-  const row = (key: ApiKey) => {
-    const over = key.state !== KeyState.ACTIVE;
-    return h(
+  const mayRoll = may("keys.issue");
+  const mayRevoke = may("keys.revoke");
+  const actions = (key: ApiKey) =>
+    h(
+      "div",
+      { class: "row-actions" },
+      mayRoll
+        ? h("button", { type: "button", disabled: key.state !== KeyState.ACTIVE || key.replacedByKeyId !== "", onclick: () => rollKey(key, refresh), "aria-label": `Roll key ${key.name}` }, "Roll key")
+        : null,
+      mayRevoke
+        ? h("button", { type: "button", class: "danger", disabled: key.state === KeyState.REVOKED, onclick: () => revokeKey(key, refresh), "aria-label": `Revoke key ${key.name}` }, "Revoke")
+        : null,
+    );
+  const row = (key: ApiKey) =>
+    h(
       "tr",
       { "data-key-id": key.id },
       h("th", { scope: "row" }, h("a", { href: link.key(key.id) }, key.name)),
@@ -169,18 +187,8 @@ export async function keysPage(root: HTMLElement, app: string, params: URLSearch
       h("td", {}, time(key.createTime)),
       h("td", {}, time(key.expireTime, "Never")),
       h("td", {}, time(key.lastUsedTime, "Never")),
-      h(
-        "td",
-        {},
-        h(
-          "div",
-          { class: "row-actions" },
-          h("button", { type: "button", disabled: over || key.replacedByKeyId !== "", onclick: () => rollKey(key, refresh), "aria-label": `Roll key ${key.name}` }, "Roll key"),
-          h("button", { type: "button", class: "danger", disabled: key.state === KeyState.REVOKED, onclick: () => revokeKey(key, refresh), "aria-label": `Revoke key ${key.name}` }, "Revoke"),
-        ),
-      ),
+      mayRoll || mayRevoke ? h("td", {}, actions(key)) : null,
     );
-  };
   const envSwitch = h(
     "div",
     { class: "switch", role: "group", "aria-label": "Environment" },
@@ -197,15 +205,25 @@ export async function keysPage(root: HTMLElement, app: string, params: URLSearch
     h("option", { value: "" }, "All states"),
     STATE_FILTERS.map((s) => h("option", { value: s, selected: s === stateFilter }, STATE_LABEL[s])),
   );
+  const crumbs = h("p", { class: "crumbs" }, h("a", { href: link.applications() }, "Applications"), " / ", app);
+  const head = h(
+    "div",
+    { class: "page-head" },
+    h("h1", {}, `API keys of ${app}`),
+    may("keys.issue")
+      ? h("button", { type: "button", class: "primary", onclick: () => createKey(app, environment, refresh).catch(errors.show) }, "Create key")
+      : null,
+  );
+  if (!may("keys.read")) {
+    replace(root, crumbs, head, errors.element, cannotRead(`the keys of ${app}`));
+    return;
+  }
+  const columns = ["Name", "Key", "State", "Type", "Created", "Expires", "Last used"];
+  if (mayRoll || mayRevoke) columns.push("Actions");
   replace(
     root,
-    h("p", { class: "crumbs" }, h("a", { href: link.applications() }, "Applications"), " / ", app),
-    h(
-      "div",
-      { class: "page-head" },
-      h("h1", {}, `API keys of ${app}`),
-      h("button", { type: "button", class: "primary", onclick: () => createKey(app, environment, refresh).catch(errors.show) }, "Create key"),
-    ),
+    crumbs,
+    head,
     h("div", { class: `toolbar env-banner-${env}` }, envSwitch, h("label", { for: "state-filter" }, "State "), filter),
     errors.element,
     h(
@@ -217,7 +235,7 @@ export async function keysPage(root: HTMLElement, app: string, params: URLSearch
         h(
           "tr",
           {},
-          ["Name", "Key", "State", "Type", "Created", "Expires", "Last used", "Actions"].map((c) => h("th", { scope: "col" }, c)),
+          columns.map((c) => h("th", { scope: "col" }, c)),
         ),
       ),
       body,
@@ -245,6 +263,10 @@ function who(event: KeyEvent): string {
 }
 
 export async function keyPage(root: HTMLElement, id: string): Promise<void> {
+  if (!may("keys.read")) {
+    replace(root, h("p", { class: "crumbs" }, h("a", { href: link.applications() }, "Applications")), cannotRead(`key ${id}`));
+    return;
+  }
   replace(root, loading());
   const errors = errorBox();
   let key: ApiKey;
@@ -275,7 +297,7 @@ export async function keyPage(root: HTMLElement, id: string): Promise<void> {
   const permissions = h("section", { "aria-labelledby": "perm-title" }, h("h2", { id: "perm-title" }, "Permissions"));
   if (!key.restricted) {
     permissions.append(h("p", {}, "A standard key: every permission of the catalog."));
-  } else if (key.state !== KeyState.ACTIVE) {
+  } else if (key.state !== KeyState.ACTIVE || !may("keys.issue")) {
     permissions.append(h("p", {}, permissionSummary(key.permissions)));
   } else {
     const saved = h("p", { role: "status", class: "saved" });
@@ -359,8 +381,12 @@ export async function keyPage(root: HTMLElement, id: string): Promise<void> {
       h(
         "div",
         { class: "row-actions" },
-        h("button", { type: "button", disabled: key.state !== KeyState.ACTIVE || key.replacedByKeyId !== "", onclick: () => rollKey(key, (k) => navigate(link.key(k.id))) }, "Roll key"),
-        h("button", { type: "button", class: "danger", disabled: key.state === KeyState.REVOKED, onclick: () => revokeKey(key, refresh) }, "Revoke"),
+        may("keys.issue")
+          ? h("button", { type: "button", disabled: key.state !== KeyState.ACTIVE || key.replacedByKeyId !== "", onclick: () => rollKey(key, (k) => navigate(link.key(k.id))) }, "Roll key")
+          : null,
+        may("keys.revoke")
+          ? h("button", { type: "button", class: "danger", disabled: key.state === KeyState.REVOKED, onclick: () => revokeKey(key, refresh) }, "Revoke")
+          : null,
       ),
     ),
     errors.element,
@@ -389,6 +415,10 @@ const EVENT_TYPES = [
 ];
 
 export async function auditPage(root: HTMLElement, params: URLSearchParams): Promise<void> {
+  if (!may("keys.read")) {
+    replace(root, h("div", { class: "page-head" }, h("h1", {}, "Audit trail")), cannotRead("the audit trail"));
+    return;
+  }
   const chosen = EVENT_TYPES.find((t) => KeyEventType[t].toLowerCase() === params.get("type")) ?? null;
   const errors = errorBox();
   const body = h("tbody", {});

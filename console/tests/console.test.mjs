@@ -3,120 +3,44 @@
 // a wrong token refused, sign in, create a restricted key and see its secret once, find it,
 // roll it with a 1 h grace and see both keys, revoke the old one, read the timeline, tighten
 // permissions, read the audit trail. Screenshots of each page go to test-results/ (ignored).
-//
-//   KEYAUTH_BIN   the keyauth binary (default: ../target/debug/keyauth)
-//   CHROMIUM      the browser (default: /usr/bin/chromium)
+// The sign-in with OIDC is oidc.test.mjs; what both share is harness.mjs.
 
 import assert from "node:assert/strict";
-import { spawn, execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
-import { fileURLToPath } from "node:url";
-import { chromium } from "playwright-core";
+import { openBrowser, shots, startKeyauth, verify as verifyAt } from "./harness.mjs";
 
-const here = dirname(fileURLToPath(import.meta.url));
-const keyauth = resolve(here, "..", process.env.KEYAUTH_BIN ?? "../target/debug/keyauth");
-const shots = resolve(here, "..", "test-results");
 const token = randomBytes(24).toString("hex");
-const work = mkdtempSync(join(tmpdir(), "keyauth-console-"));
-mkdirSync(shots, { recursive: true });
 
-let server;
-let serverLog = "";
+let keyauth;
 let origin;
-let grpcAddr;
 let browser;
 let page;
-const problems = [];
+let problems;
+let shot;
 
-/** Starts keyauth and resolves with its two addresses once it logs them. */
-function startServer() {
-  return new Promise((resolveStart, reject) => {
-    server = spawn(
-      keyauth,
-      [
-        "serve",
-        "--listen", "127.0.0.1:0",
-        "--http-listen", "127.0.0.1:0",
-        "--database", `sqlite://${join(work, "keyauth.db")}`,
-        // Refused sign-ins reach the audit trail within half a second.
-        "--usage-flush-interval", "500ms",
-      ],
-      { env: { ...process.env, KEYAUTH_ADMIN_TOKEN: token, RUST_LOG: "info", NO_COLOR: "1" } },
-    );
-    const timer = setTimeout(() => reject(new Error(`keyauth did not start:\n${serverLog}`)), 30_000);
-    server.stderr.on("data", (chunk) => {
-      serverLog += chunk;
-      const serving = /keyauth serving addr=(\S+) http_addr=(\S+)/.exec(serverLog);
-      if (serving && !origin) {
-        clearTimeout(timer);
-        grpcAddr = serving[1];
-        origin = `http://${serving[2]}`;
-        resolveStart();
-      }
-    });
-    server.on("exit", (code) => {
-      if (!origin) reject(new Error(`keyauth exited with ${code}:\n${serverLog}`));
-    });
-  });
-}
+const verify = (key, ...permissions) => verifyAt(keyauth, key, ...permissions);
 
-/** `keyauth verify` from the command line: the gRPC port's verdict on a key. */
-function verify(key, ...permissions) {
-  const args = ["verify", "--server", `http://${grpcAddr}`, "--json", "-"];
-  for (const p of permissions) args.push("--permission", p);
-  let out;
-  try {
-    out = execFileSync(keyauth, args, { input: `${key}\n` });
-  } catch (e) {
-    out = e.stdout; // an invalid key exits non-zero, with its verdict on stdout
-  }
-  return JSON.parse(out.toString());
-}
-
-async function shot(name) {
-  await page.screenshot({ path: join(shots, `${name}.png`), fullPage: true });
-}
-
-/** The row of the keys table whose key display starts like `redacted`'s prefix. */
+/** The row of the keys table of key `keyId`. */
 function rowOf(keyId) {
   return page.locator(`tr[data-key-id="${keyId}"]`);
 }
 
 before(async () => {
-  await startServer();
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox"],
+  keyauth = await startKeyauth({
+    // Refused sign-ins reach the audit trail within half a second.
+    args: ["--usage-flush-interval", "500ms"],
+    env: { KEYAUTH_ADMIN_TOKEN: token },
   });
-  const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
-  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin });
-  page = await context.newPage();
-  page.on("console", (message) => {
-    // The refused sign-in is an HTTP 200 gRPC-Web answer: the browser logs nothing for it.
-    if (message.type() === "error") problems.push(`console error: ${message.text()}`);
-  });
-  page.on("pageerror", (error) => problems.push(`page error: ${error.message}`));
-  page.on("response", (response) => {
-    if (response.status() >= 400) problems.push(`HTTP ${response.status()} for ${response.url()}`);
-  });
-  await page.addInitScript(() => {
-    document.addEventListener("securitypolicyviolation", (e) => {
-      console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI}`);
-    });
-  });
+  origin = keyauth.origin;
+  ({ browser, page, problems, shot } = await openBrowser(origin));
 });
 
 after(async () => {
   await browser?.close();
-  if (server && server.exitCode === null) {
-    server.kill("SIGTERM");
-    await new Promise((r) => server.on("exit", r));
-  }
-  rmSync(work, { recursive: true, force: true });
+  await keyauth?.stop();
 });
 
 let first; // { id, secret } of the key created
@@ -139,6 +63,10 @@ test("the operator signs in; the token is kept in sessionStorage only", async ()
   await page.getByLabel("Operator token").fill(token);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Applications" }).waitFor();
+  // The header says who is signed in: the admin token is the principal "admin", role admin.
+  const who = await page.locator("header .who-am-i").innerText();
+  assert.match(who, /Signed in as admin · admin/);
+  assert.doesNotMatch(who, / via /, "no issuer for a token");
   const stored = await page.evaluate(() => ({
     session: Object.values(sessionStorage),
     local: localStorage.length,
@@ -291,6 +219,7 @@ test("the audit trail: every event, and the type filter", async () => {
 
 test("no console error, no CSP violation, no secret in the server's log", () => {
   assert.deepEqual(problems, []);
+  const serverLog = keyauth.log();
   assert.ok(!serverLog.includes(first.secret) && !serverLog.includes(second.secret));
   assert.ok(!serverLog.includes(token));
   assert.ok(readFileSync(join(shots, "05-keys.png")).length > 1000);

@@ -3,7 +3,8 @@
 //!
 //! - the operator console (`console`): its page at `/`, and the key authority service itself
 //!   over gRPC-Web (tonic-web) at the same origin, so the browser makes the very RPCs every
-//!   other client makes, with the same operator token and the same limits;
+//!   other client makes, with the same operator token and the same limits; with
+//!   `--console-oidc-issuer`, the page also signs in with that OpenID provider ([`ConsoleOidc`]);
 //! - with `--github-scanning-keys`, `POST /v1/secret-scanning/github`, GitHub secret
 //!   scanning's partner alerts (`github`): leaked keys revoke themselves.
 //!
@@ -35,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+pub use console::{CONFIG_PATH, ConsoleOidc, ConsoleOidcError, content_security_policy};
 use github::AppState;
 pub use github::{
     BODIES_IN_FLIGHT, BODY_DEADLINE, GITHUB_PATH, GithubKeys, KEY_ID_HEADER, SIGNATURE_HEADER,
@@ -60,6 +62,9 @@ pub struct HttpOptions {
     pub github_keys: Option<Arc<GithubKeys>>,
     /// Whether the console and gRPC-Web are served.
     pub console: bool,
+    /// The console's "Sign in with …" (`--console-oidc-issuer`, `--console-oidc-client-id`);
+    /// `None`: token sign-in only.
+    pub console_oidc: Option<ConsoleOidc>,
 }
 
 /// The listener's routes: the webhook when GitHub's keys are given, the console and
@@ -89,7 +94,10 @@ fn router(
     }
     if let Some(grpc_web) = grpc_web {
         app = app
-            .merge(console::routes(options.tls.is_some()))
+            .merge(console::routes(
+                options.tls.is_some(),
+                options.console_oidc.as_ref(),
+            ))
             .merge(grpc_web);
     }
     let (status, message) = if uncertified {

@@ -267,6 +267,18 @@ pub struct ServeArgs {
     /// serves the webhook alone, e.g. when it faces the internet for GitHub).
     #[arg(long, env = "KEYAUTH_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
     pub console: bool,
+
+    /// The OpenID provider the console offers "Sign in with …" for (authorization code with
+    /// PKCE, in the browser): its issuer URL, https (http only to a loopback host). With
+    /// --console-oidc-client-id; it must be an `[[issuer]]` of --principals (whose `audience`
+    /// is the client id), since the console calls keyauth with the ID token it gets.
+    #[arg(long, env = "KEYAUTH_CONSOLE_OIDC_ISSUER")]
+    pub console_oidc_issuer: Option<String>,
+
+    /// The console's client id at --console-oidc-issuer (a public client: no secret, PKCE;
+    /// redirect URI: the console's origin followed by `/`).
+    #[arg(long, env = "KEYAUTH_CONSOLE_OIDC_CLIENT_ID")]
+    pub console_oidc_client_id: Option<String>,
 }
 /// The flags parsed as `keyauth serve` parses them, for the unit tests.
 #[cfg(test)]

@@ -86,13 +86,15 @@ impl ServeArgs {
             tls: tls.cloned(),
             github_keys,
             console: self.console,
+            console_oidc: self.console_oidc()?,
         }))
     }
 
     /// Every credential: the principals of --principals (KEYAUTH_PRINCIPALS_FILE) with the
     /// legacy tokens, re-read every --principals-reload-interval by a task spawned here, and
     /// the file's JWT issuers (their keys fetched now; a JWKS that cannot be fetched is logged
-    /// and its issuer starts with no keys). A file that does not load stops the start.
+    /// and its issuer starts with no keys). A file that does not load stops the start, and so
+    /// does a --console-oidc-issuer that is none of its issuers.
     pub async fn credentials(&self) -> Result<Credentials, SettingError> {
         const FILE: &str = "--principals (KEYAUTH_PRINCIPALS_FILE)";
         let legacy = LegacyTokens::new(
@@ -101,6 +103,9 @@ impl ServeArgs {
         );
         let principals =
             crate::principals::load(self.principals.as_deref(), &legacy).map_err(setting(FILE))?;
+        if let Some(oidc) = self.console_oidc()? {
+            super::console::check_issuer(&oidc, principals.issuers())?;
+        }
         let issuers: Vec<IssuerSettings> = principals.issuers().iter().map(Into::into).collect();
         let jwt = if issuers.is_empty() {
             None

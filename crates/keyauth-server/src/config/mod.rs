@@ -5,6 +5,7 @@
 //! - `args`: the flags themselves, and `--log-format`;
 //! - `store`: what the `Authority` is made of (store, catalog, hashing, cache, seal keys);
 //! - `listeners`: how to serve (the HTTP listener, tokens, ext_authz, background timings);
+//! - `console`: the console's sign-in with OIDC, and its issuer among the principals file's;
 //! - `limits`: the per-call and per-connection limits;
 //! - `tls`: the certificate, key and client CA;
 //! - `secret`: secrets and their pairs of flags; `duration`: durations as flags take them.
@@ -15,6 +16,7 @@
 //! source, they are held as [`Secret`]s, whose `Debug` is a redaction.
 
 mod args;
+mod console;
 mod duration;
 mod error;
 mod limits;

@@ -99,10 +99,13 @@ impl KeyAuthorityApi {
             let principal = match self.admitted(method, &mut request).await {
                 Ok(principal) => principal,
                 Err(refused)
-                    if access == Access::Operator && refused.is_failed_authentication() =>
+                    if matches!(access, Access::Operator | Access::Authenticated)
+                        && refused.is_failed_authentication() =>
                 {
                     // Counted in memory, written in aggregate by the housekeeping task: a
-                    // refused call writes nothing itself.
+                    // refused call writes nothing itself. GetPrincipal (any credential) counts
+                    // too: it is how the console signs in, and as good a place to guess a
+                    // token as any operator RPC.
                     let peer =
                         crate::connections::remote_addr(&request).map(|a| a.ip().to_string());
                     let refusal = self.authority.note_auth_failure(

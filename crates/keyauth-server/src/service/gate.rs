@@ -158,7 +158,7 @@ where
         };
         // An address past the limit of refused operator calls gets nothing compared until its
         // window passes: guessing stops there, right token or not.
-        if rpc.access == Access::Operator
+        if matches!(rpc.access, Access::Operator | Access::Authenticated)
             && let Some(wait) = crate::peer::remote_addr_in(request.extensions())
                 .and_then(|addr| self.authority.auth_blocked(&addr.ip().to_string()))
         {

@@ -526,3 +526,31 @@ async fn an_oversized_permission_list_is_refused_before_it_is_judged() {
     assert!(folded.valid, "{folded:?}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_tokens_sent_to_get_principal_count_towards_the_limit() {
+    use keyauth_proto as pb;
+    // GetPrincipal admits any credential: the console signs in with it, so a guess there is
+    // limited like a guess on any operator RPC.
+    let app = spawn(Backend::Sqlite).await.unwrap();
+    let limit = keyauth_core::auth_failures::AuthFailureSettings::DEFAULT_LIMIT as usize;
+    for i in 0..=limit {
+        let mut guess = tonic::Request::new(pb::GetPrincipalRequest {});
+        guess.metadata_mut().insert(
+            "authorization",
+            format!("Bearer guess-{i}").parse().unwrap(),
+        );
+        let refused = app.client.clone().get_principal(guess).await.unwrap_err();
+        let want = if i < limit {
+            Code::Unauthenticated
+        } else {
+            Code::ResourceExhausted
+        };
+        assert_eq!(refused.code(), want, "guess {i}: {refused:?}");
+    }
+    assert_eq!(
+        app.authority.flush_auth_failures().await.unwrap(),
+        limit as u64 + 1
+    );
+    app.stop().await;
+}

@@ -229,3 +229,162 @@ async fn with_console_off_the_listener_serves_the_webhook_alone() {
     assert_eq!(status, 401);
     app.stop().await;
 }
+
+/// A principals file naming the issuer `issuer` (audience `keyauth-console`, keys from a local
+/// JWKS file), in `dir`; returns its path.
+fn principals_with_issuer(dir: &std::path::Path, issuer: &str) -> String {
+    let jwks = dir.join("jwks.json");
+    std::fs::write(&jwks, r#"{"keys":[]}"#).unwrap();
+    let file = dir.join("principals.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[issuer]]\nissuer = {issuer:?}\naudience = \"keyauth-console\"\n\
+             jwks_file = {:?}\nroles_claim = \"keyauth_roles\"\n",
+            jwks.display().to_string()
+        ),
+    )
+    .unwrap();
+    file.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_learns_its_oidc_provider_and_may_fetch_from_it_only() {
+    use crate::helpers::process::ServerProcess;
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let issuer = "https://idp.example.com/realms/ops";
+    let principals = principals_with_issuer(dir.path(), issuer);
+    let server = ServerProcess::start(
+        &db,
+        &[
+            "--http-listen",
+            "127.0.0.1:0",
+            "--principals",
+            &principals,
+            "--console-oidc-issuer",
+            issuer,
+            "--console-oidc-client-id",
+            "keyauth-console",
+        ],
+    );
+    let addr: std::net::SocketAddr = server.http_addr().parse().unwrap();
+    let (status, headers, body) = http(addr, "GET", "/console/config.json", &[], vec![]).await;
+    assert_eq!(status, 200);
+    assert!(
+        headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json")
+    );
+    let config: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        config,
+        serde_json::json!({"oidc": {"issuer": issuer, "client_id": "keyauth-console"}})
+    );
+    // Every console answer: the same policy, which lets the page fetch from the issuer's
+    // origin (discovery, token endpoint) and nowhere else.
+    for path in ["/", "/console.js", "/console/config.json"] {
+        let (_, headers, _) = http(addr, "GET", path, &[], vec![]).await;
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("connect-src 'self' https://idp.example.com;"),
+            "{path}: {csp}"
+        );
+        assert!(csp.contains("script-src 'self';") && csp.contains("frame-ancestors 'none'"));
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+    }
+    drop(server);
+
+    // Without the flags: token sign-in only, and the policy's connect-src is this origin alone.
+    let plain = ServerProcess::start(&db, &["--http-listen", "127.0.0.1:0"]);
+    let addr: std::net::SocketAddr = plain.http_addr().parse().unwrap();
+    let (status, headers, body) = http(addr, "GET", "/console/config.json", &[], vec![]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({ "oidc": null })
+    );
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("connect-src 'self';"), "{csp}");
+}
+
+#[test]
+fn oidc_settings_that_cannot_work_stop_the_start() {
+    use crate::helpers::process::keyauth;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("k.db").display());
+    let issuer = "https://idp.example.com";
+    let principals = principals_with_issuer(dir.path(), issuer);
+    let other = tempfile::tempdir().unwrap();
+    let other_principals = principals_with_issuer(other.path(), "https://other.example.com");
+    let both = |issuer: &str, principals: Option<&str>| -> Vec<String> {
+        let mut args = vec![
+            "--console-oidc-issuer".to_owned(),
+            issuer.to_owned(),
+            "--console-oidc-client-id".to_owned(),
+            "keyauth-console".to_owned(),
+        ];
+        if let Some(file) = principals {
+            args.extend(["--principals".to_owned(), file.to_owned()]);
+        }
+        args
+    };
+    // (flags, environment, why the start is refused)
+    type Case<'a> = (Vec<String>, &'a [(&'a str, &'a str)], &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["--console-oidc-issuer".into(), issuer.into()],
+            &[],
+            "give both or neither",
+        ),
+        (
+            vec![],
+            &[("KEYAUTH_CONSOLE_OIDC_CLIENT_ID", "keyauth-console")],
+            "give both or neither",
+        ),
+        (
+            both(issuer, Some(&other_principals)),
+            &[],
+            "is not an [[issuer]] of the principals file",
+        ),
+        (
+            both(issuer, None),
+            &[],
+            "is not an [[issuer]] of the principals file",
+        ),
+        (
+            both("http://idp.example.com", Some(&principals)),
+            &[],
+            "must be https",
+        ),
+    ];
+    for (args, env, why) in cases {
+        let mut child = keyauth()
+            .args(["serve", "--database", &db, "--listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(&args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A setting that is not refused starts a server: fail instead of waiting for it.
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                child.kill().unwrap();
+                panic!("{args:?}: the server started instead of refusing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--console-oidc-"), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+}

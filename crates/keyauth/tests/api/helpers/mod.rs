@@ -438,6 +438,7 @@ pub async fn spawn_on(db: TestDb, options: Options) -> TestApp {
                     .as_deref()
                     .map(|keys| Arc::new(GithubKeys::load(keys).expect("GitHub keys file"))),
                 console: options.console,
+                console_oidc: None,
             }
         }),
         watch: options.watch.clone(),
