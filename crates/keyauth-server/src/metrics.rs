@@ -57,7 +57,7 @@ pub const PRINCIPALS_RELOADS: &str = "keyauth_principals_reloads_total";
 pub const EXPOSURES: &str = "keyauth_exposures_total";
 /// Keys revoked because they were reported as leaked, by `channel`.
 pub const EXPOSURE_REVOCATIONS: &str = "keyauth_exposure_revocations_total";
-/// Webhook requests answered 503 because [`crate::http::BODIES_IN_FLIGHT`] bodies were being
+/// Webhook requests answered 503 because the most bodies the webhook reads at once were being
 /// read already.
 pub const WEBHOOK_BUSY: &str = "keyauth_webhook_busy_total";
 /// The `channel` label of reports from GitHub secret scanning.
