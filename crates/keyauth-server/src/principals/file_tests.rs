@@ -310,3 +310,20 @@ fn a_syntax_error_has_its_line_too() {
     let e = error("[[principal]]\nname = \"p\"\nroles = [\"admin\"\n");
     assert!(e.line.is_some_and(|l| l >= 3), "{e}");
 }
+
+/// The cluster example of `deploy/kubernetes` loads as written (#22: the portal backend's
+/// service-account token, the console's identity provider, an auditor).
+#[test]
+fn the_deploy_example_loads() {
+    let file = parse(include_str!(
+        "../../../../deploy/kubernetes/principals.example.toml"
+    ))
+    .expect("deploy/kubernetes/principals.example.toml loads");
+    let cluster = &file.issuers[0];
+    let backend = cluster
+        .subject("system:serviceaccount:portal:backend")
+        .expect("the portal backend's subject");
+    assert!(backend.roles.contains(Role::Revoke));
+    assert!(!backend.roles.contains(Role::Admin));
+    assert_eq!(file.issuers.len(), 2);
+}
