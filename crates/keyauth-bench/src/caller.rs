@@ -44,7 +44,7 @@ pub struct CallerSettings {
 
 async fn start_server(database: &str, admin: &str) -> Result<Running> {
     let store = store::connect(database, &StoreOptions::default()).await?;
-    let authority = server::authority(store, AuthoritySettings::default(), Clock::System).await?;
+    let authority = server::authority(store, AuthoritySettings::default(), Clock::system()).await?;
     let options = ServeOptions {
         shutdown_grace: Duration::from_secs(5),
         credentials: Credentials::from_tokens(Some(admin), None)?,

@@ -81,7 +81,7 @@ pub async fn memory_phase(keys: usize, cores: usize, hash: HashParams) -> Result
         catalog: catalog.clone(),
         ..AuthoritySettings::default()
     };
-    let authority = server::authority(store, settings, Clock::System).await?;
+    let authority = server::authority(store, settings, Clock::system()).await?;
     let application = ApplicationId::parse(APPLICATION, "application_id")?;
     let before = MemorySample::read()?;
 

@@ -76,7 +76,7 @@ impl BenchServer {
                     seal_key: Some(Arc::new(SealKey::parse(&SealKey::generate_hex()?)?)),
                     ..AuthoritySettings::default()
                 };
-                let authority = server::authority(store, settings, Clock::System).await?;
+                let authority = server::authority(store, settings, Clock::system()).await?;
                 let options = ServeOptions {
                     shutdown_grace: Duration::from_secs(5),
                     credentials: Credentials::from_tokens(Some(&admin_token), None)?,

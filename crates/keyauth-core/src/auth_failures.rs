@@ -116,7 +116,15 @@ impl AuthFailures {
 
     /// Counts a refused call of `peer` at `now`; `Some(wait)` when that peer is past the
     /// limit (answer RESOURCE_EXHAUSTED, retry after `wait`).
-    pub fn note(&self, peer: &str, request_id: Option<&str>, now: Timestamp) -> Option<Duration> {
+    /// `at` is the wall-clock time (kept in the row), `now` the steady reading the windows are
+    /// measured on (see `clock`).
+    pub fn note(
+        &self,
+        peer: &str,
+        request_id: Option<&str>,
+        at: Timestamp,
+        now: Timestamp,
+    ) -> Option<Duration> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if now < state.global_start || now.since(state.global_start) >= self.settings.window {
             state.global_start = now;
@@ -126,7 +134,7 @@ impl AuthFailures {
         let tracked = state.peers.len() < self.settings.max_peers || state.peers.contains_key(peer);
         if !tracked {
             state.untracked += 1;
-            state.untracked_at = now;
+            state.untracked_at = at;
             return None;
         }
         let window = self.settings.window;
@@ -135,7 +143,7 @@ impl AuthFailures {
             in_window: 0,
             unwritten: 0,
             last_request_id: None,
-            last_at: now,
+            last_at: at,
         });
         if now < entry.window_start || now.since(entry.window_start) >= window {
             entry.window_start = now;
@@ -143,7 +151,7 @@ impl AuthFailures {
         }
         entry.in_window = entry.in_window.saturating_add(1);
         entry.unwritten += 1;
-        entry.last_at = now;
+        entry.last_at = at;
         // Request ids are bounded (128 printable characters) by the server before they get here.
         entry.last_request_id = request_id.map(str::to_owned);
         (entry.in_window > self.settings.limit)
@@ -246,14 +254,14 @@ mod tests {
         let t0 = Timestamp::from_micros(1_000_000);
         assert_eq!(f.blocked("a", t0), None);
         for _ in 0..3 {
-            f.note("a", None, t0);
+            f.note("a", None, t0, t0);
         }
         let wait = f.blocked("a", t0).expect("past the limit");
         assert_eq!(wait, Duration::from_secs(60));
         assert_eq!(f.blocked("a", t0), Some(wait), "asking counts nothing");
         assert_eq!(f.blocked("b", t0), None, "per address");
         assert!(!f.over_global_ceiling(t0), "3 failures: at the ceiling");
-        f.note("b", None, t0);
+        f.note("b", None, t0, t0);
         assert!(f.over_global_ceiling(t0), "4 over all addresses");
         let later = t0.saturating_add(Duration::from_secs(60));
         assert_eq!(f.blocked("a", later), None, "the window passed");
@@ -278,14 +286,22 @@ mod tests {
     fn past_the_limit_a_peer_is_told_to_wait_until_its_window_ends() {
         let f = AuthFailures::new(settings());
         for _ in 0..3 {
-            assert_eq!(f.note("10.0.0.1", None, secs(100)), None);
+            assert_eq!(f.note("10.0.0.1", None, secs(100), secs(100)), None);
         }
         assert_eq!(
-            f.note("10.0.0.1", None, secs(110)),
+            f.note("10.0.0.1", None, secs(110), secs(110)),
             Some(Duration::from_secs(50))
         );
-        assert_eq!(f.note("10.0.0.2", None, secs(110)), None, "per peer");
-        assert_eq!(f.note("10.0.0.1", None, secs(160)), None, "a new window");
+        assert_eq!(
+            f.note("10.0.0.2", None, secs(110), secs(110)),
+            None,
+            "per peer"
+        );
+        assert_eq!(
+            f.note("10.0.0.1", None, secs(160), secs(160)),
+            None,
+            "a new window"
+        );
     }
 
     #[test]
@@ -293,11 +309,16 @@ mod tests {
         let f = AuthFailures::new(settings());
         for (peer, n) in [("a", 5), ("b", 3), ("c", 2), ("d", 1)] {
             for i in 0..n {
-                f.note(peer, Some(&format!("req-{peer}-{i}")), secs(10 + i));
+                f.note(
+                    peer,
+                    Some(&format!("req-{peer}-{i}")),
+                    secs(10 + i),
+                    secs(10 + i),
+                );
             }
         }
         // A fifth peer is past max_peers: counted with the others.
-        f.note("e", None, secs(20));
+        f.note("e", None, secs(20), secs(20));
         let rows = f.take(secs(30));
         assert_eq!(rows.len(), 3, "{rows:?}");
         assert_eq!(

@@ -44,7 +44,7 @@ pub(crate) async fn authority(dir: &tempfile::TempDir) -> Arc<Authority> {
         .await
         .unwrap();
     let settings = crate::server::AuthoritySettings::default();
-    crate::server::authority(store, settings, keyauth_core::clock::Clock::System)
+    crate::server::authority(store, settings, keyauth_core::clock::Clock::system())
         .await
         .unwrap()
 }

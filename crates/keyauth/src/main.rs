@@ -127,7 +127,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let authority = match server::authority(store, settings, Clock::System).await {
+    let authority = match server::authority(store, settings, Clock::system()).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("keyauth: cannot initialise the key authority: {e}");

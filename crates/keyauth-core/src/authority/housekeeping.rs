@@ -35,13 +35,14 @@ impl Authority {
     /// `Some(wait)` when `peer` is past the limit of refused operator calls: its calls are
     /// refused without their credential being compared until `wait` has passed.
     pub fn auth_blocked(&self, peer: &str) -> Option<std::time::Duration> {
-        self.auth_failures.blocked(peer, self.now())
+        self.auth_failures.blocked(peer, self.clock.steady_now())
     }
 
     /// Whether refused operator calls over all peers are past the global ceiling: a refusal
     /// is then answered only after [`crate::auth_failures::GLOBAL_DELAY`].
     pub fn auth_failures_over_ceiling(&self) -> bool {
-        self.auth_failures.over_global_ceiling(self.now())
+        self.auth_failures
+            .over_global_ceiling(self.clock.steady_now())
     }
 
     pub fn note_auth_failure(
@@ -50,10 +51,12 @@ impl Authority {
         request_id: Option<&str>,
         refusal: Error,
     ) -> Error {
-        match self
-            .auth_failures
-            .note(peer.unwrap_or("unknown"), request_id, self.now())
-        {
+        match self.auth_failures.note(
+            peer.unwrap_or("unknown"),
+            request_id,
+            self.now(),
+            self.clock.steady_now(),
+        ) {
             Some(wait) => Error::TooManyAuthFailures(wait),
             None => refusal,
         }
@@ -62,7 +65,7 @@ impl Authority {
     /// Writes the refused operator calls counted since the last flush: one row per peer
     /// (the loudest few; the rest in one row). Returns the calls written.
     pub async fn flush_auth_failures(&self) -> Result<u64, Error> {
-        let rows = self.auth_failures.take(self.now());
+        let rows = self.auth_failures.take(self.clock.steady_now());
         if rows.is_empty() {
             return Ok(0);
         }
@@ -87,7 +90,7 @@ impl Authority {
 
     /// Deletes idempotency records past their time.
     pub async fn purge_idempotency(&self) -> Result<u64, Error> {
-        self.store.purge_idempotency(self.now()).await
+        self.store.purge_idempotency(self.idempotency_now()).await
     }
 
     /// Writes pending last-use times to the store in one batch.

@@ -69,7 +69,7 @@ impl Authority {
     pub async fn replay(&self, idem: &Idempotency<'_>) -> Result<Option<Replay>, Error> {
         let Some(record) = self
             .store
-            .idempotency_record(idem.operator, idem.key.as_str(), self.now())
+            .idempotency_record(idem.operator, idem.key.as_str(), self.idempotency_now())
             .await?
         else {
             return Ok(None);

@@ -203,8 +203,19 @@ impl Authority {
         self.clock.now()
     }
 
+    /// The time idempotency records are judged at: the earlier of the wall clock and the
+    /// steady one, so that a forward jump of the wall clock cannot age out a record a retry is
+    /// about to replay (it would run the call again), and a backward one only keeps records
+    /// longer.
+    fn idempotency_now(&self) -> Timestamp {
+        self.clock.now().min(self.clock.steady_now())
+    }
+
     /// The store answered just now (called by the change follower).
     pub fn note_store_contact(&self) {
         self.contact.note();
     }
 }
+
+#[cfg(test)]
+mod clock_tests;

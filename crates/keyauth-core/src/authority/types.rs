@@ -94,7 +94,10 @@ pub enum FromMemory {
 #[derive(Debug)]
 pub struct Waiting {
     pub(super) pending: Pending,
+    /// Wall-clock time, for the verdict.
     pub(super) now: Timestamp,
+    /// Steady time, for the caches' ages (see `clock`).
+    pub(super) steady: Timestamp,
 }
 
 #[derive(Debug)]

@@ -43,14 +43,17 @@ impl Authority {
         };
         let id = KeyIdText::of(&key);
         let digest = key.digest();
+        // The verdict is judged at wall-clock time; the caches' ages are measured on the steady
+        // clock, which no jump of the wall clock moves.
         let now = self.now();
+        let steady = self.clock.steady_now();
         let pending = match self.cache.lookup(id.as_str(), &digest) {
             // Past the staleness limit nothing is answered from memory.
             Lookup::Proven(_) | Lookup::WrongSecret if self.cut_off() => {
                 return FromMemory::Answered(Err(Error::StoreUnreachable));
             }
             Lookup::WrongSecret => return FromMemory::Answered(Ok(Verdict::unauthenticated())),
-            Lookup::Proven(p) if self.cache.is_fresh(&p, now) => {
+            Lookup::Proven(p) if self.cache.is_fresh(&p, steady) => {
                 return FromMemory::Answered(Ok(self.judged(&p, now, required)));
             }
             Lookup::Proven(stale) => Pending::Refresh(stale),
@@ -58,14 +61,18 @@ impl Authority {
                 // An id no key has: refused from memory, unless it may be a key another
                 // instance just made (a few such reads a second).
                 let key = key.to_owned();
-                if !self.key_filter.may_contain(&key.id()) && !self.probes.take(now) {
+                if !self.key_filter.may_contain(&key.id()) && !self.probes.take(steady) {
                     metrics::counter!(crate::metrics::KEY_FILTER_REFUSALS).increment(1);
                     return FromMemory::Answered(Ok(Verdict::unauthenticated()));
                 }
                 Pending::Prove(key)
             }
         };
-        FromMemory::Wait(Waiting { pending, now })
+        FromMemory::Wait(Waiting {
+            pending,
+            now,
+            steady,
+        })
     }
 
     /// The rest of a Verify that memory could not answer: the stale record re-read, or the
@@ -76,10 +83,14 @@ impl Authority {
         required: &[(String, String)],
         deadline: Option<Instant>,
     ) -> Result<Verdict, Error> {
-        let Waiting { pending, now } = waiting;
+        let Waiting {
+            pending,
+            now,
+            steady,
+        } = waiting;
         let proven = match pending {
-            Pending::Refresh(stale) => within(deadline, self.refresh(&stale, now)).await?,
-            Pending::Prove(key) => within(deadline, self.prove(&key, now, deadline)).await?,
+            Pending::Refresh(stale) => within(deadline, self.refresh(&stale, steady)).await?,
+            Pending::Prove(key) => within(deadline, self.prove(&key, steady, deadline)).await?,
         };
         Ok(match proven {
             Some(p) => self.judged(&p, now, required),
@@ -97,7 +108,8 @@ impl Authority {
     }
 
     /// Cold path: one indexed read, argon2id, then cache; one at a time per key id, so
-    /// concurrent first calls with one key run argon2 once.
+    /// concurrent first calls with one key run argon2 once. `now`: the steady reading (the
+    /// caches' ages and windows).
     async fn prove(
         &self,
         key: &PresentedKey,
@@ -173,7 +185,7 @@ impl Authority {
     }
 
     /// Re-reads a proven key's record once its cached copy is older than the TTL; one read
-    /// per key id at a time (concurrent callers use what it read).
+    /// per key id at a time (concurrent callers use what it read). `now`: the steady reading.
     async fn refresh(&self, stale: &Proven, now: Timestamp) -> Result<Option<Arc<Proven>>, Error> {
         let id = &stale.record.id;
         let _flight = self.flights.join(id).await;
