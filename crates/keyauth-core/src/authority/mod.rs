@@ -219,3 +219,5 @@ impl Authority {
 
 #[cfg(test)]
 mod clock_tests;
+#[cfg(test)]
+mod model_tests;

@@ -85,6 +85,43 @@ impl TestDb {
         }
     }
 
+    /// Everything the store holds, as text: the SQLite files (database and write-ahead log),
+    /// or every row of every table of the PostgreSQL database.
+    pub async fn dump(&self) -> String {
+        use sqlx::Connection;
+        match self {
+            TestDb::Sqlite { dir } => ["keyauth.db", "keyauth.db-wal"]
+                .iter()
+                .map(|f| {
+                    String::from_utf8_lossy(&std::fs::read(dir.join(f)).unwrap_or_default())
+                        .into_owned()
+                })
+                .collect(),
+            TestDb::Postgres { .. } => {
+                let mut conn = sqlx::PgConnection::connect(&self.url())
+                    .await
+                    .expect("connect");
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("tables");
+                let mut out = String::new();
+                for table in tables {
+                    let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT t::text FROM {table} t"
+                    )))
+                    .fetch_all(&mut conn)
+                    .await
+                    .expect("rows");
+                    out.push_str(&rows.join("\n"));
+                }
+                out
+            }
+        }
+    }
+
     /// The store on this database, migrated.
     pub async fn store(&self) -> Arc<dyn Store> {
         store::connect(&self.url(), &StoreOptions::default())
@@ -200,25 +237,39 @@ pub async fn authority_with(kind: StoreKind, cache: CacheSettings) -> Option<Tes
     let db = TestDb::create(kind).await?;
     let store = db.store().await;
     let clock = Clock::manual(START);
-    let hasher = Hasher::new(CHEAP_HASH, 2, 64).expect("argon2 parameters");
-    let seal = SealKey::parse(&"5e".repeat(32)).expect("seal key");
-    let authority = Authority::new(
-        store.clone(),
-        hasher,
-        Catalog::built_in(),
-        clock.clone(),
-        cache,
-    )
-    .await
-    .expect("authority")
-    .with_idempotency(Sealer::new(Some(&seal)), DEFAULT_IDEMPOTENCY_TTL)
-    .with_check_keys(CheckKeys::new(Some(&seal), None));
+    let authority = assemble(store.clone(), clock.clone(), cache).await;
     Some(TestAuthority {
         authority: Arc::new(authority),
         clock,
         store,
         db,
     })
+}
+
+/// The tests' authority over `store`: cheap argon2, the built-in catalog, a seal key.
+async fn assemble(store: Arc<dyn Store>, clock: Clock, cache: CacheSettings) -> Authority {
+    let hasher = Hasher::new(CHEAP_HASH, 2, 64).expect("argon2 parameters");
+    let seal = SealKey::parse(&"5e".repeat(32)).expect("seal key");
+    Authority::new(store, hasher, Catalog::built_in(), clock, cache)
+        .await
+        .expect("authority")
+        .with_idempotency(Sealer::new(Some(&seal)), DEFAULT_IDEMPOTENCY_TTL)
+        .with_check_keys(CheckKeys::new(Some(&seal), None))
+}
+
+impl TestAuthority {
+    /// A restart: a new authority (empty caches, the key filter read again) over the same
+    /// store and clock.
+    pub async fn restart(&mut self) {
+        self.authority = Arc::new(
+            assemble(
+                self.store.clone(),
+                self.clock.clone(),
+                CacheSettings::default(),
+            )
+            .await,
+        );
+    }
 }
 
 /// Who the tests' changes are made by.
