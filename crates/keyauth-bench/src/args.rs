@@ -88,6 +88,11 @@ pub struct Args {
     #[arg(long, value_parser = parse_seconds, conflicts_with_all = ["rss", "caller", "count_calls", "serve_rss_keys"])]
     pub soak: Option<f64>,
 
+    /// The security review's figures (F2, F6, F7; `attack.rs`), the flood of wrong secrets
+    /// lasting this many seconds.
+    #[arg(long, value_parser = parse_seconds, conflicts_with_all = ["rss", "caller", "count_calls", "serve_rss_keys", "soak"])]
+    pub attack: Option<f64>,
+
     /// The workload `--count-calls` sends: health, verify, check or bad-checksum.
     #[arg(long, default_value = "verify", requires = "count_calls")]
     pub count_workload: String,

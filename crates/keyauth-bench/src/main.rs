@@ -39,7 +39,8 @@
 //! verifying N keys with the default argon2id parameters. `--soak SECONDS` runs that real
 //! server under a mixed load of every RPC (garbage and refused calls included) and prints its
 //! VmRSS as it goes (`soak.rs`). `--caller` measures what a service using keyauth-client pays
-//! (`caller.rs`).
+//! (`caller.rs`). `--attack SECONDS` prints the security review's figures for F2, F6 and F7
+//! (`attack.rs`).
 //!
 //! Modules, each importing only from those listed before it (no cycles):
 //!
@@ -50,7 +51,7 @@
 //!   `argon2_cost`, `cpu` (server CPU per call), `report` (table, terminal, JSON);
 //! - `args` (the flags);
 //! - one module per mode: `load_bench` (the default), `count_calls`, `serve_rss`, `soak`,
-//!   `caller`;
+//!   `caller`, `attack`;
 //! - `main.rs`: parses the flags and runs the mode they name.
 
 use std::process::ExitCode;
@@ -62,6 +63,7 @@ use crate::error::Result;
 
 mod argon2_cost;
 mod args;
+mod attack;
 mod caller;
 mod count_calls;
 mod cpu;
@@ -133,6 +135,9 @@ async fn run(args: Args) -> Result<()> {
     }
     if let Some(keys) = args.serve_rss_keys {
         return serve_rss::run(keys as usize, cores).await;
+    }
+    if let Some(seconds) = args.attack {
+        return attack::run(seconds, cores).await;
     }
     if let Some(seconds) = args.soak {
         return soak::run(seconds, args.concurrency as usize, cores).await;

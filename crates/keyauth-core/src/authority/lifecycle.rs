@@ -13,6 +13,7 @@ use crate::model::{KeyId, KeyRecord, KeyState, REASON_MAX, check_text};
 use crate::store::{
     Exposed, Exposure, IdempotentWrite, KeyUpdate, Provenance, Rolled, Successor, Updated,
 };
+use keyauth_contract::principal::Scope;
 
 impl Authority {
     /// Generates a key and the record that stores it (hash only).
@@ -274,6 +275,20 @@ impl Authority {
         exposure: Exposure<'_>,
         who: &Provenance,
     ) -> Result<Vec<ExposureOutcome>, Error> {
+        self.report_exposed_in(presented, exposure, who, &Scope::everything())
+            .await
+    }
+
+    /// [`Authority::report_exposed`] by a principal limited to `scope`: a key outside it is
+    /// left alone and answered as not ours ([`ExposureOutcome::Unknown`]), so a scoped
+    /// principal can neither revoke nor learn of another application's key.
+    pub async fn report_exposed_in(
+        &self,
+        presented: &[impl AsRef<str>],
+        exposure: Exposure<'_>,
+        who: &Provenance,
+        scope: &Scope,
+    ) -> Result<Vec<ExposureOutcome>, Error> {
         if presented.is_empty() {
             return Err(Error::invalid("keys", "at least one key is required"));
         }
@@ -298,7 +313,7 @@ impl Authority {
                 outcomes.push(ExposureOutcome::NotAKey);
                 continue;
             };
-            outcomes.push(self.expose(&key, &reason, exposure, who).await?);
+            outcomes.push(self.expose(&key, &reason, exposure, who, scope).await?);
         }
         Ok(outcomes)
     }
@@ -312,6 +327,7 @@ impl Authority {
         reason: &str,
         exposure: Exposure<'_>,
         who: &Provenance,
+        scope: &Scope,
     ) -> Result<ExposureOutcome, Error> {
         let id = key.id();
         let unknown = || ExposureOutcome::Unknown {
@@ -325,13 +341,14 @@ impl Authority {
             .checks
             .judge(record.secret_check.as_deref(), key.secret());
         if record.environment != key.environment()
+            || !scope.has(record.application_id.as_str(), record.environment.as_str())
             || checked == Check::Mismatch
             || !self
                 .hasher
                 .verify(key.secret(), &record.secret_hash, None)
                 .await?
         {
-            tracing::info!(key_id = %id, source = exposure.source, "reported key does not match the stored secret: left alone");
+            tracing::info!(key_id = %id, source = exposure.source, "reported key is not one this caller may revoke (another secret, environment or scope): left alone");
             return Ok(unknown());
         }
         let now = self.now();

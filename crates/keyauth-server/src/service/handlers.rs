@@ -403,7 +403,12 @@ impl KeyAuthorityService for KeyAuthorityApi {
             };
             let outcomes = self
                 .authority
-                .report_exposed(&req.keys, exposure, &call.provenance)
+                .report_exposed_in(
+                    &req.keys,
+                    exposure,
+                    &call.provenance,
+                    &crate::service::scope::of(&call),
+                )
                 .await?;
             crate::metrics::exposures(crate::metrics::EXPOSURE_RPC, &outcomes);
             Ok(pb::ReportExposedKeysResponse {

@@ -13,7 +13,66 @@ both_stores!(
     roles_admit_and_refuse_each_kind_of_rpc,
     scope_limits_keys_and_applications_whether_or_not_they_exist,
     get_principal_and_the_audit_actor_name_who_acted,
+    a_scoped_report_of_leaked_keys_revokes_only_keys_in_scope,
 );
+
+/// ReportExposedKeys by a principal limited to `app_lab_*` (test): a key in scope is revoked;
+/// one of another application, or of the live environment, is left alone and answered UNKNOWN
+/// (as a key not ours), its secret right or not.
+async fn a_scoped_report_of_leaked_keys_revokes_only_keys_in_scope(backend: Backend) {
+    let Some(app) = spawn_with_principals(backend).await else {
+        return;
+    };
+    let (_, mine) = app
+        .issue(standard("app_lab_7", pb::Environment::Test))
+        .await
+        .unwrap();
+    let (_, live) = app
+        .issue(standard("app_lab_7", pb::Environment::Live))
+        .await
+        .unwrap();
+    let (_, other) = app
+        .issue(standard("app_billing", pb::Environment::Test))
+        .await
+        .unwrap();
+    let answer = app
+        .client
+        .clone()
+        .report_exposed_keys(as_(
+            LAB,
+            pb::ReportExposedKeysRequest {
+                keys: vec![mine.clone(), live.clone(), other.clone()],
+                source: "lab-scanner".into(),
+                url: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let outcomes: Vec<i32> = answer.results.iter().map(|r| r.outcome).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            pb::ExposureOutcome::Revoked as i32,
+            pb::ExposureOutcome::Unknown as i32,
+            pb::ExposureOutcome::Unknown as i32,
+        ]
+    );
+    assert!(answer.results[1].application_id.is_empty());
+    assert_eq!(
+        error_code(&app.verify(&mine).await),
+        Some("api_key_revoked")
+    );
+    assert!(
+        app.verify(&live).await.valid,
+        "another environment: left alone"
+    );
+    assert!(
+        app.verify(&other).await.valid,
+        "another application: left alone"
+    );
+    app.stop().await;
+}
 
 const READER: &str = "reader-token-of-the-principals-tests-0001";
 const LAB: &str = "lab-portal-token-of-the-principals-tests-02";
