@@ -38,6 +38,7 @@ use tokio_stream::Stream;
 use tonic::transport::server::Connected;
 
 use crate::limits::Limits;
+use crate::peer::ClientCert;
 pub use crate::peer::{PeerInfo, note_request, remote_addr};
 use crate::tls;
 
@@ -204,7 +205,13 @@ impl Conn {
     fn ready_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Ready<'_>>> {
         if let Io::Handshaking(accept) = &mut self.io {
             match ready!(Pin::new(&mut **accept).poll(cx)) {
-                Ok(stream) => self.io = Io::Tls(Box::new(stream)),
+                Ok(stream) => {
+                    if let Some(cert) = ClientCert::of_chain(stream.get_ref().1.peer_certificates())
+                    {
+                        self.info.set_client_cert(cert);
+                    }
+                    self.io = Io::Tls(Box::new(stream));
+                }
                 Err(e) => {
                     tracing::debug!(remote = ?self.info.remote, error = %e, "TLS handshake failed");
                     self.io = Io::Failed;

@@ -188,7 +188,11 @@ impl Authorization for ExtAuthzApi {
             // Guarded as Verify is: by a credential with `keys.verify`, once one exists.
             let verify = keyauth_contract::rpc::find("Verify").expect("Verify is an RPC");
             self.credentials
-                .admit(verify, call::authorization(&request))
+                .admit(
+                    verify,
+                    call::authorization(&request),
+                    crate::peer::peer_info(request.extensions()).and_then(|p| p.client_cert()),
+                )
                 .await
                 .map_err(Error::from)?;
             let deadline = call::deadline(request.metadata().as_ref());

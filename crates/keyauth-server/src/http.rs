@@ -192,10 +192,12 @@ pub(crate) async fn serve(
         let _ = tcp.set_nodelay(true);
         // The peer for the webhook's audit rows, and as the gRPC port's connections give it
         // to the service (gRPC-Web calls record it like any other operator call).
+        // Shared with the calls: the TLS handshake below records the client certificate in it.
+        let info = crate::peer::PeerInfo::detached(peer);
         let layered = |app: &Router| {
             app.clone()
                 .layer(axum::Extension(Peer(peer)))
-                .layer(axum::Extension(crate::peer::PeerInfo::detached(peer)))
+                .layer(axum::Extension(info.clone()))
         };
         let app = layered(&app);
         let uncertified = uncertified.as_ref().map(layered);
@@ -209,11 +211,11 @@ pub(crate) async fn serve(
                 Some(tls) => match tokio::time::timeout(HEAD_TIMEOUT, tls.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         // A certificate given was checked against the CA in the handshake.
-                        let certified = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|chain| !chain.is_empty());
+                        let chain = stream.get_ref().1.peer_certificates();
+                        let certified = chain.is_some_and(|chain| !chain.is_empty());
+                        if let Some(cert) = crate::peer::ClientCert::of_chain(chain) {
+                            info.set_client_cert(cert);
+                        }
                         let app = match uncertified {
                             Some(webhook_only) if !certified => webhook_only,
                             _ => app,

@@ -12,6 +12,52 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Debug, Default)]
 pub struct ConnState {
     requested: AtomicBool,
+    /// The client certificate the TLS handshake verified, if any.
+    client: std::sync::OnceLock<ClientCert>,
+}
+
+/// What names a client certificate (the leaf the handshake verified against the client CA):
+/// its URI SANs (a SPIFFE id, say) and its subject, as x509-parser renders it (`CN=edge,
+/// O=clinic`). The principals file's `certificate_uri` / `certificate_subject` match these.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    pub uris: Vec<String>,
+    pub subject: String,
+}
+
+impl ClientCert {
+    /// The names of a DER certificate; `None` when it does not parse (the handshake has
+    /// verified it, so only a certificate x509-parser cannot read).
+    pub fn of(der: &[u8]) -> Option<Self> {
+        use x509_parser::extensions::GeneralName;
+        let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+        let uris = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|name| match name {
+                        GeneralName::URI(uri) => Some((*uri).to_owned()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ClientCert {
+            uris,
+            subject: cert.subject().to_string(),
+        })
+    }
+
+    /// The names of the first certificate of a verified chain.
+    pub fn of_chain(chain: Option<&[rustls::pki_types::CertificateDer<'_>]>) -> Option<Self> {
+        chain
+            .and_then(|c| c.first())
+            .and_then(|leaf| ClientCert::of(leaf))
+    }
 }
 
 /// The connection info tonic puts in each request's extensions.
@@ -31,6 +77,16 @@ impl PeerInfo {
         }
     }
 
+    /// The client certificate the connection's handshake verified, if any.
+    pub fn client_cert(&self) -> Option<&ClientCert> {
+        self.state.client.get()
+    }
+
+    /// Records the connection's verified client certificate (once, after the handshake).
+    pub(crate) fn set_client_cert(&self, cert: ClientCert) {
+        let _ = self.state.client.set(cert);
+    }
+
     /// Whether a call has started on the connection.
     pub(crate) fn requested(&self) -> bool {
         self.state.requested.load(Ordering::Relaxed)
@@ -48,7 +104,7 @@ impl PeerInfo {
 
 /// The peer info of the connection `extensions` come from (plaintext or TLS alike: TLS is
 /// ours, inside `connections::Conn`).
-fn peer_info(extensions: &tonic::codegen::http::Extensions) -> Option<&PeerInfo> {
+pub(crate) fn peer_info(extensions: &tonic::codegen::http::Extensions) -> Option<&PeerInfo> {
     extensions.get::<PeerInfo>()
 }
 

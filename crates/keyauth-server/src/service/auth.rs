@@ -18,6 +18,7 @@ use keyauth_contract::principal::{Principal, Role};
 use keyauth_contract::rpc::{Access, Rpc};
 use keyauth_core::Error;
 
+use crate::peer::ClientCert;
 use crate::principals::jwt::{JwtIssuers, looks_like_jwt};
 use crate::principals::{Principals, PrincipalsCell};
 
@@ -171,7 +172,14 @@ impl Credentials {
 
     /// Admits a call of `rpc` presenting `authorization` from memory: static tokens, and JWTs
     /// validated before; a new JWT is left to [`Credentials::admit_jwt`].
-    pub(crate) fn admit_now(&self, rpc: &Rpc, authorization: Option<&str>) -> Admission {
+    /// `cert`: the client certificate the connection's handshake verified, if any; it names a
+    /// principal when no bearer token is sent.
+    pub(crate) fn admit_now(
+        &self,
+        rpc: &Rpc,
+        authorization: Option<&str>,
+        cert: Option<&ClientCert>,
+    ) -> Admission {
         if !self.needed(rpc) {
             return Admission::Decided(Ok(None));
         }
@@ -183,7 +191,15 @@ impl Credentials {
             return Admission::Decided(Err(refused(Unauthenticated::Disabled)));
         }
         let Some(token) = bearer(authorization) else {
-            return Admission::Decided(Err(refused(Unauthenticated::Missing)));
+            let uris: Vec<&str> =
+                cert.map_or_else(Vec::new, |c| c.uris.iter().map(String::as_str).collect());
+            return Admission::Decided(
+                match cert.and_then(|c| self.principals.current().by_certificate(&uris, &c.subject))
+                {
+                    Some(principal) => authorize(rpc, principal),
+                    None => Err(refused(Unauthenticated::Missing)),
+                },
+            );
         };
         if let Some(principal) = self.principals.current().by_token(token) {
             return Admission::Decided(authorize(rpc, principal));
@@ -224,8 +240,9 @@ impl Credentials {
         &self,
         rpc: &Rpc,
         authorization: Option<&str>,
+        cert: Option<&ClientCert>,
     ) -> Result<Option<Arc<Principal>>, Refusal> {
-        match self.admit_now(rpc, authorization) {
+        match self.admit_now(rpc, authorization, cert) {
             Admission::Decided(decided) => decided,
             Admission::Jwt(token) => self.admit_jwt(rpc, &token).await,
         }
@@ -274,7 +291,7 @@ mod tests {
         method: &str,
         auth: Option<&str>,
     ) -> Result<Option<String>, Refusal> {
-        match c.admit_now(rpc::find(method).unwrap(), auth) {
+        match c.admit_now(rpc::find(method).unwrap(), auth, None) {
             Admission::Decided(d) => d.map(|p| p.map(|p| p.name.clone())),
             Admission::Jwt(_) => panic!("no JWT here"),
         }

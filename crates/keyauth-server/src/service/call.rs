@@ -154,7 +154,11 @@ impl KeyAuthorityApi {
     fn admission<T>(&self, rpc: &Rpc, request: &mut Request<T>) -> Admission {
         match gate_decision(request) {
             Some(decided) => Admission::Decided(decided),
-            None => self.credentials.admit_now(rpc, authorization(request)),
+            None => self.credentials.admit_now(
+                rpc,
+                authorization(request),
+                crate::peer::peer_info(request.extensions()).and_then(|p| p.client_cert()),
+            ),
         }
     }
 

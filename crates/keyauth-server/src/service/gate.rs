@@ -169,7 +169,8 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        match self.credentials.admit_now(rpc, authorization) {
+        let cert = crate::peer::peer_info(request.extensions()).and_then(|p| p.client_cert());
+        match self.credentials.admit_now(rpc, authorization, cert) {
             Admission::Decided(decided) => {
                 decide(&mut request, decided);
                 GateFuture::Now(self.inner.call(request))

@@ -373,3 +373,75 @@ async fn a_handshake_counts_against_the_first_request_deadline() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(verify_on(&calling).await.unwrap(), "authentication_error");
 }
+
+/// Principals named by a client certificate (#22): over mTLS, a call without a bearer token
+/// is the principal whose `certificate_uri` is one of the certificate's URI SANs, or whose
+/// `certificate_subject` is its subject, with that principal's roles and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_names_its_principal() {
+    use crate::helpers::pki::SPIFFE_ID;
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let principals = dir.path().join("principals.toml");
+    std::fs::write(
+        &principals,
+        format!(
+            "[[principal]]\nname = \"edge-envoy\"\ncertificate_uri = \"{SPIFFE_ID}\"\n\
+             roles = [\"keys.read\"]\n\n\
+             [[principal]]\nname = \"cn-verifier\"\ncertificate_subject = \"CN=verifier\"\n\
+             roles = [\"keys.verify\"]\n"
+        ),
+    )
+    .unwrap();
+    let server = ServerProcess::start(
+        &sqlite_url(&dir),
+        &[
+            "--tls-cert",
+            path(&pki.server_cert),
+            "--tls-key",
+            path(&pki.server_key),
+            "--tls-client-ca",
+            path(&pki.ca),
+            "--principals",
+            path(&principals),
+        ],
+    );
+    let by_uri = channel(&server.addr, pki.client_tls(Some(&pki.spiffe))).await;
+    let mut client = KeyAuthorityServiceClient::new(by_uri);
+    let me = client
+        .get_principal(pb::GetPrincipalRequest {})
+        .await
+        .expect("the certificate names a principal")
+        .into_inner()
+        .principal
+        .unwrap();
+    assert_eq!(me.name, "edge-envoy");
+    assert!(
+        client
+            .list_applications(pb::ListApplicationsRequest::default())
+            .await
+            .is_ok(),
+        "keys.read"
+    );
+    let refused = client
+        .issue_key(pb::IssueKeyRequest {
+            application_id: "app_edge".into(),
+            environment: pb::Environment::Test as i32,
+            name: "edge".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // The subject names the other one.
+    let by_subject = channel(&server.addr, pki.client_tls(Some(&pki.client))).await;
+    let me = KeyAuthorityServiceClient::new(by_subject)
+        .get_principal(pb::GetPrincipalRequest {})
+        .await
+        .expect("the subject names a principal")
+        .into_inner()
+        .principal
+        .unwrap();
+    assert_eq!(me.name, "cn-verifier");
+}

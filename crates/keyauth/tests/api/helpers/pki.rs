@@ -20,8 +20,13 @@ pub(crate) struct Pki {
     pub server_key: PathBuf,
     pub ca_pem: String,
     pub client: (String, String),
+    /// A client certificate signed by the CA with the URI SAN [`SPIFFE_ID`].
+    pub spiffe: (String, String),
     pub stranger: (String, String),
 }
+
+/// The URI SAN of [`Pki::spiffe`].
+pub(crate) const SPIFFE_ID: &str = "spiffe://cluster.local/ns/edge/sa/envoy";
 
 fn ca(name: &str) -> (String, Issuer<'static, KeyPair>) {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -39,7 +44,22 @@ fn leaf(
     usage: ExtendedKeyUsagePurpose,
     issuer: &Issuer<'static, KeyPair>,
 ) -> (String, String) {
+    leaf_with(name, usage, issuer, None)
+}
+
+/// [`leaf`], with a URI SAN if given.
+fn leaf_with(
+    name: &str,
+    usage: ExtendedKeyUsagePurpose,
+    issuer: &Issuer<'static, KeyPair>,
+    uri: Option<&str>,
+) -> (String, String) {
     let mut params = CertificateParams::new(vec![name.to_owned()]).unwrap();
+    if let Some(uri) = uri {
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
     params.distinguished_name.push(DnType::CommonName, name);
     params.extended_key_usages = vec![usage];
     params.use_authority_key_identifier_extension = true;
@@ -55,6 +75,12 @@ impl Pki {
         let (server_cert, server_key) =
             leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth, &issuer);
         let client = leaf("verifier", ExtendedKeyUsagePurpose::ClientAuth, &issuer);
+        let spiffe = leaf_with(
+            "envoy",
+            ExtendedKeyUsagePurpose::ClientAuth,
+            &issuer,
+            Some(SPIFFE_ID),
+        );
         let (_, stranger_issuer) = ca("someone else's CA");
         let stranger = leaf(
             "stranger",
@@ -72,6 +98,7 @@ impl Pki {
             server_key: write("server.key", &server_key),
             ca_pem,
             client,
+            spiffe,
             stranger,
             _dir: dir,
         }
