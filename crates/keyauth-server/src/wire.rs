@@ -114,6 +114,16 @@ pub fn duration_in(d: &prost_types::Duration, field: &str) -> Result<Duration, E
     ))
 }
 
+/// [`permissions_in`], the strings moved out of the message instead of copied.
+pub fn permissions_from(list: Vec<pb::Permission>) -> Vec<RequestedPermission> {
+    list.into_iter()
+        .map(|p| RequestedPermission {
+            resource: p.resource,
+            actions: p.actions,
+        })
+        .collect()
+}
+
 pub fn permissions_in(list: &[pb::Permission]) -> Vec<RequestedPermission> {
     list.iter()
         .map(|p| RequestedPermission {

@@ -169,7 +169,7 @@ impl VerdictRequest for pb::VerifyRequest {
         }
         Ok(catalog
             .permissions(
-                &wire::permissions_in(&self.required_permissions),
+                &wire::permissions_from(std::mem::take(&mut self.required_permissions)),
                 "required_permissions",
             )?
             .pairs()

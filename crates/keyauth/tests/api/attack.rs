@@ -14,7 +14,8 @@ async fn caller_strings_are_echoed_cut(backend: Backend) {
         return;
     };
     let (_, secret) = app.issue_test_key().await;
-    let huge = "r".repeat(200 * 1024);
+    // Within the 64 KiB a Verify or CheckPermission may take.
+    let huge = "r".repeat(60 * 1024);
     for (resource, action) in [(huge.as_str(), "read"), ("patients", huge.as_str())] {
         let status = assert_status(
             app.check(&secret, resource, action).await,
@@ -27,7 +28,7 @@ async fn caller_strings_are_echoed_cut(backend: Backend) {
         assert!(!violated_fields(&status).is_empty());
     }
     // Many bad permissions in one Verify: the answer lists a bounded number of them.
-    let many: Vec<_> = (0..500)
+    let many: Vec<_> = (0..60)
         .map(|i| permission(&format!("nope{i}-{}", "x".repeat(300)), &["read"]))
         .collect();
     let status = assert_status(
@@ -488,7 +489,8 @@ async fn a_refused_call_is_answered_from_its_headers_before_its_body_is_read() {
 
 /// F6: Verify needs no token, so its repeated fields are bounded before anything is judged.
 /// Before, 1,000 permissions × 80 unknown actions (250 KB) cost 100 ms of server time, one
-/// violation built per action; now it is one violation, whatever the list.
+/// violation built per action. Now such a message is refused from its frame header, unread
+/// (Verify takes 64 KiB at most), and a list within that size past a bound is one violation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_permission_list_is_refused_before_it_is_judged() {
     let Some(app) = spawn(Backend::Sqlite).await else {
@@ -496,9 +498,18 @@ async fn an_oversized_permission_list_is_refused_before_it_is_judged() {
     };
     let (_, secret) = app.issue_test_key().await;
     let actions: Vec<&str> = (0..80).map(|_| "x").collect();
+    let huge = app
+        .verify_with(&secret, vec![permission("patients", &actions); 1000])
+        .await
+        .unwrap_err();
+    assert_status(
+        Err::<(), _>(huge),
+        Code::ResourceExhausted,
+        Some("REQUEST_TOO_LARGE"),
+    );
     for (permissions, field) in [
         (
-            vec![permission("patients", &actions); 1000],
+            vec![permission("patients", &actions); 100],
             "required_permissions",
         ),
         (
