@@ -33,20 +33,9 @@ async fn the_webhook_speaks_tls_with_the_grpc_certificate() {
     };
     let (secret, body) = leaked_to_github(&app).await;
 
-    let mut request = hyper::Request::post(GITHUB_PATH)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
-    for (name, value) in github.signed(&body) {
-        request = request.header(name, value);
-    }
-    let response = https(
-        &app,
-        &pki,
-        None,
-        request.body(Full::new(Bytes::from(body))).unwrap(),
-    )
-    .await
-    .expect("the TLS handshake with the gRPC port's certificate");
+    let response = https(&app, &pki, None, github.signed_request(body))
+        .await
+        .expect("the TLS handshake with the gRPC port's certificate");
     assert_eq!(response.status().as_u16(), 200);
     let feedback: Vec<Value> =
         serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
@@ -192,20 +181,9 @@ async fn with_a_client_ca_only_the_webhook_is_served_without_a_certificate() {
 
     // The webhook, without a certificate: served.
     let (secret, body) = leaked_to_github(&app).await;
-    let mut request = hyper::Request::post(GITHUB_PATH)
-        .header("host", "localhost")
-        .header("content-type", "application/json");
-    for (name, value) in github.signed(&body) {
-        request = request.header(name, value);
-    }
-    let response = https(
-        &app,
-        &pki,
-        None,
-        request.body(Full::new(Bytes::from(body))).unwrap(),
-    )
-    .await
-    .unwrap();
+    let response = https(&app, &pki, None, github.signed_request(body))
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 200);
     assert_eq!(
         error_code(&app.verify(&secret).await),
@@ -569,6 +547,17 @@ impl Github {
 
     pub fn signed(&self, body: &[u8]) -> Headers {
         Github::sign(&self.key_id, &self.signing, body)
+    }
+
+    /// An alert POST of `body`, signed, as GitHub sends it.
+    fn signed_request(&self, body: Vec<u8>) -> hyper::Request<Full<Bytes>> {
+        let mut request = hyper::Request::post(GITHUB_PATH)
+            .header("host", "localhost")
+            .header("content-type", "application/json");
+        for (name, value) in self.signed(&body) {
+            request = request.header(name, value);
+        }
+        request.body(Full::new(Bytes::from(body))).unwrap()
     }
 }
 
