@@ -11,8 +11,7 @@ use super::error::{SettingError, setting};
 use super::secret::{Secret, SecretArg, SecretFlag};
 use crate::ext_authz::ExtAuthzOptions;
 use crate::http::{GithubKeys, HttpOptions};
-use crate::principals::jwt::{IssuerSettings, JwtIssuers};
-use crate::principals::{LegacyTokens, PrincipalsCell};
+use crate::principals::{LegacyTokens, PrincipalsCell, Reloader};
 use crate::server::ServeOptions;
 use crate::service::{Credentials, WatchOptions};
 use crate::tls::Reloading;
@@ -91,9 +90,9 @@ impl ServeArgs {
     }
 
     /// Every credential: the principals of --principals (KEYAUTH_PRINCIPALS_FILE) with the
-    /// legacy tokens, re-read every --principals-reload-interval by a task spawned here, and
-    /// the file's JWT issuers (their keys fetched now; a JWKS that cannot be fetched is logged
-    /// and its issuer starts with no keys). A file that does not load stops the start, and so
+    /// legacy tokens, and the file's JWT issuers (their keys fetched now; a JWKS that cannot be
+    /// fetched is logged and its issuer starts with no keys), re-read every
+    /// --principals-reload-interval by a task spawned here. A file that does not load stops the start, and so
     /// does a --console-oidc-issuer that is none of its issuers.
     pub async fn credentials(&self) -> Result<Credentials, SettingError> {
         const FILE: &str = "--principals (KEYAUTH_PRINCIPALS_FILE)";
@@ -106,24 +105,16 @@ impl ServeArgs {
         if let Some(oidc) = self.console_oidc()? {
             super::console::check_issuer(&oidc, principals.issuers())?;
         }
-        let issuers: Vec<IssuerSettings> = principals.issuers().iter().map(Into::into).collect();
-        let jwt = if issuers.is_empty() {
-            None
-        } else {
-            let issuers = Arc::new(JwtIssuers::new(issuers).await.map_err(setting(FILE))?);
-            issuers.spawn_refresh();
-            Some(issuers)
-        };
-        let cell = Arc::new(PrincipalsCell::new(principals));
+        let jwt = crate::principals::jwt_issuers(&principals)
+            .await
+            .map_err(setting(FILE))?;
+        let cell = Arc::new(PrincipalsCell::with_jwt(principals, jwt));
         if let Some(path) = &self.principals {
-            crate::principals::spawn_reloader(
-                path.clone(),
-                cell.clone(),
-                legacy,
-                self.principals_reload_interval,
-            );
+            let reloader = Reloader::new(path.clone(), cell.clone(), legacy)
+                .requiring_issuer(self.console_oidc()?.map(|o| o.issuer().to_owned()));
+            crate::principals::spawn_reloader(reloader, self.principals_reload_interval);
         }
-        Ok(Credentials::new(cell, jwt))
+        Ok(Credentials::new(cell))
     }
 
     /// The operator token, from --admin-token (KEYAUTH_ADMIN_TOKEN) or --admin-token-file.

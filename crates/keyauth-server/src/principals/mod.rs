@@ -8,8 +8,8 @@
 //!   (whether any credential can hold a role: Verify stays open only while none holds
 //!   `keys.verify`); `KEYAUTH_ADMIN_TOKEN` and the verifier token join it as the principals
 //!   `admin` and `verifier` ([`Principals::with_legacy`]);
-//! - [`PrincipalsCell`]: the set in force, replaced whole by [`spawn_reloader`] when the file's
-//!   content changes and loads.
+//! - [`PrincipalsCell`]: the set in force with its issuers' validator ([`jwt::JwtIssuers`]),
+//!   replaced whole by [`spawn_reloader`] when the file's content changes and loads.
 //!
 //! Tokens are never held (only their digests) nor logged.
 //!
@@ -18,11 +18,12 @@
 //! ```ignore
 //! let legacy = LegacyTokens::new(admin_token, verifier_token);
 //! let set = principals::load(principals_file.as_deref(), &legacy)?; // Err: exit 2
-//! let cell = Arc::new(PrincipalsCell::new(set));
+//! let jwt = jwt_issuers(&set).await?; // Err: exit 2
+//! let cell = Arc::new(PrincipalsCell::with_jwt(set, jwt));
 //! if let Some(path) = principals_file {
-//!     spawn_reloader(path, cell.clone(), legacy, DEFAULT_RELOAD_INTERVAL);
+//!     spawn_reloader(Reloader::new(path, cell.clone(), legacy), DEFAULT_RELOAD_INTERVAL);
 //! }
-//! // per call: cell.current().by_token(bearer), .by_certificate(..), .issuers(), .grants(..)
+//! // per call: cell.current().by_token(bearer), .by_certificate(..), .grants(..); cell.jwt()
 //! ```
 
 mod file;
@@ -34,4 +35,6 @@ mod reload;
 pub use file::{Credential, FileError, PrincipalsFile, StaticPrincipal, parse};
 pub use issuer::{Algorithm, IssuerConfig, Jwks, SubjectConfig};
 pub use registry::{MIN_TOKEN_CHARS, Principals, PrincipalsCell};
-pub use reload::{DEFAULT_RELOAD_INTERVAL, LegacyTokens, Reload, Reloader, load, spawn_reloader};
+pub use reload::{
+    DEFAULT_RELOAD_INTERVAL, LegacyTokens, Reload, Reloader, jwt_issuers, load, spawn_reloader,
+};

@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 
 use super::file::{self, Credential, FileError, PrincipalsFile};
 use super::issuer::IssuerConfig;
+use super::jwt::JwtIssuers;
 
 /// The legacy settings' principals: name, role, and the setting an error names.
 const LEGACY: [(&str, Role, &str); 2] = [
@@ -188,23 +189,60 @@ pub(super) fn sha256(bytes: impl AsRef<[u8]>) -> [u8; 32] {
     Sha256::digest(bytes.as_ref()).into()
 }
 
-/// The set in force, read by every call and swapped whole by the reloader.
-#[derive(Debug)]
-pub struct PrincipalsCell(RwLock<Arc<Principals>>);
+/// The set in force, read by every call and swapped whole by the reloader: the principals and
+/// the JWT issuers of the same file.
+pub struct PrincipalsCell(RwLock<InForce>);
+
+#[derive(Clone)]
+struct InForce {
+    principals: Arc<Principals>,
+    jwt: Option<Arc<JwtIssuers>>,
+}
+
+impl std::fmt::Debug for PrincipalsCell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let in_force = self.read();
+        f.debug_struct("PrincipalsCell")
+            .field("principals", &in_force.principals.len())
+            .field("jwt_issuers", &in_force.jwt)
+            .finish()
+    }
+}
 
 impl PrincipalsCell {
+    /// `principals` without JWT issuers.
     pub fn new(principals: Principals) -> PrincipalsCell {
-        PrincipalsCell(RwLock::new(Arc::new(principals)))
+        PrincipalsCell::with_jwt(principals, None)
+    }
+
+    /// `principals` and the validator of their `[[issuer]]`s ([`super::jwt_issuers`]).
+    pub fn with_jwt(principals: Principals, jwt: Option<Arc<JwtIssuers>>) -> PrincipalsCell {
+        PrincipalsCell(RwLock::new(InForce {
+            principals: Arc::new(principals),
+            jwt,
+        }))
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, InForce> {
+        self.0.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The set in force now (a call keeps the one it started with).
     pub fn current(&self) -> Arc<Principals> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.read().principals.clone()
     }
 
-    /// Puts `principals` in force.
-    pub fn replace(&self, principals: Principals) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(principals);
+    /// The JWT issuers in force now, if the set has any.
+    pub fn jwt(&self) -> Option<Arc<JwtIssuers>> {
+        self.read().jwt.clone()
+    }
+
+    /// Puts `principals` and their issuers' validator in force, together.
+    pub fn replace(&self, principals: Principals, jwt: Option<Arc<JwtIssuers>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = InForce {
+            principals: Arc::new(principals),
+            jwt,
+        };
     }
 }
 

@@ -153,7 +153,7 @@ fn grants_tells_whether_any_credential_can_hold_a_role() {
 fn the_cell_swaps_the_set_whole() {
     let cell = PrincipalsCell::new(Principals::empty());
     let before = cell.current();
-    cell.replace(good());
+    cell.replace(good(), None);
     assert!(before.is_empty());
     assert_eq!(cell.current().len(), 5);
 }

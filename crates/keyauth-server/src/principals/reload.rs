@@ -2,7 +2,10 @@
 //! interval (so a replacement by rename, as Kubernetes swaps a mounted ConfigMap, is seen as
 //! surely as a write in place) and loaded again when its bytes' SHA-256 changes. A change that
 //! does not load keeps the set in force, logged once per distinct content
-//! (`keyauth_principals_reloads_total{result}` counts both outcomes).
+//! (`keyauth_principals_reloads_total{result}` counts both outcomes). A change of the
+//! `[[issuer]]`s builds their validator anew (fetching their JWKS) before the new set is put in
+//! force with it; a file whose issuers did not change keeps the validator, its keys and its
+//! cache of verified tokens.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,6 +13,7 @@ use std::time::Duration;
 
 use zeroize::Zeroizing;
 
+use super::jwt::{IssuerSettings, JwtIssuers};
 use super::registry::{Principals, PrincipalsCell, sha256};
 
 /// How often the file is read when not told otherwise (DESIGN: a change is seen within 10 s).
@@ -63,6 +67,19 @@ pub fn load(path: Option<&Path>, legacy: &LegacyTokens) -> Result<Principals, St
     legacy.apply(file)
 }
 
+/// The validator of `set`'s `[[issuer]]`s (their JWKS fetched now; one that cannot be fetched
+/// is logged and its issuer starts with no keys), refreshing itself until dropped; `None`
+/// without issuers. An error names the issuer and what is wrong with it.
+pub async fn jwt_issuers(set: &Principals) -> Result<Option<Arc<JwtIssuers>>, String> {
+    if set.issuers().is_empty() {
+        return Ok(None);
+    }
+    let settings: Vec<IssuerSettings> = set.issuers().iter().map(Into::into).collect();
+    let issuers = Arc::new(JwtIssuers::new(settings).await?);
+    issuers.spawn_refresh();
+    Ok(Some(issuers))
+}
+
 /// A principals file's bytes, loaded; the set remembers their SHA-256.
 fn from_bytes(bytes: &[u8]) -> Result<Principals, String> {
     let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text: {e}"))?;
@@ -88,6 +105,8 @@ pub struct Reloader {
     path: PathBuf,
     current: Arc<PrincipalsCell>,
     legacy: LegacyTokens,
+    /// An issuer every loading must keep (the console's `--console-oidc-issuer`).
+    required_issuer: Option<String>,
     /// The SHA-256 of the content judged last (or of a read error's text).
     seen: Option<[u8; 32]>,
 }
@@ -100,19 +119,26 @@ impl Reloader {
             path,
             current,
             legacy,
+            required_issuer: None,
             seen,
         }
     }
 
-    /// Reads the file (blocking) and judges what it read.
-    pub fn reload(&mut self) -> Reload {
-        let read = std::fs::read(&self.path);
-        self.judge(read)
+    /// Refuses a content without an `[[issuer]]` of `issuer` (the console signs in there).
+    pub fn requiring_issuer(mut self, issuer: Option<String>) -> Reloader {
+        self.required_issuer = issuer;
+        self
+    }
+
+    /// Reads the file and judges what it read.
+    pub async fn reload(&mut self) -> Reload {
+        let read = tokio::fs::read(&self.path).await;
+        self.judge(read).await
     }
 
     /// Judges a reading of the file: when it differs from what was judged last, puts in force
     /// what loads, or logs why not. Logs and counts either outcome once per content.
-    fn judge(&mut self, read: std::io::Result<Vec<u8>>) -> Reload {
+    async fn judge(&mut self, read: std::io::Result<Vec<u8>>) -> Reload {
         let (fingerprint, loaded) = match read {
             Ok(bytes) => (sha256(&bytes), from_bytes(&bytes)),
             Err(e) => {
@@ -128,15 +154,19 @@ impl Reloader {
             // Back to the content in force after a refused change.
             return Reload::Unchanged;
         }
-        match loaded.and_then(|set| self.legacy.apply(Some(set))) {
-            Ok(set) => {
+        let loaded = match loaded.and_then(|set| self.legacy.apply(Some(set))) {
+            Ok(set) => self.with_issuers(set).await,
+            Err(why) => Err(why),
+        };
+        match loaded {
+            Ok((set, jwt)) => {
                 tracing::info!(
                     file = %self.path.display(),
                     principals = set.principals().len(),
                     issuers = set.issuers().len(),
                     "principals file reloaded: new calls use it"
                 );
-                self.current.replace(set);
+                self.current.replace(set, jwt);
                 crate::metrics::principals_reload("ok");
                 Reload::Reloaded
             }
@@ -151,25 +181,38 @@ impl Reloader {
             }
         }
     }
+
+    /// `set` with the validator of its issuers: the one in force when they did not change.
+    async fn with_issuers(
+        &self,
+        set: Principals,
+    ) -> Result<(Principals, Option<Arc<JwtIssuers>>), String> {
+        if let Some(required) = &self.required_issuer
+            && !set.issuers().iter().any(|i| &i.issuer == required)
+        {
+            return Err(format!(
+                "no [[issuer]] is {required:?}, the console's --console-oidc-issuer: console \
+                 sign-ins would all be refused"
+            ));
+        }
+        if set.issuers() == self.current.current().issuers() {
+            return Ok((set, self.current.jwt()));
+        }
+        let jwt = jwt_issuers(&set).await?;
+        Ok((set, jwt))
+    }
 }
 
-/// Reads `path` every `interval` and keeps `current` up to date with what loads; never when
-/// `interval` is zero. Abort the handle to stop it.
-pub fn spawn_reloader(
-    path: PathBuf,
-    current: Arc<PrincipalsCell>,
-    legacy: LegacyTokens,
-    interval: Duration,
-) -> tokio::task::JoinHandle<()> {
-    let mut reloader = Reloader::new(path, current, legacy);
+/// Reads the file of `reloader` every `interval` and keeps its cell up to date with what
+/// loads; never when `interval` is zero. Abort the handle to stop it.
+pub fn spawn_reloader(mut reloader: Reloader, interval: Duration) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         if interval.is_zero() {
             return;
         }
         loop {
             tokio::time::sleep(interval).await;
-            let read = tokio::fs::read(&reloader.path).await;
-            reloader.judge(read);
+            reloader.reload().await;
         }
     })
 }

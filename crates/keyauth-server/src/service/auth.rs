@@ -19,21 +19,21 @@ use keyauth_contract::rpc::{Access, Rpc};
 use keyauth_core::Error;
 
 use crate::peer::ClientCert;
-use crate::principals::jwt::{JwtIssuers, looks_like_jwt};
+use crate::principals::jwt::looks_like_jwt;
 use crate::principals::{Principals, PrincipalsCell};
 
 /// Every credential the server accepts, and the rule that admits a call.
 #[derive(Clone)]
 pub struct Credentials {
+    /// The principals and the JWT issuers in force, swapped together by the reloader.
     principals: Arc<PrincipalsCell>,
-    jwt: Option<Arc<JwtIssuers>>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("principals", &self.principals.current().len())
-            .field("jwt_issuers", &self.jwt.is_some())
+            .field("jwt_issuers", &self.principals.jwt().is_some())
             .finish()
     }
 }
@@ -132,30 +132,27 @@ pub(crate) enum Admission {
 }
 
 impl Credentials {
-    /// The principals of `cell` (kept current by its reloader) and the JWT issuers, if any.
-    pub fn new(principals: Arc<PrincipalsCell>, jwt: Option<Arc<JwtIssuers>>) -> Self {
-        Credentials { principals, jwt }
+    /// The principals and JWT issuers of `cell` (kept current by its reloader).
+    pub fn new(principals: Arc<PrincipalsCell>) -> Self {
+        Credentials { principals }
     }
 
     /// Only the legacy tokens: `KEYAUTH_ADMIN_TOKEN` as the principal `admin` and the verifier
     /// token as `verifier`. A token shorter than 32 characters is an error naming it.
     pub fn from_tokens(admin: Option<&str>, verifier: Option<&str>) -> Result<Self, String> {
         let principals = Principals::with_legacy(None, admin, verifier)?;
-        Ok(Credentials::new(
-            Arc::new(PrincipalsCell::new(principals)),
-            None,
-        ))
+        Ok(Credentials::new(Arc::new(PrincipalsCell::new(principals))))
     }
 
     /// No credential at all: operator RPCs are refused, the verifier's are open.
     pub fn none() -> Self {
-        Credentials::new(Arc::new(PrincipalsCell::new(Principals::empty())), None)
+        Credentials::new(Arc::new(PrincipalsCell::new(Principals::empty())))
     }
 
     /// Whether some credential can hold `role` (a static principal, or an issuer's token).
     pub fn grants(&self, role: Role) -> bool {
         self.principals.current().grants(role)
-            || self.jwt.as_ref().is_some_and(|j| j.can_grant(role))
+            || self.principals.jwt().is_some_and(|j| j.can_grant(role))
     }
 
     /// Whether a call of `rpc` needs a credential: every RPC but the verifier's while no
@@ -204,7 +201,7 @@ impl Credentials {
         if let Some(principal) = self.principals.current().by_token(token) {
             return Admission::Decided(authorize(rpc, principal));
         }
-        match &self.jwt {
+        match self.principals.jwt() {
             Some(jwt) if looks_like_jwt(token) => match jwt.cached(token) {
                 Some(principal) => Admission::Decided(authorize(rpc, principal)),
                 None => Admission::Jwt(token.to_owned()),
@@ -223,7 +220,7 @@ impl Credentials {
             access: rpc.access,
             why: Unauthenticated::Wrong,
         };
-        let Some(jwt) = &self.jwt else {
+        let Some(jwt) = self.principals.jwt() else {
             return Err(refused);
         };
         match jwt.authenticate(token).await {
@@ -251,7 +248,7 @@ impl Credentials {
     /// Whether any credential could call `rpc` at all.
     fn can_call(&self, rpc: &Rpc) -> bool {
         rpc.roles.is_empty()
-            && self.principals.current().len() + usize::from(self.jwt.is_some()) > 0
+            && self.principals.current().len() + usize::from(self.principals.jwt().is_some()) > 0
             || rpc.roles.iter().any(|r| self.grants(*r))
     }
 }

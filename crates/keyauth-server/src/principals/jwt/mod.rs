@@ -17,7 +17,7 @@ mod claims;
 mod fetch;
 mod keys;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};

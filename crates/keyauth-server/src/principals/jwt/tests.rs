@@ -2,7 +2,7 @@
 //! the cache, against keys served over HTTP on 127.0.0.1.
 
 mod mapping;
-mod support;
+pub(crate) mod support;
 
 use std::time::{Duration, Instant};
 

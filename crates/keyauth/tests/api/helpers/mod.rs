@@ -489,7 +489,7 @@ fn credentials(options: &Options) -> Credentials {
         options.verifier_token.as_deref(),
     )
     .expect("the tests' tokens are long enough");
-    Credentials::new(Arc::new(PrincipalsCell::new(principals)), None)
+    Credentials::new(Arc::new(PrincipalsCell::new(principals)))
 }
 
 /// A request with the operator token.

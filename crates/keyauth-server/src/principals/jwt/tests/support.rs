@@ -18,16 +18,16 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub(super) const ISSUER: &str = "https://idp.test";
-pub(super) const AUDIENCE: &str = "keyauth";
+pub(crate) const ISSUER: &str = "https://idp.test";
+pub(crate) const AUDIENCE: &str = "keyauth";
 
-pub(super) struct TestKey {
-    pub(super) kid: String,
-    pub(super) alg: Algorithm,
+pub(crate) struct TestKey {
+    pub(crate) kid: String,
+    pub(crate) alg: Algorithm,
     encoding: EncodingKey,
-    pub(super) jwk: Value,
+    pub(crate) jwk: Value,
     /// The public key's bytes as a JWK carries them (for the HS256-with-the-public-key attack).
-    pub(super) public: Vec<u8>,
+    pub(crate) public: Vec<u8>,
 }
 
 fn b64u(bytes: &[u8]) -> String {
@@ -40,7 +40,7 @@ fn seed(label: &str) -> [u8; 32] {
 
 impl TestKey {
     /// The RSA 2048 key of testdata (generating one in a debug build takes too long).
-    pub(super) fn rsa(kid: &str) -> TestKey {
+    pub(crate) fn rsa(kid: &str) -> TestKey {
         let data: Value = serde_json::from_str(include_str!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/testdata/jwt/rsa2048.json"
@@ -59,7 +59,7 @@ impl TestKey {
         }
     }
 
-    pub(super) fn p256(kid: &str) -> TestKey {
+    pub(crate) fn p256(kid: &str) -> TestKey {
         use p256::pkcs8::EncodePrivateKey;
         let secret = p256::SecretKey::from_slice(&seed(kid)).unwrap();
         let point = secret.public_key().to_sec1_bytes();
@@ -74,7 +74,7 @@ impl TestKey {
         }
     }
 
-    pub(super) fn ed25519(kid: &str) -> TestKey {
+    pub(crate) fn ed25519(kid: &str) -> TestKey {
         use ed25519_dalek::pkcs8::EncodePrivateKey;
         let signing = ed25519_dalek::SigningKey::from_bytes(&seed(kid));
         let public = signing.verifying_key().to_bytes();
@@ -89,24 +89,24 @@ impl TestKey {
     }
 
     /// Its header: its `alg` and `kid`.
-    pub(super) fn header(&self) -> Header {
+    pub(crate) fn header(&self) -> Header {
         Header {
             kid: Some(self.kid.clone()),
             ..Header::new(self.alg)
         }
     }
 
-    pub(super) fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         self.sign_with(&self.header(), claims)
     }
 
-    pub(super) fn sign_with(&self, header: &Header, claims: &Value) -> String {
+    pub(crate) fn sign_with(&self, header: &Header, claims: &Value) -> String {
         jsonwebtoken::encode(header, claims, &self.encoding).unwrap()
     }
 }
 
 /// HS256 over `claims`, keyed with `secret`, naming `kid`.
-pub(super) fn sign_hs256(secret: &[u8], kid: &str, claims: &Value) -> String {
+pub(crate) fn sign_hs256(secret: &[u8], kid: &str, claims: &Value) -> String {
     let header = Header {
         kid: Some(kid.into()),
         ..Header::new(Algorithm::HS256)
@@ -115,7 +115,7 @@ pub(super) fn sign_hs256(secret: &[u8], kid: &str, claims: &Value) -> String {
 }
 
 /// An unsigned token: `{"alg":"none"}`.
-pub(super) fn unsigned(claims: &Value) -> String {
+pub(crate) fn unsigned(claims: &Value) -> String {
     let header = json!({"alg": "none", "typ": "JWT"});
     format!(
         "{}.{}.",
@@ -124,29 +124,29 @@ pub(super) fn unsigned(claims: &Value) -> String {
     )
 }
 
-pub(super) fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
 /// Valid claims for `sub`: our issuer and audience, expiring in 10 minutes.
-pub(super) fn claims(sub: &str) -> Value {
+pub(crate) fn claims(sub: &str) -> Value {
     json!({"iss": ISSUER, "aud": AUDIENCE, "sub": sub, "iat": now(), "exp": now() + 600})
 }
 
-pub(super) fn jwks_of(keys: &[&TestKey]) -> String {
+pub(crate) fn jwks_of(keys: &[&TestKey]) -> String {
     json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}).to_string()
 }
 
 /// A JWKS at `http://127.0.0.1:PORT/jwks`, counting its fetches.
-pub(super) struct JwksServer {
-    pub(super) url: String,
+pub(crate) struct JwksServer {
+    pub(crate) url: String,
     body: Arc<Mutex<String>>,
     hits: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl JwksServer {
-    pub(super) async fn start(keys: &[&TestKey]) -> JwksServer {
+    pub(crate) async fn start(keys: &[&TestKey]) -> JwksServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/jwks", listener.local_addr().unwrap());
         let body = Arc::new(Mutex::new(jwks_of(keys)));
@@ -176,16 +176,16 @@ impl JwksServer {
     }
 
     /// Serves these keys from now on.
-    pub(super) fn publish(&self, keys: &[&TestKey]) {
+    pub(crate) fn publish(&self, keys: &[&TestKey]) {
         *self.body.lock().unwrap() = jwks_of(keys);
     }
 
-    pub(super) fn hits(&self) -> usize {
+    pub(crate) fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
 
     /// Stops listening: fetches fail from now on.
-    pub(super) async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         self.task.abort();
         let _ = (&mut self.task).await;
     }
