@@ -58,6 +58,7 @@ export const EVENT_LABEL: Record<KeyEventType, string> = {
   [KeyEventType.OPERATOR_AUTH_FAILED]: "Operator authentication failed",
   [KeyEventType.EXPOSED]: "Exposed (leaked) and revoked",
   [KeyEventType.UPDATED]: "Updated",
+  [KeyEventType.PERMISSION_DENIED]: "Permission denied",
 };
 
 export function plural(n: number | bigint, one: string, many = `${one}s`): string {

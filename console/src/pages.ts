@@ -412,6 +412,7 @@ const EVENT_TYPES = [
   KeyEventType.UPDATED,
   KeyEventType.EXPOSED,
   KeyEventType.OPERATOR_AUTH_FAILED,
+  KeyEventType.PERMISSION_DENIED,
 ];
 
 export async function auditPage(root: HTMLElement, params: URLSearchParams): Promise<void> {

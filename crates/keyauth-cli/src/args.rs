@@ -378,6 +378,7 @@ pub enum EventType {
     Updated,
     Exposed,
     OperatorAuthFailed,
+    PermissionDenied,
 }
 
 impl EventType {
@@ -389,6 +390,7 @@ impl EventType {
             EventType::Updated => pb::KeyEventType::Updated,
             EventType::Exposed => pb::KeyEventType::Exposed,
             EventType::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
+            EventType::PermissionDenied => pb::KeyEventType::PermissionDenied,
         }
     }
 }

@@ -29,6 +29,7 @@ pub(crate) fn event_type_name(value: i32) -> &'static str {
         Ok(pb::KeyEventType::OperatorAuthFailed) => "operator_auth_failed",
         Ok(pb::KeyEventType::Exposed) => "exposed",
         Ok(pb::KeyEventType::Updated) => "updated",
+        Ok(pb::KeyEventType::PermissionDenied) => "permission_denied",
         _ => "unspecified",
     }
 }

@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod changes;
 pub mod check_value;
 pub mod clock;
+pub mod denials;
 pub mod error;
 pub mod hashing;
 pub mod key;

@@ -440,8 +440,9 @@ async fn probe_store(
     }
 }
 
-/// Housekeeping every `every`, and once more at shutdown: writes last-use times and the
-/// refused operator calls counted since (one row per peer), purges expired idempotency
+/// Housekeeping every `every`, and once more at shutdown: writes last-use times, the
+/// refused operator calls counted since (one row per peer) and the calls refused
+/// PERMISSION_DENIED (one row per principal), purges expired idempotency
 /// records and refused-call rows past their retention, and rebuilds the key filter when it
 /// outgrew its size.
 async fn housekeeping(
@@ -471,6 +472,17 @@ async fn housekeeping(
             Err(e) => {
                 crate::metrics::background_store_error("auth_failure_flush");
                 tracing::warn!(error = %e, "writing refused operator calls failed; will retry")
+            }
+        }
+        match authority.flush_denials().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                calls = n,
+                "calls refused PERMISSION_DENIED written to the audit trail"
+            ),
+            Err(e) => {
+                crate::metrics::background_store_error("denial_flush");
+                tracing::warn!(error = %e, "writing refused calls failed; will retry")
             }
         }
         if let Err(e) = authority.purge_auth_failures().await {

@@ -4,6 +4,7 @@ use super::Authority;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::KeyId;
+use crate::store::Actor;
 
 impl Authority {
     /// A key exists (made by another instance, heard from the change feed).
@@ -77,7 +78,28 @@ impl Authority {
         Ok(calls)
     }
 
-    /// Deletes refused-operator-call rows older than the retention.
+    /// Counts a call of `actor` refused PERMISSION_DENIED (from `peer`, with `request_id`) in
+    /// memory; written in aggregate by [`Authority::flush_denials`].
+    pub fn note_denial(&self, actor: &Actor, peer: Option<&str>, request_id: Option<&str>) {
+        self.denials.note(actor, peer, request_id, self.now());
+    }
+
+    /// Writes the calls refused PERMISSION_DENIED counted since the last flush: one row per
+    /// principal. Returns the calls written.
+    pub async fn flush_denials(&self) -> Result<u64, Error> {
+        let rows = self.denials.take();
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let calls = rows.iter().map(|r| r.count).sum();
+        if let Err(e) = self.store.record_denials(&rows).await {
+            self.denials.restore(rows);
+            return Err(e);
+        }
+        Ok(calls)
+    }
+
+    /// Deletes refused-call rows (failed authentications, denials) older than the retention.
     pub async fn purge_auth_failures(&self) -> Result<u64, Error> {
         let retention = self.auth_failures.settings().retention;
         let before = Timestamp::from_micros(

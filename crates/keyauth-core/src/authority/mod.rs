@@ -23,6 +23,7 @@ use crate::catalog::Catalog;
 use crate::changes::ChangeHub;
 use crate::check_value::CheckKeys;
 use crate::clock::{Clock, Timestamp};
+use crate::denials::Denials;
 use crate::error::Error;
 use crate::hashing::Hasher;
 use crate::key_filter::{KeyFilter, ProbeBudget};
@@ -69,6 +70,8 @@ pub struct Authority {
     flights: Flights,
     /// Refused operator calls, counted per peer until written.
     auth_failures: AuthFailures,
+    /// Calls refused PERMISSION_DENIED, counted per principal until written.
+    denials: Denials,
     /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
     cold: Arc<tokio::sync::Semaphore>,
     changes: ChangeHub,
@@ -141,6 +144,7 @@ impl Authority {
             flights: Flights::default(),
             cold,
             auth_failures: AuthFailures::new(AuthFailureSettings::default()),
+            denials: Denials::default(),
             changes: ChangeHub::default(),
         })
     }

@@ -10,6 +10,7 @@ use super::records::{
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
+use crate::denials::DenialRow;
 use crate::error::Error;
 use crate::model::{ApplicationId, KeyId, KeyRecord};
 
@@ -119,7 +120,12 @@ pub trait Store: Send + Sync + 'static {
     /// transaction).
     async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error>;
 
-    /// Deletes refused-operator-call rows older than `before`; returns how many.
+    /// Records calls refused PERMISSION_DENIED, one aggregated row per principal (in one
+    /// transaction).
+    async fn record_denials(&self, rows: &[DenialRow]) -> Result<(), Error>;
+
+    /// Deletes refused-call rows (failed authentications and denials) older than `before`;
+    /// returns how many.
     async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error>;
 
     /// Audit events matching `query`, of keys in `scope` (every event for

@@ -24,7 +24,7 @@ pub struct Provenance {
 /// The principal named in the audit trail: a static principal's or a JWT's name, where it
 /// comes from (a JWT's `sub`, a certificate's URI or subject) and a JWT's `iss`. `subject` and
 /// `issuer` are empty where the principal has none.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Actor {
     pub name: String,
     pub subject: String,
@@ -85,6 +85,9 @@ pub enum EventKind {
     Exposed,
     /// A key's name, metadata, permissions or expiry changed (UpdateKey).
     Updated,
+    /// Calls of one principal refused PERMISSION_DENIED (aggregated, like
+    /// `OperatorAuthFailed`).
+    PermissionDenied,
 }
 
 impl EventKind {
@@ -96,6 +99,7 @@ impl EventKind {
             EventKind::OperatorAuthFailed => "operator_auth_failed",
             EventKind::Exposed => "exposed",
             EventKind::Updated => "updated",
+            EventKind::PermissionDenied => "permission_denied",
         }
     }
 
@@ -104,17 +108,19 @@ impl EventKind {
     }
 
     /// Every kind, in the order of their bits in [`EventKinds`].
-    pub const ALL: [EventKind; 6] = [
+    pub const ALL: [EventKind; 7] = [
         EventKind::Issued,
         EventKind::Rolled,
         EventKind::Revoked,
         EventKind::OperatorAuthFailed,
         EventKind::Exposed,
         EventKind::Updated,
+        EventKind::PermissionDenied,
     ];
 
     /// The kind's bit in [`EventKinds`] (and in the store's filter parameter): 1 issued,
-    /// 2 rolled, 4 revoked, 8 operator_auth_failed, 16 exposed, 32 updated.
+    /// 2 rolled, 4 revoked, 8 operator_auth_failed, 16 exposed, 32 updated, 64
+    /// permission_denied.
     pub const fn bit(self) -> u8 {
         1 << self as u8
     }

@@ -1,6 +1,6 @@
 use super::*;
-use crate::test_support::Captured;
 use crate::principals::jwt::tests::support::{AUDIENCE, ISSUER, TestKey, claims, jwks_of};
+use crate::test_support::Captured;
 use keyauth_contract::principal::Role;
 
 const TOKEN: &str = "portal-backend-token-0123456789abcdef";
@@ -181,7 +181,11 @@ async fn a_changed_issuer_is_put_in_force_without_a_restart() {
 
     // An issuer added: its tokens are accepted at once.
     let token = key.sign(&claims("alice"));
-    let added = format!("{}{}", with_role("first", "keys.read"), issuer(ISSUER, &jwks));
+    let added = format!(
+        "{}{}",
+        with_role("first", "keys.read"),
+        issuer(ISSUER, &jwks)
+    );
     std::fs::write(&f.path, &added).unwrap();
     assert_eq!(f.reloader.reload().await, Reload::Reloaded);
     let jwt = f.cell.jwt().expect("the issuer is in force");
@@ -195,7 +199,11 @@ async fn a_changed_issuer_is_put_in_force_without_a_restart() {
     // The issuer renamed: the old one's tokens are refused from then on.
     std::fs::write(
         &f.path,
-        format!("{}{}", with_role("first", "keys.read"), issuer("https://other.test", &jwks)),
+        format!(
+            "{}{}",
+            with_role("first", "keys.read"),
+            issuer("https://other.test", &jwks)
+        ),
     )
     .unwrap();
     assert_eq!(f.reloader.reload().await, Reload::Reloaded);

@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use keyauth_contract::principal::Principal;
@@ -121,7 +122,8 @@ impl KeyAuthorityApi {
                     return Err(refusal);
                 }
                 // Not counted as a failed operator call: an authenticated caller without the
-                // role, or GetCatalog answering with the verifier's refusal.
+                // role (`admitted` counted it as a denial), or GetCatalog answering with the
+                // verifier's refusal.
                 Err(refused) => return Err(refused.into()),
             };
             provenance.operator = principal.as_ref().map(|p| p.id());
@@ -136,13 +138,20 @@ impl KeyAuthorityApi {
                     .transpose()?,
                 Access::Verifier | Access::VerifierOrOperator | Access::Authenticated => None,
             };
+            // A denial from the call's scope is counted like one for a missing role.
+            let denied = principal.clone();
+            let peer = crate::connections::remote_addr(&request).map(|a| a.ip());
             let call = Call {
                 method,
                 principal,
                 provenance,
                 idempotency_key,
             };
-            work(request.into_inner(), call).await
+            let result = work(request.into_inner(), call).await;
+            if let (Err(Error::PermissionDenied { .. }), Some(principal)) = (&result, denied) {
+                self.note_denial(&principal, peer, request_id);
+            }
+            result
         };
         let result = work.instrument(span.clone()).await;
         finish(method, started, header, Some(span), result)
@@ -169,10 +178,11 @@ impl KeyAuthorityApi {
         request: &mut Request<T>,
     ) -> Result<Option<Arc<Principal>>, Refusal> {
         let rpc = rpc::find(method).expect("a method of the service");
-        match self.admission(rpc, request) {
+        let admitted = match self.admission(rpc, request) {
             Admission::Decided(decided) => decided,
             Admission::Jwt(token) => self.credentials.admit_jwt(rpc, &token).await,
-        }
+        };
+        self.noting_denial(admitted, request)
     }
 
     /// [`KeyAuthorityApi::admitted`] from memory only (the verifier's path, which answers a
@@ -183,13 +193,39 @@ impl KeyAuthorityApi {
         request: &mut Request<T>,
     ) -> Result<Option<Arc<Principal>>, Refusal> {
         let rpc = rpc::find(method).expect("a method of the service");
-        match self.admission(rpc, request) {
+        let admitted = match self.admission(rpc, request) {
             Admission::Decided(decided) => decided,
             Admission::Jwt(_) => Err(Refusal::Unauthenticated {
                 access: rpc.access,
                 why: Unauthenticated::Wrong,
             }),
+        };
+        self.noting_denial(admitted, request)
+    }
+
+    /// `admitted`, a principal without the RPC's role counted as a denial.
+    fn noting_denial<T>(
+        &self,
+        admitted: Result<Option<Arc<Principal>>, Refusal>,
+        request: &Request<T>,
+    ) -> Result<Option<Arc<Principal>>, Refusal> {
+        if let Err(Refusal::LacksRole { principal, .. }) = &admitted {
+            let request_id = request_id_header(request.metadata().as_ref());
+            self.note_denial(
+                principal,
+                crate::connections::remote_addr(request).map(|a| a.ip()),
+                request_id.to_str().unwrap_or_default(),
+            );
         }
+        admitted
+    }
+
+    /// Counts a call of `principal` refused PERMISSION_DENIED; the audit trail gets one row
+    /// per principal per housekeeping interval, never a write per call.
+    fn note_denial(&self, principal: &Principal, peer: Option<IpAddr>, request_id: &str) {
+        let peer = peer.map(|ip| ip.to_string());
+        self.authority
+            .note_denial(&principal.into(), peer.as_deref(), Some(request_id));
     }
 
     /// Runs a change under the call's idempotency key, if it has one: an earlier call's stored

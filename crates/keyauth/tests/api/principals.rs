@@ -14,6 +14,7 @@ both_stores!(
     scope_limits_keys_and_applications_whether_or_not_they_exist,
     get_principal_and_the_audit_actor_name_who_acted,
     a_scoped_report_of_leaked_keys_revokes_only_keys_in_scope,
+    denials_are_written_in_aggregate_one_row_per_principal,
 );
 
 /// ReportExposedKeys by a principal limited to `app_lab_*` (test): a key in scope is revoked;
@@ -412,5 +413,112 @@ async fn get_principal_and_the_audit_actor_name_who_acted(backend: Backend) {
         .events;
     assert_eq!(by_lab.len(), 1);
     assert_eq!(by_lab[0].r#type, pb::KeyEventType::Issued as i32);
+    app.stop().await;
+}
+
+/// Calls refused PERMISSION_DENIED (a missing role, a key outside the scope) write nothing
+/// themselves; the housekeeping flush writes one `permission_denied` row per principal with the
+/// count, naming the principal. Only `admin` sees them (they belong to no key), and they do
+/// not count towards the limit of failed authentications.
+async fn denials_are_written_in_aggregate_one_row_per_principal(backend: Backend) {
+    let Some(app) = spawn_with_principals(backend).await else {
+        return;
+    };
+    let (other, _) = app
+        .issue(standard("app_b", pb::Environment::Test))
+        .await
+        .unwrap();
+    let mut client = app.client.clone();
+    let denied_types = || pb::ListKeyEventsRequest {
+        types: vec![pb::KeyEventType::PermissionDenied.into()],
+        ..Default::default()
+    };
+    for _ in 0..3 {
+        denied(
+            client
+                .issue_key(as_(READER, standard("app_a", pb::Environment::Test)))
+                .await,
+            "PRINCIPAL_LACKS_ROLE",
+        );
+    }
+    for _ in 0..2 {
+        denied(
+            client
+                .get_key(as_(
+                    READER,
+                    pb::GetKeyRequest {
+                        key_id: other.id.clone(),
+                    },
+                ))
+                .await,
+            "OUTSIDE_PRINCIPAL_SCOPE",
+        );
+    }
+    denied(
+        client
+            .revoke_key(as_(
+                LAB,
+                pb::RevokeKeyRequest {
+                    key_id: other.id.clone(),
+                    reason: String::new(),
+                },
+            ))
+            .await,
+        "OUTSIDE_PRINCIPAL_SCOPE",
+    );
+    // Nothing written per call.
+    let listed = |client: &mut pb::key_authority_service_client::KeyAuthorityServiceClient<_>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .list_key_events(op(denied_types()))
+                .await
+                .unwrap()
+                .into_inner()
+                .events
+        }
+    };
+    assert!(listed(&mut client).await.is_empty());
+    assert_eq!(app.authority.flush_denials().await.unwrap(), 6);
+    assert_eq!(app.authority.flush_denials().await.unwrap(), 0);
+    let mut rows: Vec<(String, u64)> = listed(&mut client)
+        .await
+        .iter()
+        .map(|e| {
+            assert!(e.key_id.is_empty() && !e.request_id.is_empty(), "{e:?}");
+            (e.actor.as_ref().unwrap().name.clone(), e.count)
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [("app-a-reader".to_owned(), 5), ("lab-portal".to_owned(), 1)]
+    );
+    // A scoped principal sees no event that belongs to no key.
+    let seen = client
+        .list_key_events(as_(READER, denied_types()))
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    assert!(seen.is_empty(), "{seen:?}");
+    // Denials are no guesses: far past --operator-failure-limit, READER still gets in.
+    for _ in 0..30 {
+        let _ = client
+            .issue_key(as_(READER, standard("app_a", pb::Environment::Test)))
+            .await;
+    }
+    assert!(
+        client
+            .list_keys(as_(
+                READER,
+                pb::ListKeysRequest {
+                    application_id: "app_a".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .is_ok()
+    );
     app.stop().await;
 }

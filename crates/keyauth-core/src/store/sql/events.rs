@@ -7,6 +7,7 @@ use super::filters::{Assembled, Param, bind_all};
 use super::rows::{ChangeRow, EventRow, Value};
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
+use crate::denials::DenialRow;
 use crate::error::Error;
 use crate::model::{KeyId, KeyRecord};
 use crate::store::feed::KeyEvent;
@@ -28,11 +29,16 @@ const SELECT_EVENTS: &str = "SELECT seq, event, key_id, related_key_id, applicat
 /// An event's kind as its bit in `EventKinds::bits` (`EventKind::bit`; checked by a test).
 const EVENT_BIT: &str = "(CASE event WHEN 'issued' THEN 1 WHEN 'rolled' THEN 2 \
      WHEN 'revoked' THEN 4 WHEN 'operator_auth_failed' THEN 8 WHEN 'exposed' THEN 16 \
-     WHEN 'updated' THEN 32 ELSE 0 END)";
+     WHEN 'updated' THEN 32 WHEN 'permission_denied' THEN 64 ELSE 0 END)";
 
 const INSERT_AUTH_FAILURES: &str = "INSERT INTO key_events \
      (event, peer, request_id, event_time, occurrences) VALUES ($1, $2, $3, $4, $5)";
-const PURGE_AUTH_FAILURES: &str = "DELETE FROM key_events WHERE event = $1 AND event_time < $2";
+const INSERT_DENIALS: &str = "INSERT INTO key_events \
+     (event, peer, request_id, event_time, occurrences, actor_name, actor_subject, actor_issuer) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+/// Both kinds of aggregated refused-call rows.
+const PURGE_AUTH_FAILURES: &str =
+    "DELETE FROM key_events WHERE event IN ($1, $2) AND event_time < $3";
 
 const LATEST_EVENT: &str = "SELECT COALESCE(MAX(seq), 0) AS value FROM key_events";
 const EVENTS_AFTER: &str = "SELECT seq, event, key_id, related_key_id FROM key_events \
@@ -108,9 +114,30 @@ sql_impl! { impl {
         Ok(())
     }
 
+    pub(super) async fn record_denials(&self, rows: &[DenialRow]) -> Result<(), Error> {
+        let mut tx = DB::begin_write(&self.pool).await?;
+        for row in rows {
+            sqlx::query(INSERT_DENIALS)
+                .bind(EventKind::PermissionDenied.as_str())
+                .bind(row.peer.as_deref())
+                .bind(row.last_request_id.as_deref())
+                .bind(row.at.as_micros())
+                .bind(i64::try_from(row.count).unwrap_or(i64::MAX))
+                .bind(row.actor.name.as_str())
+                .bind(Some(row.actor.subject.as_str()).filter(|s| !s.is_empty()))
+                .bind(Some(row.actor.issuer.as_str()).filter(|s| !s.is_empty()))
+                .execute(&mut *tx)
+                .await
+                .map_err(audit_failed)?;
+        }
+        tx.commit().await.map_err(audit_failed)?;
+        Ok(())
+    }
+
     pub(super) async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error> {
         let done = sqlx::query(PURGE_AUTH_FAILURES)
             .bind(EventKind::OperatorAuthFailed.as_str())
+            .bind(EventKind::PermissionDenied.as_str())
             .bind(before.as_micros())
             .execute(&mut *self.pool.acquire().await?)
             .await?;

@@ -29,6 +29,7 @@ use super::records::{
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
+use crate::denials::DenialRow;
 use crate::error::Error;
 use crate::model::{ApplicationId, KeyId, KeyRecord};
 
@@ -225,6 +226,10 @@ sql_impl! { #[async_trait] impl Store {
 
     async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error> {
         Self::record_auth_failures(self, rows).await
+    }
+
+    async fn record_denials(&self, rows: &[DenialRow]) -> Result<(), Error> {
+        Self::record_denials(self, rows).await
     }
 
     async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error> {
