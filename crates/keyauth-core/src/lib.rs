@@ -19,6 +19,7 @@ pub mod error;
 pub mod hashing;
 pub mod key;
 pub mod key_filter;
+pub mod lifetime;
 pub mod metrics;
 pub mod model;
 pub mod propagation;

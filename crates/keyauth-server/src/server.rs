@@ -18,6 +18,7 @@ use keyauth_core::catalog::Catalog;
 use keyauth_core::check_value::CheckKeys;
 use keyauth_core::clock::Clock;
 use keyauth_core::hashing::{HashParams, Hasher};
+use keyauth_core::lifetime::LifetimeBounds;
 use keyauth_core::propagation::{self, FollowOptions};
 use keyauth_core::sealing::{SealKey, Sealer};
 use keyauth_core::store::Store;
@@ -60,6 +61,8 @@ pub struct AuthoritySettings {
     pub auth_failures: AuthFailureSettings,
     /// Key changes kept for watchers that have not read them yet.
     pub watch_backlog: usize,
+    /// The longest lifetime of a key per environment.
+    pub lifetimes: LifetimeBounds,
 }
 
 impl Default for AuthoritySettings {
@@ -74,6 +77,7 @@ impl Default for AuthoritySettings {
             seal_key_previous: None,
             idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
             auth_failures: AuthFailureSettings::default(),
+            lifetimes: LifetimeBounds::NONE,
             watch_backlog: keyauth_core::changes::HUB_CAPACITY,
         }
     }
@@ -99,7 +103,8 @@ pub async fn authority(
             settings.seal_key_previous.as_deref(),
         ))
         .with_auth_failures(settings.auth_failures)
-        .with_change_backlog(settings.watch_backlog);
+        .with_change_backlog(settings.watch_backlog)
+        .with_lifetime_bounds(settings.lifetimes);
     Ok(Arc::new(authority))
 }
 

@@ -9,6 +9,7 @@ use crate::check_value::Check;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::key::{KeyIdOf, PresentedKey};
+use crate::lifetime::LifetimeBounds;
 use crate::model::{KeyId, KeyRecord, KeyState, REASON_MAX, check_text};
 use crate::store::{
     Exposed, Exposure, IdempotentWrite, KeyUpdate, Provenance, Rolled, Successor, Updated,
@@ -96,7 +97,7 @@ impl Authority {
 
     pub async fn issue(
         &self,
-        new: NewKey,
+        mut new: NewKey,
         who: &Provenance,
         idem: Option<&Idempotency<'_>>,
     ) -> Result<Issued, Error> {
@@ -104,6 +105,9 @@ impl Authority {
         if new.expire_time.is_some_and(|e| e <= now) {
             return Err(Error::invalid("expire_time", "must be in the future"));
         }
+        new.expire_time =
+            self.lifetimes
+                .expiry(new.environment, now, new.expire_time, "expire_time")?;
         let issued = self.mint(new, now).await?;
         let write = self.idempotent_write(idem, Some(&issued.key), now)?;
         self.store
@@ -151,6 +155,10 @@ impl Authority {
             .await?
             .ok_or_else(|| Error::KeyNotFound(id.to_string()))?;
         refuse_roll(&old, now)?;
+        if expire_time.is_some() {
+            self.lifetimes
+                .expiry(old.environment, now, expire_time, "expire_time")?;
+        }
         let key = PresentedKey::generate(old.environment).map_err(Error::internal)?;
         let successor = Successor {
             id: key.id(),
@@ -159,6 +167,7 @@ impl Authority {
             redacted: key.redacted(),
             create_time: now,
             expire_time,
+            latest_expire: self.lifetimes.latest(old.environment, now),
         };
         let write = self.idempotent_write(idem, Some(&key), now)?;
         let outcome = self
@@ -230,6 +239,29 @@ impl Authority {
         {
             return Err(Error::invalid("key.expire_time", "must be in the future"));
         }
+        let bounded;
+        let update = match update.expire_time {
+            Some(requested) if self.lifetimes != LifetimeBounds::NONE => {
+                // The bound is the environment's: read it (it never changes).
+                let environment = self
+                    .store
+                    .get_key(id)
+                    .await?
+                    .ok_or_else(|| Error::KeyNotFound(id.to_string()))?
+                    .environment;
+                bounded = KeyUpdate {
+                    expire_time: Some(self.lifetimes.expiry(
+                        environment,
+                        now,
+                        requested,
+                        "key.expire_time",
+                    )?),
+                    ..update.clone()
+                };
+                &bounded
+            }
+            _ => update,
+        };
         let write = self.idempotent_write(idem, None, now)?;
         let outcome = self
             .store

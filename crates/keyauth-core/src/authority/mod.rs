@@ -27,6 +27,7 @@ use crate::denials::Denials;
 use crate::error::Error;
 use crate::hashing::Hasher;
 use crate::key_filter::{KeyFilter, ProbeBudget};
+use crate::lifetime::LifetimeBounds;
 use crate::paging::PageTokens;
 use crate::sealing::Sealer;
 use crate::store::Store;
@@ -72,6 +73,8 @@ pub struct Authority {
     auth_failures: AuthFailures,
     /// Calls refused PERMISSION_DENIED, counted per principal until written.
     denials: Denials,
+    /// The longest lifetime of a key per environment.
+    lifetimes: LifetimeBounds,
     /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
     cold: Arc<tokio::sync::Semaphore>,
     changes: ChangeHub,
@@ -145,6 +148,7 @@ impl Authority {
             cold,
             auth_failures: AuthFailures::new(AuthFailureSettings::default()),
             denials: Denials::default(),
+            lifetimes: LifetimeBounds::NONE,
             changes: ChangeHub::default(),
         })
     }
@@ -152,6 +156,12 @@ impl Authority {
     /// Sets the limit and retention of refused operator calls.
     pub fn with_auth_failures(mut self, settings: AuthFailureSettings) -> Self {
         self.auth_failures = AuthFailures::new(settings);
+        self
+    }
+
+    /// Bounds the lifetime of the keys issued, rolled and updated from now on.
+    pub fn with_lifetime_bounds(mut self, bounds: LifetimeBounds) -> Self {
+        self.lifetimes = bounds;
         self
     }
 

@@ -297,6 +297,8 @@ pub struct Successor {
     pub create_time: Timestamp,
     /// The expiry the roll names, if any; else the new key expires when `old` would have.
     pub expire_time: Option<Timestamp>,
+    /// The lifetime bound (`lifetime`): the new key expires at the latest then.
+    pub latest_expire: Option<Timestamp>,
 }
 
 impl Successor {
@@ -315,7 +317,10 @@ impl Successor {
             permissions: old.permissions.clone(),
             metadata: old.metadata.clone(),
             create_time: self.create_time,
-            expire_time: self.expire_time.or(old.expire_time),
+            expire_time: match (self.expire_time.or(old.expire_time), self.latest_expire) {
+                (Some(e), Some(latest)) => Some(e.min(latest)),
+                (e, latest) => e.or(latest),
+            },
             revoke_time: None,
             revoke_reason: None,
             last_used_time: None,

@@ -137,6 +137,15 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub seal_key_previous: SecretArg<PreviousSealKeyFlags>,
 
+    /// The longest lifetime of a live key (e.g. `366d`): a key issued, rolled or updated
+    /// without an expiry gets now + this, and a later expiry is refused. Unset: no bound.
+    #[arg(long, env = "KEYAUTH_MAX_LIVE_KEY_LIFETIME", value_parser = parse_positive_duration)]
+    pub max_live_key_lifetime: Option<Duration>,
+
+    /// The longest lifetime of a test key, as --max-live-key-lifetime. Unset: no bound.
+    #[arg(long, env = "KEYAUTH_MAX_TEST_KEY_LIFETIME", value_parser = parse_positive_duration)]
+    pub max_test_key_lifetime: Option<Duration>,
+
     /// How long responses of calls made with an idempotency key are kept for replay.
     #[arg(long, env = "KEYAUTH_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,

@@ -5,6 +5,7 @@ use keyauth_core::auth_failures::AuthFailureSettings;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::hashing::HashParams;
+use keyauth_core::lifetime::LifetimeBounds;
 use keyauth_core::sealing::SealKey;
 use keyauth_core::store::StoreOptions;
 
@@ -58,6 +59,10 @@ impl ServeArgs {
                 ..AuthFailureSettings::default()
             },
             watch_backlog: self.watch_backlog,
+            lifetimes: LifetimeBounds {
+                live: self.max_live_key_lifetime,
+                test: self.max_test_key_lifetime,
+            },
         })
     }
 

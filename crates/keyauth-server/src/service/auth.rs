@@ -401,4 +401,49 @@ mod tests {
             !format!("{:?}", Credentials::from_tokens(Some(ADMIN), None).unwrap()).contains(ADMIN)
         );
     }
+
+    /// Not an assertion: what admitting a warm Verify costs with a static verifier token and
+    /// with a JWT validated before (DESIGN §7 allows the JWT at most 2 µs more). Run it with
+    /// `cargo test --release -p keyauth-server --lib admission_cost -- --nocapture`.
+    #[tokio::test]
+    async fn admission_cost_static_token_and_warm_jwt() {
+        use crate::principals::jwt::tests::support::{AUDIENCE, ISSUER, TestKey, claims, jwks_of};
+        use crate::principals::jwt::{IssuerSettings, JwksSource, JwtIssuers};
+        let key = TestKey::p256("ec-1");
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, jwks_of(&[&key])).unwrap();
+        let mut settings = IssuerSettings::new(ISSUER, AUDIENCE, JwksSource::File(jwks));
+        settings.roles = Roles::of([Role::Verify]);
+        let jwt = Arc::new(JwtIssuers::new(vec![settings]).await.unwrap());
+        let principals = Principals::with_legacy(None, None, Some(VERIFIER)).unwrap();
+        let c = Credentials::new(Arc::new(PrincipalsCell::with_jwt(principals, Some(jwt))));
+        // A Kubernetes service-account token's shape: two audiences, a long subject.
+        let mut body = claims("system:serviceaccount:portal:backend");
+        body["aud"] = serde_json::json!([AUDIENCE, "https://kubernetes.default.svc"]);
+        let token = format!("Bearer {}", key.sign(&body));
+        let verify = rpc::find("Verify").unwrap();
+        assert!(c.admit(verify, Some(&token), None).await.unwrap().is_some());
+        let static_token = format!("Bearer {VERIFIER}");
+        const CALLS: u32 = 200_000;
+        let cost = |authorization: &str| {
+            let started = std::time::Instant::now();
+            for _ in 0..CALLS {
+                match c.admit_now(verify, Some(std::hint::black_box(authorization)), None) {
+                    Admission::Decided(Ok(Some(p))) => {
+                        std::hint::black_box(p);
+                    }
+                    _ => panic!("not admitted from memory"),
+                }
+            }
+            started.elapsed().as_nanos() / u128::from(CALLS)
+        };
+        let (by_static, by_jwt) = (cost(&static_token), cost(&token));
+        println!(
+            "admitting a warm Verify: static token {by_static} ns, JWT ({} bytes) {by_jwt} ns, \
+             {} ns more",
+            token.len() - 7,
+            by_jwt.saturating_sub(by_static)
+        );
+    }
 }

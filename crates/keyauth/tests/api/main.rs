@@ -13,6 +13,7 @@ mod connections;
 mod console;
 mod exposed;
 mod ext_authz;
+mod hygiene;
 mod issue;
 mod list;
 mod operable;

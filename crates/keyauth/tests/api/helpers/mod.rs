@@ -326,6 +326,8 @@ pub struct Options {
     pub limits: keyauth_server::limits::Limits,
     /// A principals file's text (`--principals`), beside the admin and verifier tokens.
     pub principals: Option<String>,
+    /// `--max-live-key-lifetime`, `--max-test-key-lifetime`.
+    pub lifetimes: keyauth_core::lifetime::LifetimeBounds,
 }
 
 impl Default for Options {
@@ -356,6 +358,7 @@ impl Default for Options {
             limits: keyauth_server::limits::Limits::default(),
             watch_backlog: authority.watch_backlog,
             principals: None,
+            lifetimes: authority.lifetimes,
         }
     }
 }
@@ -379,6 +382,7 @@ impl Options {
             idempotency_ttl: self.idempotency_ttl,
             auth_failures: self.auth_failures.clone(),
             watch_backlog: self.watch_backlog,
+            lifetimes: self.lifetimes,
         }
     }
 }

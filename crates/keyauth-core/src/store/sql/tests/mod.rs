@@ -63,5 +63,6 @@ pub(super) fn successor(n: u32, at: i64) -> Successor {
         redacted: "redacted".into(),
         create_time: secs(at),
         expire_time: None,
+        latest_expire: None,
     }
 }
