@@ -330,6 +330,10 @@ pub struct ListArgs {
     #[arg(long = "state", value_enum)]
     pub states: Vec<State>,
 
+    /// Only keys not used for this long (`90d`), never-used keys included: stale keys.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub unused_for: Option<Duration>,
+
     #[command(flatten)]
     pub page: PageArgs,
 }

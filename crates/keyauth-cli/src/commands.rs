@@ -396,6 +396,17 @@ pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
                 page_size: a.page.page_size.unwrap_or(0),
                 page_token: a.page.page_token.clone().unwrap_or_default(),
                 states: a.states.iter().map(|s| s.pb().into()).collect(),
+                last_used_before: a
+                    .unused_for
+                    .map(|d| {
+                        std::time::SystemTime::now()
+                            .checked_sub(d)
+                            .map(prost_types::Timestamp::from)
+                            .ok_or_else(|| {
+                                Failure::Usage(format!("--unused-for {d:?} is too long"))
+                            })
+                    })
+                    .transpose()?,
             },
             all: a.page.all,
         },

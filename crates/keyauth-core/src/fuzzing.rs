@@ -6,7 +6,7 @@ use keyauth_contract::principal::Scope;
 use crate::clock::Timestamp;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::paging::PageTokens;
-use crate::store::Cursor;
+use crate::store::{Cursor, KeyFilters};
 
 /// Opens `token` as a ListKeys and a ListKeyEvents page token under `key` (any bytes), and
 /// checks that tokens made from what opened open again to the same thing. Panics on a broken
@@ -17,9 +17,12 @@ pub fn page_tokens(key: &[u8], token: &str) {
     let revoked = KeyStates::of([KeyState::Revoked]);
     for env in [None, Some(Environment::Live)] {
         for states in [KeyStates::ALL, revoked] {
-            if let Ok(cursor) = tokens.open(&app, env, states, token) {
-                let again = tokens.issue(&app, env, states, &cursor);
-                assert_eq!(tokens.open(&app, env, states, &again).ok(), Some(cursor));
+            if let Ok(cursor) = tokens.open(&app, &KeyFilters::of(env, states), token) {
+                let again = tokens.issue(&app, &KeyFilters::of(env, states), &cursor);
+                assert_eq!(
+                    tokens.open(&app, &KeyFilters::of(env, states), &again).ok(),
+                    Some(cursor)
+                );
             }
         }
     }
@@ -49,17 +52,27 @@ pub fn page_tokens(key: &[u8], token: &str) {
         create_time: Timestamp::from_micros(micros),
         id: KeyId::parse("key_fuzzfuzzfuzz", "id").expect("a valid id"),
     };
-    let issued = tokens.issue(&app, None, KeyStates::ALL, &cursor);
+    let issued = tokens.issue(&app, &KeyFilters::of(None, KeyStates::ALL), &cursor);
     assert_eq!(
-        tokens.open(&app, None, KeyStates::ALL, &issued).ok(),
+        tokens
+            .open(&app, &KeyFilters::of(None, KeyStates::ALL), &issued)
+            .ok(),
         Some(cursor)
     );
     assert!(
         tokens
-            .open(&app, Some(Environment::Test), KeyStates::ALL, &issued)
+            .open(
+                &app,
+                &KeyFilters::of(Some(Environment::Test), KeyStates::ALL),
+                &issued
+            )
             .is_err()
     );
-    assert!(tokens.open(&app, None, revoked, &issued).is_err());
+    assert!(
+        tokens
+            .open(&app, &KeyFilters::of(None, revoked), &issued)
+            .is_err()
+    );
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use sha2::Sha256;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyStates};
-use crate::store::Cursor;
+use crate::store::{Cursor, KeyFilters};
 
 const TAG_LEN: usize = 16;
 
@@ -63,39 +63,35 @@ impl PageTokens {
         Ok(payload)
     }
 
-    fn key_scope(app: &ApplicationId, env: Option<Environment>, states: KeyStates) -> String {
-        let scope = format!(
+    fn key_scope(app: &ApplicationId, filters: &KeyFilters) -> String {
+        let mut scope = format!(
             "keys\0{}\0{}",
             app.as_str(),
-            env.map_or("", Environment::as_str)
+            filters.environment.map_or("", Environment::as_str)
         );
-        // Unfiltered tokens keep the scope they had before the state filter existed.
-        match states {
-            KeyStates::ALL => scope,
-            states => format!("{scope}\0{}", states.bits()),
+        // Unfiltered tokens keep the scope they had before each later filter existed.
+        if filters.states != KeyStates::ALL || filters.last_used_before.is_some() {
+            scope = format!("{scope}\0{}", filters.states.bits());
         }
+        if let Some(before) = filters.last_used_before {
+            scope = format!("{scope}\0unused-since:{}", before.as_micros());
+        }
+        scope
     }
 
     /// ListKeys: resumes after `cursor`, for these filters only.
-    pub fn issue(
-        &self,
-        app: &ApplicationId,
-        env: Option<Environment>,
-        states: KeyStates,
-        cursor: &Cursor,
-    ) -> String {
+    pub fn issue(&self, app: &ApplicationId, filters: &KeyFilters, cursor: &Cursor) -> String {
         let payload = format!("{}.{}", cursor.create_time.as_micros(), cursor.id.as_str());
-        self.seal(&Self::key_scope(app, env, states), &payload)
+        self.seal(&Self::key_scope(app, filters), &payload)
     }
 
     pub fn open(
         &self,
         app: &ApplicationId,
-        env: Option<Environment>,
-        states: KeyStates,
+        filters: &KeyFilters,
         token: &str,
     ) -> Result<Cursor, Error> {
-        let payload = self.unseal(&Self::key_scope(app, env, states), token)?;
+        let payload = self.unseal(&Self::key_scope(app, filters), token)?;
         let (time, id) = payload.split_once('.').ok_or(Error::InvalidPageToken)?;
         let create_time = time.parse::<i64>().map_err(|_| Error::InvalidPageToken)?;
         let id = KeyId::parse(id, "page_token").map_err(|_| Error::InvalidPageToken)?;
@@ -161,23 +157,46 @@ mod tests {
             create_time: Timestamp::from_micros(42),
             id: KeyId::parse("key_ABCDEFGHIJKL", "k").unwrap(),
         };
-        let token = tokens.issue(&app, None, KeyStates::ALL, &cursor);
+        let token = tokens.issue(&app, &KeyFilters::of(None, KeyStates::ALL), &cursor);
         assert_eq!(
-            tokens.open(&app, None, KeyStates::ALL, &token).unwrap(),
+            tokens
+                .open(&app, &KeyFilters::of(None, KeyStates::ALL), &token)
+                .unwrap(),
             cursor
         );
         let other = ApplicationId::parse("other", "a").unwrap();
-        assert!(tokens.open(&other, None, KeyStates::ALL, &token).is_err());
         assert!(
             tokens
-                .open(&app, Some(Environment::Live), KeyStates::ALL, &token)
+                .open(&other, &KeyFilters::of(None, KeyStates::ALL), &token)
+                .is_err()
+        );
+        assert!(
+            tokens
+                .open(
+                    &app,
+                    &KeyFilters::of(Some(Environment::Live), KeyStates::ALL),
+                    &token
+                )
                 .is_err()
         );
         let revoked = KeyStates::of([crate::model::KeyState::Revoked]);
-        assert!(tokens.open(&app, None, revoked, &token).is_err());
-        let filtered = tokens.issue(&app, None, revoked, &cursor);
-        assert_eq!(tokens.open(&app, None, revoked, &filtered).unwrap(), cursor);
-        assert!(tokens.open(&app, None, KeyStates::ALL, &filtered).is_err());
+        assert!(
+            tokens
+                .open(&app, &KeyFilters::of(None, revoked), &token)
+                .is_err()
+        );
+        let filtered = tokens.issue(&app, &KeyFilters::of(None, revoked), &cursor);
+        assert_eq!(
+            tokens
+                .open(&app, &KeyFilters::of(None, revoked), &filtered)
+                .unwrap(),
+            cursor
+        );
+        assert!(
+            tokens
+                .open(&app, &KeyFilters::of(None, KeyStates::ALL), &filtered)
+                .is_err()
+        );
         let forged = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode("1.key_ABCDEFGHIJKL"),
@@ -185,12 +204,31 @@ mod tests {
         );
         for bad in ["", ".", "garbage", "a.b", forged.as_str(), &token[1..]] {
             assert!(
-                tokens.open(&app, None, KeyStates::ALL, bad).is_err(),
+                tokens
+                    .open(&app, &KeyFilters::of(None, KeyStates::ALL), bad)
+                    .is_err(),
                 "{bad:?}"
             );
         }
         let other_key = PageTokens::new(b"j".repeat(32));
-        assert!(other_key.open(&app, None, KeyStates::ALL, &token).is_err());
+        assert!(
+            other_key
+                .open(&app, &KeyFilters::default(), &token)
+                .is_err()
+        );
+        // Bound to the last-use filter too, to its time exactly.
+        let stale = |micros| KeyFilters {
+            last_used_before: Some(Timestamp::from_micros(micros)),
+            ..KeyFilters::default()
+        };
+        let stale_token = tokens.issue(&app, &stale(7), &cursor);
+        assert_eq!(tokens.open(&app, &stale(7), &stale_token).unwrap(), cursor);
+        assert!(tokens.open(&app, &stale(8), &stale_token).is_err());
+        assert!(
+            tokens
+                .open(&app, &KeyFilters::default(), &stale_token)
+                .is_err()
+        );
         let all = Scope::everything();
         let events = tokens.issue_events("key_ABCDEFGHIJKL", &all, 42);
         assert_eq!(
@@ -201,13 +239,19 @@ mod tests {
         );
         assert!(tokens.open_events("app", &all, &events).is_err());
         assert!(
-            tokens.open(&app, None, KeyStates::ALL, &events).is_err(),
+            tokens
+                .open(&app, &KeyFilters::of(None, KeyStates::ALL), &events)
+                .is_err(),
             "an events token is no keys token"
         );
         let apps = tokens.issue_applications(&app, &all);
         assert_eq!(tokens.open_applications(&apps, &all).unwrap(), app);
         assert!(tokens.open_applications(&events, &all).is_err());
-        assert!(tokens.open(&app, None, KeyStates::ALL, &apps).is_err());
+        assert!(
+            tokens
+                .open(&app, &KeyFilters::of(None, KeyStates::ALL), &apps)
+                .is_err()
+        );
     }
 
     #[test]

@@ -93,6 +93,14 @@ pub fn timestamp_in(t: &prost_types::Timestamp, field: &str) -> Result<Timestamp
     ))
 }
 
+/// An optional time field: unset is `None`.
+pub fn optional_timestamp_in(
+    t: &Option<prost_types::Timestamp>,
+    field: &str,
+) -> Result<Option<Timestamp>, Error> {
+    t.as_ref().map(|t| timestamp_in(t, field)).transpose()
+}
+
 pub fn timestamp_out(t: Timestamp) -> prost_types::Timestamp {
     let micros = t.as_micros();
     prost_types::Timestamp {
@@ -145,10 +153,7 @@ pub fn new_key_in(req: &pb::IssueKeyRequest, catalog: &Catalog) -> Result<NewKey
         required_environment(req.environment, "environment"),
         parse_name(&req.name, "name"),
         catalog.permissions(&permissions_in(&req.permissions), "permissions"),
-        req.expire_time
-            .as_ref()
-            .map(|t| timestamp_in(t, "expire_time"))
-            .transpose(),
+        optional_timestamp_in(&req.expire_time, "expire_time"),
         check_metadata(&metadata, "metadata"),
     ) {
         (

@@ -8,9 +8,10 @@ use keyauth_contract::principal::Scope;
 use super::{Authority, DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::model::{ApplicationId, Environment, KeyId, KeyRecord, KeyStates};
+use crate::model::{ApplicationId, KeyId, KeyRecord};
 use crate::store::{
-    ApplicationSummary, AuditEvent, Cursor, EventFilter, EventKind, EventQuery, KeyListing,
+    ApplicationSummary, AuditEvent, Cursor, EventFilter, EventKind, EventQuery, KeyFilters,
+    KeyListing,
 };
 
 /// One page of a listing: `fetch` reads at most `limit` items (one more than the page holds,
@@ -80,21 +81,21 @@ impl Authority {
     pub async fn list(
         &self,
         application: &ApplicationId,
-        environment: Option<Environment>,
-        states: KeyStates,
+        filters: KeyFilters,
         page_size: u32,
         page_token: &str,
     ) -> Result<(Vec<KeyRecord>, String), Error> {
         let cursor = match page_token {
             "" => None,
-            token => Some(
-                self.page_tokens
-                    .open(application, environment, states, token)?,
-            ),
+            token => Some(self.page_tokens.open(application, &filters, token)?),
         };
+        if filters.last_used_before.is_some() {
+            // The uses noted here since the last flush are written first, so the store judges
+            // them (another instance's unwritten uses are at most a flush interval old).
+            self.write_last_use().await?;
+        }
         let listing = KeyListing {
-            environment,
-            states,
+            filters,
             now: self.now(),
         };
         let (keys, next) = page(
@@ -108,8 +109,7 @@ impl Authority {
                     create_time: last.create_time,
                     id: last.id.clone(),
                 };
-                self.page_tokens
-                    .issue(application, environment, states, &cursor)
+                self.page_tokens.issue(application, &filters, &cursor)
             },
         )
         .await?;

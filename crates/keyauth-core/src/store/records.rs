@@ -367,11 +367,31 @@ pub enum Exposed {
 /// What ListKeys lists of an application's keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KeyListing {
+    pub filters: KeyFilters,
+    /// The time `filters.states` are judged at.
+    pub now: Timestamp,
+}
+
+/// ListKeys' filters; a page token holds for the same ones only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyFilters {
     /// Only this environment's keys; `None`: both.
     pub environment: Option<Environment>,
-    /// Only keys in these states at `now`.
+    /// Only keys in these states.
     pub states: KeyStates,
-    pub now: Timestamp,
+    /// Only keys not used since then, never-used keys included.
+    pub last_used_before: Option<Timestamp>,
+}
+
+impl KeyFilters {
+    /// Keys of `environment` (`None`: both) in `states`, used or not.
+    pub fn of(environment: Option<Environment>, states: KeyStates) -> Self {
+        KeyFilters {
+            environment,
+            states,
+            last_used_before: None,
+        }
+    }
 }
 
 /// Where ListKeys resumes: strictly older than this (create_time, id).

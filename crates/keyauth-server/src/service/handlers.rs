@@ -6,7 +6,7 @@ use std::future::Future;
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
-use keyauth_core::store::{Changed, EventFilter, EventQuery, Exposure};
+use keyauth_core::store::{Changed, EventFilter, EventQuery, Exposure, KeyFilters};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_server::KeyAuthorityService;
 use prost::Message;
@@ -148,11 +148,7 @@ impl KeyAuthorityService for KeyAuthorityApi {
                         .as_ref()
                         .map(|d| wire::duration_in(d, "grace_period"))
                         .transpose()?;
-                    let expire_time = req
-                        .expire_time
-                        .as_ref()
-                        .map(|t| wire::timestamp_in(t, "expire_time"))
-                        .transpose()?;
+                    let expire_time = wire::optional_timestamp_in(&req.expire_time, "expire_time")?;
                     self.authority
                         .roll(&id, grace, expire_time, &call.provenance, idem)
                         .await
@@ -238,16 +234,17 @@ impl KeyAuthorityService for KeyAuthorityApi {
             let env = wire::environment_in(req.environment, "environment")?;
             scope::check(&call, app.as_str(), env)?;
             let env = scope::narrow(&call, env);
-            let states = wire::states_in(&req.states, "states")?;
+            let filters = KeyFilters {
+                environment: env,
+                states: wire::states_in(&req.states, "states")?,
+                last_used_before: wire::optional_timestamp_in(
+                    &req.last_used_before,
+                    "last_used_before",
+                )?,
+            };
             let (keys, next_page_token) = self
                 .authority
-                .list(
-                    &app,
-                    env,
-                    states,
-                    page_size(req.page_size)?,
-                    &req.page_token,
-                )
+                .list(&app, filters, page_size(req.page_size)?, &req.page_token)
                 .await?;
             let now = self.authority.now();
             Ok(pb::ListKeysResponse {
@@ -282,17 +279,14 @@ impl KeyAuthorityService for KeyAuthorityApi {
                 EventFilter::Application(app) => scope::check(&call, app.as_str(), None)?,
                 EventFilter::All => {}
             }
-            let time = |t: &Option<prost_types::Timestamp>, field| {
-                t.as_ref().map(|t| wire::timestamp_in(t, field)).transpose()
-            };
             let query = EventQuery {
                 filter,
                 kinds: wire::event_types_in(&req.types, "types")?
                     .into_iter()
                     .collect(),
                 actor: Some(req.actor.clone()).filter(|a| !a.is_empty()),
-                start: time(&req.start_time, "start_time")?,
-                end: time(&req.end_time, "end_time")?,
+                start: wire::optional_timestamp_in(&req.start_time, "start_time")?,
+                end: wire::optional_timestamp_in(&req.end_time, "end_time")?,
             };
             let (events, next_page_token) = self
                 .authority

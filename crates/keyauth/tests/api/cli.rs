@@ -182,6 +182,31 @@ async fn issue_get_list_roll_revoke_verify() {
     .await;
 }
 
+/// `keys list --unused-for`: keys not used for that long, never-used ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_unused_for_names_the_stale_keys() {
+    on_sqlite(async |app| {
+        let used = made_key(&issue(app, "app_stale", "test", &["--name", "Used", "--json"]).await);
+        let unused =
+            made_key(&issue(app, "app_stale", "test", &["--name", "Idle", "--json"]).await);
+        let verified = verify(app, &[text(&used["secret"]).as_str()], None).await;
+        assert_exit(&verified, 0);
+        let listed = keys(
+            app,
+            &["list", "--app", "app_stale", "--unused-for", "1h", "--json"],
+        )
+        .await;
+        let ids: Vec<Value> = entries(&listed, "keys")
+            .iter()
+            .map(|k| k["id"].clone())
+            .collect();
+        assert_eq!(ids, [unused["key"]["id"].clone()], "{listed:?}");
+        let bad = keys(app, &["list", "--app", "app_stale", "--unused-for", "soon"]).await;
+        assert_exit(&bad, 2);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2() {
     on_sqlite(async |app| {

@@ -1,5 +1,5 @@
 //! Rotation hygiene (DESIGN §7 "Usage, hygiene, events"): lifetime bounds on issue, roll and
-//! update.
+//! update; stale keys listed by their last use.
 
 use std::time::Duration;
 
@@ -10,7 +10,10 @@ use tonic::Code;
 use crate::both_stores;
 use crate::helpers::*;
 
-both_stores!(lifetime_bounds_hold_on_issue_roll_and_update,);
+both_stores!(
+    lifetime_bounds_hold_on_issue_roll_and_update,
+    stale_keys_are_listed_by_last_use,
+);
 
 const DAY: i64 = 86_400;
 
@@ -110,5 +113,62 @@ async fn lifetime_bounds_hold_on_issue_roll_and_update(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(updated.key.unwrap().expire_time, Some(at(&app, 2 * DAY)));
+    app.stop().await;
+}
+
+/// `ListKeys.last_used_before`: keys not used since then, never-used ones included; a use not
+/// flushed yet counts; the page token holds for the same filter only.
+async fn stale_keys_are_listed_by_last_use(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    // A second apart: newest first is a known order.
+    let (old, old_secret) = app.issue_test_key().await;
+    app.clock.advance(Duration::from_secs(1));
+    let (never, _) = app.issue_test_key().await;
+    app.clock.advance(Duration::from_secs(1));
+    let (recent, recent_secret) = app.issue_test_key().await;
+    // `old` used, flushed; an hour later `recent` used, not flushed yet.
+    assert!(app.verify(&old_secret).await.valid);
+    app.authority.write_last_use().await.unwrap();
+    let cutoff = at(&app, 60);
+    app.clock.advance(Duration::from_secs(3600));
+    assert!(app.verify(&recent_secret).await.valid);
+    let mut client = app.client.clone();
+    let list = |before, page_size, page_token: String| pb::ListKeysRequest {
+        application_id: "app_1".into(),
+        last_used_before: before,
+        page_size,
+        page_token,
+        ..Default::default()
+    };
+    let listed = |request| {
+        let mut client = client.clone();
+        async move {
+            let page = client.list_keys(op(request)).await.unwrap().into_inner();
+            let ids: Vec<String> = page.keys.into_iter().map(|k| k.id).collect();
+            (ids, page.next_page_token)
+        }
+    };
+    // Not used in the last 59 minutes: `old` (used before), `never`.
+    let (stale, _) = listed(list(Some(cutoff), 0, String::new())).await;
+    assert_eq!(stale, [never.id.clone(), old.id.clone()], "newest first");
+    // Not used since before `old`'s use: `never` alone.
+    let (unused, _) = listed(list(Some(at(&app, -7200)), 0, String::new())).await;
+    assert_eq!(unused, [never.id.as_str()]);
+    // Unfiltered: every key.
+    let (all, _) = listed(list(None, 0, String::new())).await;
+    assert_eq!(all.len(), 3);
+    assert!(all.contains(&recent.id));
+    // A page token of the filtered listing is refused for another filter.
+    let (first, token) = listed(list(Some(cutoff), 1, String::new())).await;
+    assert_eq!(first, [never.id.as_str()]);
+    let (second, _) = listed(list(Some(cutoff), 1, token.clone())).await;
+    assert_eq!(second, [old.id.as_str()]);
+    let status = client
+        .list_keys(op(list(None, 1, token)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
     app.stop().await;
 }

@@ -11,7 +11,7 @@ use crate::authority::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::on_both_stores;
-use crate::store::{EventFilter, EventKind, EventKinds, EventQuery, KeyUpdate};
+use crate::store::{EventFilter, EventKind, EventKinds, EventQuery, KeyFilters, KeyUpdate};
 use crate::testing::{self, StoreKind, TestAuthority, new_key, who};
 
 on_both_stores!(
@@ -91,7 +91,12 @@ async fn keys_come_newest_first_a_page_at_a_time(kind: StoreKind) {
     let (mut seen, mut sizes, mut token) = (Vec::new(), Vec::new(), String::new());
     loop {
         let (keys, next) = a
-            .list(&app("app_pages"), None, KeyStates::ALL, 2, &token)
+            .list(
+                &app("app_pages"),
+                KeyFilters::of(None, KeyStates::ALL),
+                2,
+                &token,
+            )
             .await
             .unwrap();
         sizes.push(keys.len());
@@ -104,7 +109,12 @@ async fn keys_come_newest_first_a_page_at_a_time(kind: StoreKind) {
     assert_eq!(sizes, [2, 2, 1]);
     assert_eq!(seen, ids, "newest first, each once");
     let (all, next) = a
-        .list(&app("app_pages"), None, KeyStates::ALL, 0, "")
+        .list(
+            &app("app_pages"),
+            KeyFilters::of(None, KeyStates::ALL),
+            0,
+            "",
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -121,9 +131,12 @@ async fn a_page_token_holds_for_its_own_filters_only(kind: StoreKind) {
     issue_keys(&a, "app_tokens", 3).await;
     issue_keys(&a, "app_tokens_too", 1).await;
     let listing = app("app_tokens");
-    let (_, token) = a.list(&listing, None, KeyStates::ALL, 1, "").await.unwrap();
+    let (_, token) = a
+        .list(&listing, KeyFilters::of(None, KeyStates::ALL), 1, "")
+        .await
+        .unwrap();
     let (page, _) = a
-        .list(&listing, None, KeyStates::ALL, 1, &token)
+        .list(&listing, KeyFilters::of(None, KeyStates::ALL), 1, &token)
         .await
         .unwrap();
     assert_eq!(page.len(), 1, "the token resumes its own listing");
@@ -141,7 +154,9 @@ async fn a_page_token_holds_for_its_own_filters_only(kind: StoreKind) {
         (listing.clone(), None, KeyStates::ALL, "garbage".to_owned()),
     ];
     for (application, environment, states, token) in others {
-        let refused = a.list(&application, environment, states, 1, &token).await;
+        let refused = a
+            .list(&application, KeyFilters::of(environment, states), 1, &token)
+            .await;
         assert!(
             matches!(refused, Err(Error::InvalidPageToken)),
             "{application:?} {environment:?} {states:?} {token}"
@@ -151,7 +166,14 @@ async fn a_page_token_holds_for_its_own_filters_only(kind: StoreKind) {
         .list_applications(1, "", &Scope::everything())
         .await
         .unwrap();
-    let crossed = a.list(&listing, None, KeyStates::ALL, 1, &apps_token).await;
+    let crossed = a
+        .list(
+            &listing,
+            KeyFilters::of(None, KeyStates::ALL),
+            1,
+            &apps_token,
+        )
+        .await;
     assert!(
         matches!(crossed, Err(Error::InvalidPageToken)),
         "another listing's token"
@@ -171,7 +193,10 @@ async fn the_state_filter_judges_at_now(kind: StoreKind) {
     a.update(&expired, &soon, &who(), None).await.unwrap();
     a.revoke(&revoked, None, &who(), None).await.unwrap();
     let listed = async |states: KeyStates| -> HashSet<KeyId> {
-        let (keys, _) = a.list(&app(name), None, states, 0, "").await.unwrap();
+        let (keys, _) = a
+            .list(&app(name), KeyFilters::of(None, states), 0, "")
+            .await
+            .unwrap();
         keys.into_iter().map(|k| k.id).collect()
     };
     let set = |ids: &[&KeyId]| ids.iter().map(|&id| id.clone()).collect::<HashSet<_>>();

@@ -13,7 +13,8 @@ use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
 use crate::store::records::{ApplicationSummary, Cursor, KeyCounts, KeyListing};
 
 /// $5: an environment or NULL for both; $6: the states (`KeyStates::bits`: 1 active, 2
-/// expired, 4 revoked; 0 every state) at $7 (now).
+/// expired, 4 revoked; 0 every state) at $7 (now); $8: keys not used since then (never-used
+/// ones included), or NULL for every key.
 const LIST_KEYS: &str = select_keys!(
     "WHERE application_id = $1 AND (create_time < $2 OR (create_time = $2 AND id < $3)) \
      AND ($5 IS NULL OR environment = $5) \
@@ -21,6 +22,7 @@ const LIST_KEYS: &str = select_keys!(
           OR ($6 & 1 <> 0 AND revoke_time IS NULL AND (expire_time IS NULL OR expire_time > $7)) \
           OR ($6 & 2 <> 0 AND revoke_time IS NULL AND expire_time <= $7) \
           OR ($6 & 4 <> 0 AND revoke_time IS NOT NULL)) \
+     AND ($8 IS NULL OR last_used_time IS NULL OR last_used_time < $8) \
      ORDER BY create_time DESC, id DESC LIMIT $4"
 );
 
@@ -68,9 +70,10 @@ sql_impl! { impl {
             .bind(before_time)
             .bind(before_id)
             .bind(i64::from(limit))
-            .bind(listing.environment.map(Environment::as_str))
-            .bind(listing.states.bits())
+            .bind(listing.filters.environment.map(Environment::as_str))
+            .bind(listing.filters.states.bits())
             .bind(listing.now.as_micros())
+            .bind(listing.filters.last_used_before.map(Timestamp::as_micros))
             .fetch_all(&mut *self.pool.acquire().await?)
             .await?;
         rows.into_iter().map(KeyRecord::try_from).collect()

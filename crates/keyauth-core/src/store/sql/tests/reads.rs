@@ -5,7 +5,9 @@ use keyauth_contract::principal::Scope;
 use crate::auth_failures::FailureRow;
 use crate::model::{ApplicationId, Environment, KeyId, KeyState, KeyStates};
 use crate::on_both_stores;
-use crate::store::{Cursor, EventFilter, EventKind, EventKinds, EventQuery, KeyCounts, KeyListing};
+use crate::store::{
+    Cursor, EventFilter, EventKind, EventKinds, EventQuery, KeyCounts, KeyFilters, KeyListing,
+};
 use crate::testing::{StoreKind, secs, who};
 
 use super::{insert, key, one_of_each, store, successor};
@@ -34,8 +36,7 @@ async fn keys_are_listed_by_state_environment_and_cursor(kind: StoreKind) {
     let app = ApplicationId::from_store("app".into());
     let list = async |environment, states: &[KeyState], cursor: Option<(i64, u32)>| {
         let listing = KeyListing {
-            environment,
-            states: KeyStates::of(states.iter().copied()),
+            filters: KeyFilters::of(environment, KeyStates::of(states.iter().copied())),
             now: secs(10),
         };
         let cursor = cursor.map(|(at, n)| Cursor {
