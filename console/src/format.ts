@@ -59,6 +59,7 @@ export const EVENT_LABEL: Record<KeyEventType, string> = {
   [KeyEventType.EXPOSED]: "Exposed (leaked) and revoked",
   [KeyEventType.UPDATED]: "Updated",
   [KeyEventType.PERMISSION_DENIED]: "Permission denied",
+  [KeyEventType.EXPIRING]: "Expiring soon",
 };
 
 export function plural(n: number | bigint, one: string, many = `${one}s`): string {

@@ -411,6 +411,7 @@ const EVENT_TYPES = [
   KeyEventType.REVOKED,
   KeyEventType.UPDATED,
   KeyEventType.EXPOSED,
+  KeyEventType.EXPIRING,
   KeyEventType.OPERATOR_AUTH_FAILED,
   KeyEventType.PERMISSION_DENIED,
 ];

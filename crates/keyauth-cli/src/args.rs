@@ -383,6 +383,7 @@ pub enum EventType {
     Exposed,
     OperatorAuthFailed,
     PermissionDenied,
+    Expiring,
 }
 
 impl EventType {
@@ -395,6 +396,7 @@ impl EventType {
             EventType::Exposed => pb::KeyEventType::Exposed,
             EventType::OperatorAuthFailed => pb::KeyEventType::OperatorAuthFailed,
             EventType::PermissionDenied => pb::KeyEventType::PermissionDenied,
+            EventType::Expiring => pb::KeyEventType::Expiring,
         }
     }
 }

@@ -30,6 +30,7 @@ pub(crate) fn event_type_name(value: i32) -> &'static str {
         Ok(pb::KeyEventType::Exposed) => "exposed",
         Ok(pb::KeyEventType::Updated) => "updated",
         Ok(pb::KeyEventType::PermissionDenied) => "permission_denied",
+        Ok(pb::KeyEventType::Expiring) => "expiring",
         _ => "unspecified",
     }
 }

@@ -165,7 +165,7 @@ async fn apply(authority: &Authority, cursor: &mut EventCursor, event: &KeyEvent
     if !cursor.apply(event.seq) {
         return;
     }
-    let (Some(id), Some(kind)) = (&event.key_id, event.kind) else {
+    let (Some(id), Some(kind)) = (&event.key_id, event.kind.filter(|k| k.changes_key())) else {
         return;
     };
     match kind {

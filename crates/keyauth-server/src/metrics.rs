@@ -60,6 +60,8 @@ pub const EXPOSURE_REVOCATIONS: &str = "keyauth_exposure_revocations_total";
 /// Webhook requests answered 503 because the most bodies the webhook reads at once were being
 /// read already.
 pub const WEBHOOK_BUSY: &str = "keyauth_webhook_busy_total";
+/// Gauge: active keys expiring within `--expiry-warning`, by environment.
+pub const KEYS_EXPIRING: &str = "keyauth_keys_expiring";
 /// The `channel` label of reports from GitHub secret scanning.
 pub const EXPOSURE_GITHUB: &str = "github";
 /// The `channel` label of reports made with ReportExposedKeys.
@@ -101,6 +103,10 @@ fn describe() {
         "Bytes the proven keys held in memory count for"
     );
     describe_gauge!(HASH_WAITING, "argon2 hashes waiting for a worker");
+    describe_gauge!(
+        KEYS_EXPIRING,
+        "Active keys expiring within --expiry-warning, by environment"
+    );
     describe_gauge!(HASH_BUSY, "argon2 workers busy");
     describe_gauge!(STORE_CONNECTIONS, "Store connections open");
     describe_gauge!(STORE_IDLE, "Store connections open and idle");
@@ -135,6 +141,13 @@ pub fn tls_reload(result: &'static str) {
 /// Records a change of the principals file judged: `ok` or `error`.
 pub fn principals_reload(result: &'static str) {
     ::metrics::counter!(PRINCIPALS_RELOADS, "result" => result).increment(1);
+}
+
+/// Sets the gauge of keys expiring soon, per environment.
+pub fn keys_expiring(counts: &[(keyauth_core::model::Environment, i64)]) {
+    for (environment, count) in counts {
+        ::metrics::gauge!(KEYS_EXPIRING, "environment" => environment.as_str()).set(*count as f64);
+    }
 }
 
 /// Records a store error of a background task.

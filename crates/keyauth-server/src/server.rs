@@ -63,6 +63,8 @@ pub struct AuthoritySettings {
     pub watch_backlog: usize,
     /// The longest lifetime of a key per environment.
     pub lifetimes: LifetimeBounds,
+    /// How long before its expiry a key gets its `expiring` event.
+    pub expiry_warning: Duration,
 }
 
 impl Default for AuthoritySettings {
@@ -78,6 +80,7 @@ impl Default for AuthoritySettings {
             idempotency_ttl: keyauth_core::authority::DEFAULT_IDEMPOTENCY_TTL,
             auth_failures: AuthFailureSettings::default(),
             lifetimes: LifetimeBounds::NONE,
+            expiry_warning: keyauth_core::authority::DEFAULT_EXPIRY_WARNING,
             watch_backlog: keyauth_core::changes::HUB_CAPACITY,
         }
     }
@@ -104,7 +107,8 @@ pub async fn authority(
         ))
         .with_auth_failures(settings.auth_failures)
         .with_change_backlog(settings.watch_backlog)
-        .with_lifetime_bounds(settings.lifetimes);
+        .with_lifetime_bounds(settings.lifetimes)
+        .with_expiry_warning(settings.expiry_warning);
     Ok(Arc::new(authority))
 }
 
@@ -447,7 +451,8 @@ async fn probe_store(
 
 /// Housekeeping every `every`, and once more at shutdown: writes last-use times, the
 /// refused operator calls counted since (one row per peer) and the calls refused
-/// PERMISSION_DENIED (one row per principal), purges expired idempotency
+/// PERMISSION_DENIED (one row per principal) and the `expiring` events of keys entering the
+/// `--expiry-warning` window (and sets `keyauth_keys_expiring`), purges expired idempotency
 /// records and refused-call rows past their retention, and rebuilds the key filter when it
 /// outgrew its size.
 async fn housekeeping(
@@ -488,6 +493,21 @@ async fn housekeeping(
             Err(e) => {
                 crate::metrics::background_store_error("denial_flush");
                 tracing::warn!(error = %e, "writing refused calls failed; will retry")
+            }
+        }
+        match authority.warn_expiring().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "expiring events written"),
+            Err(e) => {
+                crate::metrics::background_store_error("expiry_warning");
+                tracing::warn!(error = %e, "writing expiring events failed; will retry")
+            }
+        }
+        match authority.count_expiring().await {
+            Ok(counts) => crate::metrics::keys_expiring(&counts),
+            Err(e) => {
+                crate::metrics::background_store_error("expiry_count");
+                tracing::warn!(error = %e, "counting expiring keys failed; will retry")
             }
         }
         if let Err(e) = authority.purge_auth_failures().await {

@@ -233,6 +233,7 @@ pub fn event_type_out(kind: EventKind) -> pb::KeyEventType {
         EventKind::Exposed => pb::KeyEventType::Exposed,
         EventKind::Updated => pb::KeyEventType::Updated,
         EventKind::PermissionDenied => pb::KeyEventType::PermissionDenied,
+        EventKind::Expiring => pb::KeyEventType::Expiring,
     }
 }
 
@@ -249,6 +250,7 @@ pub fn event_types_in(values: &[i32], field: &str) -> Result<Vec<EventKind>, Err
             Ok(pb::KeyEventType::Exposed) => Ok(EventKind::Exposed),
             Ok(pb::KeyEventType::Updated) => Ok(EventKind::Updated),
             Ok(pb::KeyEventType::PermissionDenied) => Ok(EventKind::PermissionDenied),
+            Ok(pb::KeyEventType::Expiring) => Ok(EventKind::Expiring),
             Ok(pb::KeyEventType::Unspecified) | Err(_) => Err(Error::invalid(
                 field,
                 format!("{value} is not a KeyEventType (e.g. KEY_EVENT_TYPE_ISSUED)"),

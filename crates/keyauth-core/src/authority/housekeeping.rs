@@ -3,7 +3,7 @@
 use super::Authority;
 use crate::clock::Timestamp;
 use crate::error::Error;
-use crate::model::KeyId;
+use crate::model::{Environment, KeyId};
 use crate::store::Actor;
 
 impl Authority {
@@ -97,6 +97,43 @@ impl Authority {
             return Err(e);
         }
         Ok(calls)
+    }
+
+    /// Writes one `expiring` event for every key that entered the `--expiry-warning` window
+    /// (active, never rolled, not warned of before; of several instances, one writes each).
+    /// Returns how many keys were warned of.
+    pub async fn warn_expiring(&self) -> Result<usize, Error> {
+        const BATCH: u32 = 1000;
+        let now = self.now();
+        let until = now.saturating_add(self.expiry_warning);
+        let mut warned = 0;
+        loop {
+            let batch = self.store.warn_expiring(now, until, BATCH).await?;
+            for key in &batch {
+                tracing::info!(
+                    key_id = %key.id,
+                    application_id = key.application_id.as_str(),
+                    expire_time_micros = key.expire_time.unwrap_or(now).as_micros(),
+                    "key expires soon: expiring event written"
+                );
+            }
+            warned += batch.len();
+            if batch.len() < BATCH as usize {
+                return Ok(warned);
+            }
+        }
+    }
+
+    /// How many active, never-rolled keys of each environment expire within the
+    /// `--expiry-warning` window (test, live).
+    pub async fn count_expiring(&self) -> Result<[(Environment, i64); 2], Error> {
+        let now = self.now();
+        let until = now.saturating_add(self.expiry_warning);
+        let mut counts = [(Environment::Test, 0), (Environment::Live, 0)];
+        for (environment, count) in &mut counts {
+            *count = self.store.count_expiring(*environment, now, until).await?;
+        }
+        Ok(counts)
     }
 
     /// Deletes refused-call rows (failed authentications, denials) older than the retention.

@@ -39,6 +39,8 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long before its expiry a key gets its `expiring` event unless told otherwise.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_PAGE_SIZE: u32 = 1000;
 const PAGE_TOKEN_SETTING: &str = "page_token_key";
 /// Keys one report of leaked keys may carry.
@@ -75,6 +77,8 @@ pub struct Authority {
     denials: Denials,
     /// The longest lifetime of a key per environment.
     lifetimes: LifetimeBounds,
+    /// How long before its expiry a key gets its `expiring` event.
+    expiry_warning: Duration,
     /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
     cold: Arc<tokio::sync::Semaphore>,
     changes: ChangeHub,
@@ -149,6 +153,7 @@ impl Authority {
             auth_failures: AuthFailures::new(AuthFailureSettings::default()),
             denials: Denials::default(),
             lifetimes: LifetimeBounds::NONE,
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
             changes: ChangeHub::default(),
         })
     }
@@ -162,6 +167,12 @@ impl Authority {
     /// Bounds the lifetime of the keys issued, rolled and updated from now on.
     pub fn with_lifetime_bounds(mut self, bounds: LifetimeBounds) -> Self {
         self.lifetimes = bounds;
+        self
+    }
+
+    /// Sets how long before its expiry a key gets its `expiring` event.
+    pub fn with_expiry_warning(mut self, window: Duration) -> Self {
+        self.expiry_warning = window;
         self
     }
 

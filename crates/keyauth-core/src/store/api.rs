@@ -12,7 +12,7 @@ use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::denials::DenialRow;
 use crate::error::Error;
-use crate::model::{ApplicationId, KeyId, KeyRecord};
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -119,6 +119,25 @@ pub trait Store: Send + Sync + 'static {
     /// Records refused operator calls in the audit trail, one aggregated row each (in one
     /// transaction).
     async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error>;
+
+    /// Writes one `expiring` event for each key (at most `limit`) that expires within
+    /// (`now`, `until`], is active, was never rolled and was not warned of yet; returns those
+    /// keys. Of instances sweeping at once, one writes each key's event.
+    async fn warn_expiring(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, Error>;
+
+    /// How many keys of `environment` are active, never rolled, and expire within (`now`,
+    /// `until`].
+    async fn count_expiring(
+        &self,
+        environment: Environment,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<i64, Error>;
 
     /// Records calls refused PERMISSION_DENIED, one aggregated row per principal (in one
     /// transaction).

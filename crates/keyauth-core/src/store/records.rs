@@ -88,6 +88,8 @@ pub enum EventKind {
     /// Calls of one principal refused PERMISSION_DENIED (aggregated, like
     /// `OperatorAuthFailed`).
     PermissionDenied,
+    /// A key entered the `--expiry-warning` window (one per key and expiry).
+    Expiring,
 }
 
 impl EventKind {
@@ -100,6 +102,7 @@ impl EventKind {
             EventKind::Exposed => "exposed",
             EventKind::Updated => "updated",
             EventKind::PermissionDenied => "permission_denied",
+            EventKind::Expiring => "expiring",
         }
     }
 
@@ -108,7 +111,7 @@ impl EventKind {
     }
 
     /// Every kind, in the order of their bits in [`EventKinds`].
-    pub const ALL: [EventKind; 7] = [
+    pub const ALL: [EventKind; 8] = [
         EventKind::Issued,
         EventKind::Rolled,
         EventKind::Revoked,
@@ -116,11 +119,27 @@ impl EventKind {
         EventKind::Exposed,
         EventKind::Updated,
         EventKind::PermissionDenied,
+        EventKind::Expiring,
     ];
+
+    /// Whether an event of this kind changes its key (what caches forget and watchers hear
+    /// of): not a refused call, not an expiry warning.
+    pub fn changes_key(self) -> bool {
+        match self {
+            EventKind::Issued
+            | EventKind::Rolled
+            | EventKind::Revoked
+            | EventKind::Exposed
+            | EventKind::Updated => true,
+            EventKind::OperatorAuthFailed | EventKind::PermissionDenied | EventKind::Expiring => {
+                false
+            }
+        }
+    }
 
     /// The kind's bit in [`EventKinds`] (and in the store's filter parameter): 1 issued,
     /// 2 rolled, 4 revoked, 8 operator_auth_failed, 16 exposed, 32 updated, 64
-    /// permission_denied.
+    /// permission_denied, 128 expiring.
     pub const fn bit(self) -> u8 {
         1 << self as u8
     }

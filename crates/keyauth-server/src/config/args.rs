@@ -146,6 +146,11 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_MAX_TEST_KEY_LIFETIME", value_parser = parse_positive_duration)]
     pub max_test_key_lifetime: Option<Duration>,
 
+    /// How long before its expiry an active key gets one `expiring` event (and counts in the
+    /// gauge `keyauth_keys_expiring`).
+    #[arg(long, env = "KEYAUTH_EXPIRY_WARNING", default_value = "7d", value_parser = parse_positive_duration)]
+    pub expiry_warning: Duration,
+
     /// How long responses of calls made with an idempotency key are kept for replay.
     #[arg(long, env = "KEYAUTH_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,

@@ -63,6 +63,7 @@ impl ServeArgs {
                 live: self.max_live_key_lifetime,
                 test: self.max_test_key_lifetime,
             },
+            expiry_warning: self.expiry_warning,
         })
     }
 

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use keyauth_core::Error;
 use keyauth_core::changes::Change;
-use keyauth_core::store::EventKind;
 use keyauth_proto as pb;
 use keyauth_proto::watch_key_changes_response::Event;
 use tokio::sync::{Semaphore, broadcast, mpsc};
@@ -236,7 +235,7 @@ impl KeyAuthorityApi {
             .into_iter()
             .filter(|e| e.seq <= upto)
             .filter_map(|e| {
-                let kind = e.kind.filter(|k| *k != EventKind::OperatorAuthFailed)?;
+                let kind = e.kind.filter(|k| k.changes_key())?;
                 let change = Change {
                     seq: e.seq,
                     kind,

@@ -1,5 +1,5 @@
 //! Rotation hygiene (DESIGN §7 "Usage, hygiene, events"): lifetime bounds on issue, roll and
-//! update; stale keys listed by their last use.
+//! update; stale keys listed by their last use; one `expiring` event per key.
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use crate::helpers::*;
 both_stores!(
     lifetime_bounds_hold_on_issue_roll_and_update,
     stale_keys_are_listed_by_last_use,
+    a_key_entering_the_warning_window_gets_one_expiring_event,
 );
 
 const DAY: i64 = 86_400;
@@ -170,5 +171,85 @@ async fn stale_keys_are_listed_by_last_use(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
+    app.stop().await;
+}
+
+/// The keys whose `expire_time` enters `--expiry-warning` (7 days) get one `expiring` event
+/// each, whoever sweeps and however often; revoked and rolled keys none; a changed expiry is
+/// warned of again; the gauge's count follows.
+async fn a_key_entering_the_warning_window_gets_one_expiring_event(backend: Backend) {
+    let Some(app) = spawn(backend).await else {
+        return;
+    };
+    let expiring = |days| pb::IssueKeyRequest {
+        expire_time: Some(at(&app, days * DAY)),
+        ..standard("app_1", pb::Environment::Test)
+    };
+    let (later, _) = app.issue(expiring(30)).await.unwrap();
+    let (soon, _) = app.issue(expiring(3)).await.unwrap();
+    let (revoked, _) = app.issue(expiring(3)).await.unwrap();
+    app.revoke(&revoked.id).await.unwrap();
+    let (rolled, _) = app.issue(expiring(3)).await.unwrap();
+    let successor = app.roll(&rolled.id, None).await.unwrap();
+    register_secret(&successor.secret);
+    let successor = successor.key.unwrap();
+    let (_forever, _) = app.issue_test_key().await;
+
+    let expiring_events = || {
+        let mut client = app.client.clone();
+        async move {
+            let events = client
+                .list_key_events(op(pb::ListKeyEventsRequest {
+                    types: vec![pb::KeyEventType::Expiring.into()],
+                    ..Default::default()
+                }))
+                .await
+                .unwrap()
+                .into_inner()
+                .events;
+            let mut ids: Vec<String> = events.into_iter().map(|e| e.key_id).collect();
+            ids.sort();
+            ids
+        }
+    };
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    // Two sweeps at once (two instances on PostgreSQL): one event per key.
+    let (a, b) = tokio::join!(app.authority.warn_expiring(), app.authority.warn_expiring());
+    assert_eq!(a.unwrap() + b.unwrap(), 2);
+    assert_eq!(
+        expiring_events().await,
+        sorted(vec![soon.id.clone(), successor.id.clone()])
+    );
+    assert_eq!(app.authority.warn_expiring().await.unwrap(), 0);
+    let counts = app.authority.count_expiring().await.unwrap();
+    assert_eq!(counts.map(|(_, n)| n), [2, 0], "test, live");
+
+    // 24 days on, `later` enters the window (the others have expired meanwhile).
+    app.clock.advance(Duration::from_secs(24 * DAY as u64));
+    assert_eq!(app.authority.warn_expiring().await.unwrap(), 1);
+    assert_eq!(app.authority.warn_expiring().await.unwrap(), 0);
+    // Its expiry changed (still within the window): warned of again, once.
+    let mut client = app.client.clone();
+    client
+        .update_key(op(pb::UpdateKeyRequest {
+            key: Some(pb::ApiKey {
+                id: later.id.clone(),
+                expire_time: Some(at(&app, 5 * DAY)),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["expire_time".into()],
+            }),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(app.authority.warn_expiring().await.unwrap(), 1);
+    assert_eq!(app.authority.warn_expiring().await.unwrap(), 0);
+    let events = expiring_events().await;
+    assert_eq!(events.iter().filter(|id| **id == later.id).count(), 2);
+    assert_eq!(events.len(), 4);
     app.stop().await;
 }

@@ -29,7 +29,8 @@ const SELECT_EVENTS: &str = "SELECT seq, event, key_id, related_key_id, applicat
 /// An event's kind as its bit in `EventKinds::bits` (`EventKind::bit`; checked by a test).
 const EVENT_BIT: &str = "(CASE event WHEN 'issued' THEN 1 WHEN 'rolled' THEN 2 \
      WHEN 'revoked' THEN 4 WHEN 'operator_auth_failed' THEN 8 WHEN 'exposed' THEN 16 \
-     WHEN 'updated' THEN 32 WHEN 'permission_denied' THEN 64 ELSE 0 END)";
+     WHEN 'updated' THEN 32 WHEN 'permission_denied' THEN 64 \
+     WHEN 'expiring' THEN 128 ELSE 0 END)";
 
 const INSERT_AUTH_FAILURES: &str = "INSERT INTO key_events \
      (event, peer, request_id, event_time, occurrences) VALUES ($1, $2, $3, $4, $5)";

@@ -38,7 +38,8 @@ const UPDATE_KEY: &str = "UPDATE api_keys SET \
      metadata = CASE WHEN $8 THEN $3 ELSE metadata END, \
      restricted = CASE WHEN $9 THEN $4 ELSE restricted END, \
      permissions = CASE WHEN $9 THEN $5 ELSE permissions END, \
-     expire_time = CASE WHEN $10 THEN $6 ELSE expire_time END \
+     expire_time = CASE WHEN $10 THEN $6 ELSE expire_time END, \
+     expiry_warned_time = CASE WHEN $10 THEN NULL ELSE expiry_warned_time END \
      WHERE id = $1 AND revoke_time IS NULL AND (NOT $10 OR replaced_by_key_id IS NULL)";
 
 const TOUCH: &str = "UPDATE api_keys SET last_used_time = $2 \

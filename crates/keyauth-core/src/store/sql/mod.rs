@@ -31,7 +31,7 @@ use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::denials::DenialRow;
 use crate::error::Error;
-use crate::model::{ApplicationId, KeyId, KeyRecord};
+use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
 
 mod backend;
 mod filters;
@@ -70,6 +70,7 @@ macro_rules! sql_impl {
 }
 
 mod events;
+mod expiry;
 mod idempotency;
 mod keys;
 mod listings;
@@ -230,6 +231,24 @@ sql_impl! { #[async_trait] impl Store {
 
     async fn record_denials(&self, rows: &[DenialRow]) -> Result<(), Error> {
         Self::record_denials(self, rows).await
+    }
+
+    async fn warn_expiring(
+        &self,
+        now: Timestamp,
+        until: Timestamp,
+        limit: u32,
+    ) -> Result<Vec<KeyRecord>, Error> {
+        Self::warn_expiring(self, now, until, limit).await
+    }
+
+    async fn count_expiring(
+        &self,
+        environment: Environment,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<i64, Error> {
+        Self::count_expiring(self, environment, now, until).await
     }
 
     async fn purge_auth_failures(&self, before: Timestamp) -> Result<u64, Error> {

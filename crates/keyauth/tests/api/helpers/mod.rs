@@ -328,6 +328,8 @@ pub struct Options {
     pub principals: Option<String>,
     /// `--max-live-key-lifetime`, `--max-test-key-lifetime`.
     pub lifetimes: keyauth_core::lifetime::LifetimeBounds,
+    /// `--expiry-warning`.
+    pub expiry_warning: Duration,
 }
 
 impl Default for Options {
@@ -359,6 +361,7 @@ impl Default for Options {
             watch_backlog: authority.watch_backlog,
             principals: None,
             lifetimes: authority.lifetimes,
+            expiry_warning: authority.expiry_warning,
         }
     }
 }
@@ -383,6 +386,7 @@ impl Options {
             auth_failures: self.auth_failures.clone(),
             watch_backlog: self.watch_backlog,
             lifetimes: self.lifetimes,
+            expiry_warning: self.expiry_warning,
         }
     }
 }
