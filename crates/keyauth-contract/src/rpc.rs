@@ -61,6 +61,7 @@ pub const RPCS: &[Rpc] = &[
     ),
     rpc("ListApplications", Access::Operator, READ),
     rpc("GetPrincipal", Access::Authenticated, &[]),
+    rpc("GetKeyUsage", Access::Operator, READ),
 ];
 
 /// The RPC named `method`; `None` for a method the service does not have.

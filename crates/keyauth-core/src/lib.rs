@@ -28,6 +28,7 @@ pub mod store;
 
 mod paging;
 mod usage;
+pub mod usage_counts;
 
 #[doc(hidden)]
 pub mod fuzzing;

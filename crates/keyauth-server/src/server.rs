@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyauth_core::auth_failures::AuthFailureSettings;
+use keyauth_core::authority::UsageRetention;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::check_value::CheckKeys;
@@ -65,6 +66,8 @@ pub struct AuthoritySettings {
     pub lifetimes: LifetimeBounds,
     /// How long before its expiry a key gets its `expiring` event.
     pub expiry_warning: Duration,
+    /// How long usage counts are kept by the hour, and at all.
+    pub usage_retention: UsageRetention,
 }
 
 impl Default for AuthoritySettings {
@@ -81,6 +84,7 @@ impl Default for AuthoritySettings {
             auth_failures: AuthFailureSettings::default(),
             lifetimes: LifetimeBounds::NONE,
             expiry_warning: keyauth_core::authority::DEFAULT_EXPIRY_WARNING,
+            usage_retention: UsageRetention::default(),
             watch_backlog: keyauth_core::changes::HUB_CAPACITY,
         }
     }
@@ -108,7 +112,8 @@ pub async fn authority(
         .with_auth_failures(settings.auth_failures)
         .with_change_backlog(settings.watch_backlog)
         .with_lifetime_bounds(settings.lifetimes)
-        .with_expiry_warning(settings.expiry_warning);
+        .with_expiry_warning(settings.expiry_warning)
+        .with_usage_retention(settings.usage_retention);
     Ok(Arc::new(authority))
 }
 
@@ -449,7 +454,8 @@ async fn probe_store(
     }
 }
 
-/// Housekeeping every `every`, and once more at shutdown: writes last-use times, the
+/// Housekeeping every `every`, and once more at shutdown: writes last-use times and usage
+/// counts (folding old hourly counts into daily ones, purging those past retention), the
 /// refused operator calls counted since (one row per peer) and the calls refused
 /// PERMISSION_DENIED (one row per principal) and the `expiring` events of keys entering the
 /// `--expiry-warning` window (and sets `keyauth_keys_expiring`), purges expired idempotency
@@ -472,6 +478,18 @@ async fn housekeeping(
                 crate::metrics::background_store_error("usage_flush");
                 tracing::warn!(error = %e, "writing last-use times failed; will retry")
             }
+        }
+        match authority.write_usage_counts().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(verifications = n, "usage counts written"),
+            Err(e) => {
+                crate::metrics::background_store_error("usage_counts_flush");
+                tracing::warn!(error = %e, "writing usage counts failed; will retry")
+            }
+        }
+        if let Err(e) = authority.compact_usage().await {
+            crate::metrics::background_store_error("usage_compaction");
+            tracing::warn!(error = %e, "folding or purging usage counts failed; will retry")
         }
         match authority.flush_auth_failures().await {
             Ok(0) => {}

@@ -12,7 +12,10 @@ use keyauth_core::model::{
     ApplicationId, Denial, Environment, KeyRecord, KeyState, Verdict, check_metadata, parse_name,
 };
 use keyauth_core::model::{KeyId, KeyStates};
-use keyauth_core::store::{ApplicationSummary, AuditEvent, EventKind, KeyCounts, KeyUpdate};
+use keyauth_core::store::{
+    ApplicationSummary, AuditEvent, EventKind, Granularity, KeyCounts, KeyUpdate,
+};
+use keyauth_core::usage_counts::Counts;
 use keyauth_proto as pb;
 
 pub fn environment_in(value: i32, field: &str) -> Result<Option<Environment>, Error> {
@@ -72,6 +75,54 @@ fn environment_out(env: Environment) -> pb::Environment {
     match env {
         Environment::Test => pb::Environment::Test,
         Environment::Live => pb::Environment::Live,
+    }
+}
+
+/// GetKeyUsage's range and granularity (whose usage is the caller's to decide: it checks the
+/// scope). A missing time or granularity is an error naming it.
+pub fn usage_range_in(
+    req: &pb::GetKeyUsageRequest,
+) -> Result<(Timestamp, Timestamp, Granularity), Error> {
+    let time = |t: &Option<prost_types::Timestamp>, field| {
+        optional_timestamp_in(t, field)?.ok_or_else(|| Error::invalid(field, "is required"))
+    };
+    let granularity = match pb::UsageGranularity::try_from(req.granularity) {
+        Ok(pb::UsageGranularity::Hour) => Ok(Granularity::Hour),
+        Ok(pb::UsageGranularity::Day) => Ok(Granularity::Day),
+        _ => Err(Error::invalid(
+            "granularity",
+            "is required: USAGE_GRANULARITY_HOUR or USAGE_GRANULARITY_DAY",
+        )),
+    };
+    match (
+        time(&req.start_time, "start_time"),
+        time(&req.end_time, "end_time"),
+        granularity,
+    ) {
+        (Ok(start), Ok(end), Ok(granularity)) => Ok((start, end, granularity)),
+        (start, end, granularity) => Err(Error::merge(
+            [start.err(), end.err(), granularity.err()]
+                .into_iter()
+                .flatten(),
+        )),
+    }
+}
+
+/// One bucket of GetKeyUsage: the denials by their seed codes, zeros left out.
+pub fn usage_bucket_out((start, counts): &(Timestamp, Counts)) -> pb::UsageBucket {
+    pb::UsageBucket {
+        start_time: Some(timestamp_out(*start)),
+        valid: i64::try_from(counts.valid()).unwrap_or(i64::MAX),
+        denied: Denial::ALL
+            .into_iter()
+            .filter(|d| counts.denied(*d) > 0)
+            .map(|d| {
+                (
+                    d.code().to_owned(),
+                    i64::try_from(counts.denied(d)).unwrap_or(i64::MAX),
+                )
+            })
+            .collect(),
     }
 }
 

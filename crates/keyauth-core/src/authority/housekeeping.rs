@@ -1,6 +1,8 @@
 //! Housekeeping: last-use and refused-call flushes, retention purges, key-filter upkeep.
 
 use super::Authority;
+use std::time::Duration;
+
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::model::{Environment, KeyId};
@@ -97,6 +99,37 @@ impl Authority {
             return Err(e);
         }
         Ok(calls)
+    }
+
+    /// Writes the verification counts made since the last flush (one row per key and hour,
+    /// in one transaction); returns how many verifications were written. A failed write
+    /// keeps them for the next flush.
+    pub async fn write_usage_counts(&self) -> Result<u64, Error> {
+        let rows = self.counts.take();
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let calls = rows.iter().map(|r| r.counts.total()).sum();
+        if let Err(e) = self.store.record_usage(&rows).await {
+            self.counts.restore(rows);
+            return Err(e);
+        }
+        Ok(calls)
+    }
+
+    /// Folds hourly usage counts past the hourly retention into daily ones and deletes
+    /// counts past the retention; returns the rows removed.
+    pub async fn compact_usage(&self) -> Result<u64, Error> {
+        let now = self.now().as_micros();
+        let ago = |d: Duration| {
+            Timestamp::from_micros(
+                now.saturating_sub(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)),
+            )
+        };
+        let retention = self.usage_retention;
+        self.store
+            .compact_usage(ago(retention.hourly), ago(retention.total))
+            .await
     }
 
     /// Writes one `expiring` event for every key that entered the `--expiry-warning` window

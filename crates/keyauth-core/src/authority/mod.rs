@@ -32,6 +32,7 @@ use crate::paging::PageTokens;
 use crate::sealing::Sealer;
 use crate::store::Store;
 use crate::usage::UsageRecorder;
+use crate::usage_counts::UsageCounts;
 
 pub use types::{ExposureOutcome, FromMemory, Idempotency, Issued, NewKey, Replay, Waiting};
 
@@ -39,6 +40,24 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEFAULT_PAGE_SIZE: u32 = 50;
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// How long usage counts are kept: by the hour, then by the day.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsageRetention {
+    /// Hourly counts older than this are folded into daily ones.
+    pub hourly: Duration,
+    /// Counts older than this are deleted.
+    pub total: Duration,
+}
+
+impl Default for UsageRetention {
+    fn default() -> Self {
+        UsageRetention {
+            hourly: Duration::from_secs(90 * 24 * 3600),
+            total: Duration::from_secs(400 * 24 * 3600),
+        }
+    }
+}
+
 /// How long before its expiry a key gets its `expiring` event unless told otherwise.
 pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_PAGE_SIZE: u32 = 1000;
@@ -75,10 +94,14 @@ pub struct Authority {
     auth_failures: AuthFailures,
     /// Calls refused PERMISSION_DENIED, counted per principal until written.
     denials: Denials,
+    /// Verifications counted per key, hour and outcome, until written.
+    counts: UsageCounts,
     /// The longest lifetime of a key per environment.
     lifetimes: LifetimeBounds,
     /// How long before its expiry a key gets its `expiring` event.
     expiry_warning: Duration,
+    /// How long usage counts are kept by the hour, and at all.
+    usage_retention: UsageRetention,
     /// Cold lookups in flight; past `max_cold_lookups`, UNAVAILABLE at once.
     cold: Arc<tokio::sync::Semaphore>,
     changes: ChangeHub,
@@ -152,8 +175,10 @@ impl Authority {
             cold,
             auth_failures: AuthFailures::new(AuthFailureSettings::default()),
             denials: Denials::default(),
+            counts: UsageCounts::default(),
             lifetimes: LifetimeBounds::NONE,
             expiry_warning: DEFAULT_EXPIRY_WARNING,
+            usage_retention: UsageRetention::default(),
             changes: ChangeHub::default(),
         })
     }
@@ -167,6 +192,12 @@ impl Authority {
     /// Bounds the lifetime of the keys issued, rolled and updated from now on.
     pub fn with_lifetime_bounds(mut self, bounds: LifetimeBounds) -> Self {
         self.lifetimes = bounds;
+        self
+    }
+
+    /// Sets how long usage counts are kept by the hour, and at all.
+    pub fn with_usage_retention(mut self, retention: UsageRetention) -> Self {
+        self.usage_retention = retention;
         self
     }
 

@@ -11,8 +11,9 @@ use crate::error::Error;
 use crate::model::{ApplicationId, KeyId, KeyRecord};
 use crate::store::{
     ApplicationSummary, AuditEvent, Cursor, EventFilter, EventKind, EventQuery, KeyFilters,
-    KeyListing,
+    KeyListing, UsageQuery,
 };
+use crate::usage_counts::Counts;
 
 /// One page of a listing: `fetch` reads at most `limit` items (one more than the page holds,
 /// so that a next page shows itself); `next` makes the token that resumes after an item. The
@@ -152,6 +153,28 @@ impl Authority {
             |last| self.page_tokens.issue_events(&filter, scope, last.seq),
         )
         .await
+    }
+}
+
+/// The longest range GetKeyUsage reads at once.
+pub const MAX_USAGE_RANGE: std::time::Duration = std::time::Duration::from_secs(366 * 24 * 3600);
+
+impl Authority {
+    /// The verification counts of a key or an application in [`start`, `end`), by hour or by
+    /// day (UTC), oldest first; buckets without a count are left out. Counts reach the store
+    /// at each flush (`write_usage_counts`). A range that ends before it starts, or longer than
+    /// [`MAX_USAGE_RANGE`], is INVALID_ARGUMENT.
+    pub async fn usage(&self, query: &UsageQuery) -> Result<Vec<(Timestamp, Counts)>, Error> {
+        if query.end <= query.start {
+            return Err(Error::invalid("end_time", "must be after start_time"));
+        }
+        if query.end.since(query.start) > MAX_USAGE_RANGE {
+            return Err(Error::invalid(
+                "end_time",
+                "the range must be at most 366 days: ask for a longer one in parts",
+            ));
+        }
+        self.store.usage(query).await
     }
 }
 

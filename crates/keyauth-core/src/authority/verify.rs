@@ -13,7 +13,8 @@ use crate::check_value::Check;
 use crate::clock::Timestamp;
 use crate::error::Error;
 use crate::key::{KeyIdOf, KeyView, PresentedKey};
-use crate::model::{KeyId, KeyIdText, KeyRecord, Verdict};
+use crate::model::{Denial, KeyId, KeyIdText, KeyRecord, Verdict};
+use crate::usage_counts::Outcome;
 
 impl Authority {
     /// Verifies a presented key (raw or `Bearer …`) and judges it against `required`
@@ -52,7 +53,10 @@ impl Authority {
             Lookup::Proven(_) | Lookup::WrongSecret if self.cut_off() => {
                 return FromMemory::Answered(Err(Error::StoreUnreachable));
             }
-            Lookup::WrongSecret => return FromMemory::Answered(Ok(Verdict::unauthenticated())),
+            Lookup::WrongSecret => {
+                self.count_wrong_secret(&key.to_owned().id(), now);
+                return FromMemory::Answered(Ok(Verdict::unauthenticated()));
+            }
             Lookup::Proven(p) if self.cache.is_fresh(&p, steady) => {
                 return FromMemory::Answered(Ok(self.judged(&p, now, required)));
             }
@@ -98,13 +102,26 @@ impl Authority {
         })
     }
 
-    /// A proven key judged at `now` for `required`; its use noted when it is valid.
+    /// A proven key judged at `now` for `required`: the answer counted, its use noted when it
+    /// is valid.
     fn judged(&self, proven: &Proven, now: Timestamp, required: &[(String, String)]) -> Verdict {
         let verdict = Verdict::of_proven(proven.record.clone(), now, required);
+        let outcome = match verdict.denial {
+            None => Outcome::Valid,
+            Some(denial) => Outcome::Denied(denial),
+        };
+        self.counts.count(&proven.counter, outcome, now);
         if verdict.is_valid() {
             self.note_use(proven, now);
         }
         verdict
+    }
+
+    /// A wrong secret presented for `id`, a key that exists: counted as its
+    /// `authentication_error` (an id no key has is counted nowhere).
+    fn count_wrong_secret(&self, id: &KeyId, now: Timestamp) {
+        self.counts
+            .count_id(id, Outcome::Denied(Denial::AuthenticationError), now);
     }
 
     /// Cold path: one indexed read, argon2id, then cache; one at a time per key id, so
@@ -125,6 +142,7 @@ impl Authority {
         if let Some(check) = self.cache.known_check(&id)
             && self.checks.judge(Some(&check), key.secret()) == Check::Mismatch
         {
+            self.count_wrong_secret(&id, self.now());
             return Ok(None);
         }
         if let Some(after) = self.cache.is_throttled(&id, now) {
@@ -136,7 +154,10 @@ impl Authority {
         // What the flight before this one found, if any.
         match self.cache.peek(id.as_str(), &key.digest()) {
             Lookup::Proven(p) if self.cache.is_fresh(&p, now) => return Ok(Some(p)),
-            Lookup::WrongSecret => return Ok(None),
+            Lookup::WrongSecret => {
+                self.count_wrong_secret(&id, self.now());
+                return Ok(None);
+            }
             _ if self.cache.is_unknown(&id, now) => return Ok(None),
             _ => {}
         }
@@ -152,6 +173,7 @@ impl Authority {
         // It exists: a probe past the filter found a key made elsewhere.
         self.key_filter.insert(&id);
         if record.environment != key.environment() {
+            self.count_wrong_secret(&id, self.now());
             return Ok(None);
         }
         let stored_check = record.secret_check.as_deref();
@@ -160,6 +182,7 @@ impl Authority {
         }
         if self.checks.judge(stored_check, key.secret()) == Check::Mismatch {
             tracing::debug!(key_id = %id, "wrong secret (check value)");
+            self.count_wrong_secret(&id, self.now());
             return Ok(None);
         }
         if !self
@@ -171,6 +194,7 @@ impl Authority {
             // (and one wrong secret in 2³² for the others): rationed per id, as before.
             self.cache.note_failure(&id, now);
             tracing::debug!(key_id = %id, "wrong secret");
+            self.count_wrong_secret(&id, self.now());
             return Ok(None);
         }
         if !self.checks.is_current(stored_check) {

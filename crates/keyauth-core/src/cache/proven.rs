@@ -14,10 +14,11 @@ use super::shared::younger;
 use crate::clock::Timestamp;
 use crate::key::{KeyDigest, digests_match};
 use crate::model::{KeyId, KeyRecord};
+use crate::usage_counts::KeyCounter;
 
 /// What one cached key costs beyond its record's own bytes: the `Proven` and its `Arc`, the
-/// map's slot and its copy of the id.
-const ENTRY_OVERHEAD: u64 = 160;
+/// map's slot and its copy of the id, its usage counter (another copy of the id).
+const ENTRY_OVERHEAD: u64 = 280;
 /// What a typical key's entry weighs (a short name, no metadata, its memo filled: see the
 /// test `a_typical_entry_weighs_what_the_budget_assumes`): sizes the map for the budget.
 const TYPICAL_ENTRY_BYTES: u64 = 1000;
@@ -37,6 +38,8 @@ pub struct Proven {
     weight: u64,
     /// Last use already handed to the usage recorder, to skip redundant hand-offs.
     pub last_use_noted: AtomicI64,
+    /// Verifications of this key not written yet (`usage_counts`).
+    pub counter: Arc<KeyCounter>,
 }
 
 impl Proven {
@@ -44,6 +47,7 @@ impl Proven {
         Proven {
             digest,
             weight: record.approx_bytes() as u64 + ENTRY_OVERHEAD,
+            counter: Arc::new(KeyCounter::new(record.id.clone())),
             record,
             fetched_at,
             epoch,

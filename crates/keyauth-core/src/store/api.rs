@@ -6,13 +6,14 @@ use keyauth_contract::principal::Scope;
 use super::feed::{ChangeFeed, KeyEvent};
 use super::records::{
     ApplicationSummary, AuditEvent, Cursor, EventQuery, Exposed, Exposure, IdempotencyRecord,
-    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Successor, Updated,
+    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Successor, Updated, UsageQuery,
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::denials::DenialRow;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
+use crate::usage_counts::{Counts, UsageRow};
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -119,6 +120,21 @@ pub trait Store: Send + Sync + 'static {
     /// Records refused operator calls in the audit trail, one aggregated row each (in one
     /// transaction).
     async fn record_auth_failures(&self, rows: &[FailureRow]) -> Result<(), Error>;
+
+    /// Adds verification counts, one row per key and hour (in one transaction); counts of a
+    /// key that no longer exists are dropped.
+    async fn record_usage(&self, rows: &[UsageRow]) -> Result<(), Error>;
+
+    /// The summed counts of `query`, one entry per non-empty bucket, oldest first.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<(Timestamp, Counts)>, Error>;
+
+    /// Folds hourly counts before `fold_before` (rounded down to a UTC day) into daily ones,
+    /// and deletes every count before `delete_before`; returns the rows removed.
+    async fn compact_usage(
+        &self,
+        fold_before: Timestamp,
+        delete_before: Timestamp,
+    ) -> Result<u64, Error>;
 
     /// Writes one `expiring` event for each key (at most `limit`) that expires within
     /// (`now`, `until`], is active, was never rolled and was not warned of yet; returns those

@@ -25,8 +25,8 @@ pub use api::Store;
 pub use feed::{CHANGE_CHANNEL, ChangeFeed, KeyEvent};
 pub use records::{
     Actor, ApplicationSummary, AuditEvent, Changed, Cursor, EventFilter, EventKind, EventKinds,
-    EventQuery, Exposed, Exposure, IdempotencyRecord, IdempotentWrite, KeyCounts, KeyFilters,
-    KeyListing, KeyUpdate, Provenance, Rolled, Successor, Updated,
+    EventQuery, Exposed, Exposure, Granularity, IdempotencyRecord, IdempotentWrite, KeyCounts,
+    KeyFilters, KeyListing, KeyUpdate, Provenance, Rolled, Successor, Updated, UsageOf, UsageQuery,
 };
 pub use sql::{Backend, SqlStore};
 

@@ -419,3 +419,27 @@ pub struct Cursor {
     pub create_time: Timestamp,
     pub id: KeyId,
 }
+
+/// How GetKeyUsage groups counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Granularity {
+    Hour,
+    Day,
+}
+
+/// Whose usage GetKeyUsage reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsageOf {
+    Key(KeyId),
+    /// An application's keys, of one environment or (`None`) both.
+    Application(ApplicationId, Option<Environment>),
+}
+
+/// A GetKeyUsage query: buckets starting within [`start`, `end`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageQuery {
+    pub of: UsageOf,
+    pub start: Timestamp,
+    pub end: Timestamp,
+    pub granularity: Granularity,
+}

@@ -151,6 +151,14 @@ pub struct ServeArgs {
     #[arg(long, env = "KEYAUTH_EXPIRY_WARNING", default_value = "7d", value_parser = parse_positive_duration)]
     pub expiry_warning: Duration,
 
+    /// How long verification counts are kept by the hour; older ones are kept by the day.
+    #[arg(long, env = "KEYAUTH_USAGE_HOURLY_RETENTION", default_value = "90d", value_parser = parse_positive_duration)]
+    pub usage_hourly_retention: Duration,
+
+    /// How long verification counts are kept at all.
+    #[arg(long, env = "KEYAUTH_USAGE_RETENTION", default_value = "400d", value_parser = parse_positive_duration)]
+    pub usage_retention: Duration,
+
     /// How long responses of calls made with an idempotency key are kept for replay.
     #[arg(long, env = "KEYAUTH_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,

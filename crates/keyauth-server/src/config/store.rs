@@ -2,6 +2,7 @@
 //! and the operator-failure limits.
 
 use keyauth_core::auth_failures::AuthFailureSettings;
+use keyauth_core::authority::UsageRetention;
 use keyauth_core::cache::CacheSettings;
 use keyauth_core::catalog::Catalog;
 use keyauth_core::hashing::HashParams;
@@ -64,6 +65,10 @@ impl ServeArgs {
                 test: self.max_test_key_lifetime,
             },
             expiry_warning: self.expiry_warning,
+            usage_retention: UsageRetention {
+                hourly: self.usage_hourly_retention,
+                total: self.usage_retention,
+            },
         })
     }
 

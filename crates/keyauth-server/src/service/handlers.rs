@@ -6,7 +6,9 @@ use std::future::Future;
 use keyauth_core::Error;
 use keyauth_core::authority::Idempotency;
 use keyauth_core::model::{ApplicationId, KeyId, KeyRecord, REASON_MAX, check_text};
-use keyauth_core::store::{Changed, EventFilter, EventQuery, Exposure, KeyFilters};
+use keyauth_core::store::{
+    Changed, EventFilter, EventQuery, Exposure, KeyFilters, UsageOf, UsageQuery,
+};
 use keyauth_proto as pb;
 use keyauth_proto::key_authority_service_server::KeyAuthorityService;
 use prost::Message;
@@ -28,6 +30,7 @@ impl Outcome for pb::ReportExposedKeysResponse {}
 impl Outcome for pb::UpdateKeyResponse {}
 impl Outcome for pb::GetCatalogResponse {}
 impl Outcome for pb::ListApplicationsResponse {}
+impl Outcome for pb::GetKeyUsageResponse {}
 impl Outcome for pb::GetPrincipalResponse {}
 
 fn page_size(value: i32) -> Result<u32, Error> {
@@ -381,6 +384,49 @@ impl KeyAuthorityService for KeyAuthorityApi {
             Ok(pb::ListApplicationsResponse {
                 applications: apps.iter().map(wire::application_out).collect(),
                 next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn get_key_usage(
+        &self,
+        request: Request<pb::GetKeyUsageRequest>,
+    ) -> Result<Response<pb::GetKeyUsageResponse>, Status> {
+        self.operator("GetKeyUsage", request, |req, call| async move {
+            let of = match (req.key_id.is_empty(), req.application_id.is_empty()) {
+                (false, true) => {
+                    let id = KeyId::parse(&req.key_id, "key_id")?;
+                    self.check_key_scope(&call, &id).await?;
+                    // NOT_FOUND for a key no one has, as GetKey answers.
+                    self.authority.get(&id).await?;
+                    UsageOf::Key(id)
+                }
+                (true, false) => {
+                    let app = ApplicationId::parse(&req.application_id, "application_id")?;
+                    scope::check(&call, app.as_str(), None)?;
+                    let environment = scope::narrow(&call, None);
+                    UsageOf::Application(app, environment)
+                }
+                _ => {
+                    return Err(Error::invalid(
+                        "key_id",
+                        "exactly one of key_id and application_id is required",
+                    ));
+                }
+            };
+            let (start, end, granularity) = wire::usage_range_in(&req)?;
+            let buckets = self
+                .authority
+                .usage(&UsageQuery {
+                    of,
+                    start,
+                    end,
+                    granularity,
+                })
+                .await?;
+            Ok(pb::GetKeyUsageResponse {
+                buckets: buckets.iter().map(wire::usage_bucket_out).collect(),
             })
         })
         .await

@@ -24,4 +24,5 @@ mod races;
 mod roll_revoke;
 mod serving;
 mod tls;
+mod usage;
 mod verify;

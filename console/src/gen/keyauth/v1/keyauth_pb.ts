@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file keyauth/v1/keyauth.proto.
  */
 export const file_keyauth_v1_keyauth: GenFile = /*@__PURE__*/
-  fileDesc("ChhrZXlhdXRoL3YxL2tleWF1dGgucHJvdG8SCmtleWF1dGgudjEijgEKCVByaW5jaXBhbBIMCgRuYW1lGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDgoGaXNzdWVyGAMgASgJEg0KBXJvbGVzGAQgAygJEhQKDGFwcGxpY2F0aW9ucxgFIAMoCRItCgxlbnZpcm9ubWVudHMYBiADKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50IhUKE0dldFByaW5jaXBhbFJlcXVlc3QiQAoUR2V0UHJpbmNpcGFsUmVzcG9uc2USKAoJcHJpbmNpcGFsGAEgASgLMhUua2V5YXV0aC52MS5QcmluY2lwYWwiLwoKUGVybWlzc2lvbhIQCghyZXNvdXJjZRgBIAEoCRIPCgdhY3Rpb25zGAIgAygJIr8ECgZBcGlLZXkSCgoCaWQYASABKAkSFgoOYXBwbGljYXRpb25faWQYAiABKAkSLAoLZW52aXJvbm1lbnQYAyABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EgwKBG5hbWUYBCABKAkSEAoIcmVkYWN0ZWQYBSABKAkSEgoKcmVzdHJpY3RlZBgGIAEoCBIrCgtwZXJtaXNzaW9ucxgHIAMoCzIWLmtleWF1dGgudjEuUGVybWlzc2lvbhIyCghtZXRhZGF0YRgIIAMoCzIgLmtleWF1dGgudjEuQXBpS2V5Lk1ldGFkYXRhRW50cnkSLwoLY3JlYXRlX3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2V4cGlyZV90aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtyZXZva2VfdGltZRgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoObGFzdF91c2VkX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhoKEnJlcGxhY2VkX2J5X2tleV9pZBgNIAEoCRIjCgVzdGF0ZRgOIAEoDjIULmtleWF1dGgudjEuS2V5U3RhdGUSFQoNcmV2b2tlX3JlYXNvbhgPIAEoCRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiNwoIQXBpRXJyb3ISDAoEY29kZRgBIAEoCRIPCgdtZXNzYWdlGAIgASgJEgwKBHR5cGUYAyABKAki1AIKCEtleUV2ZW50EhAKCHNlcXVlbmNlGAEgASgDEiYKBHR5cGUYAiABKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIOCgZrZXlfaWQYAyABKAkSFgoOcmVsYXRlZF9rZXlfaWQYBCABKAkSFgoOYXBwbGljYXRpb25faWQYBSABKAkSEwoLb3BlcmF0b3JfaWQYBiABKAkSDAoEcGVlchgHIAEoCRISCgpyZXF1ZXN0X2lkGAggASgJEi4KCmV2ZW50X3RpbWUYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnNvdXJjZRgKIAEoCRILCgN1cmwYCyABKAkSDQoFY291bnQYDCABKAQSFQoNY2hhbmdlZF9wYXRocxgNIAMoCRIkCgVhY3RvchgOIAEoCzIVLmtleWF1dGgudjEuUHJpbmNpcGFsIrECCg9Jc3N1ZUtleVJlcXVlc3QSFgoOYXBwbGljYXRpb25faWQYASABKAkSLAoLZW52aXJvbm1lbnQYAiABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EgwKBG5hbWUYAyABKAkSKwoLcGVybWlzc2lvbnMYBCADKAsyFi5rZXlhdXRoLnYxLlBlcm1pc3Npb24SLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjsKCG1ldGFkYXRhGAYgAygLMikua2V5YXV0aC52MS5Jc3N1ZUtleVJlcXVlc3QuTWV0YWRhdGFFbnRyeRovCg1NZXRhZGF0YUVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQwoQSXNzdWVLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkiggEKDlJvbGxLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIvCgxncmFjZV9wZXJpb2QYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLwoLZXhwaXJlX3RpbWUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImwKD1JvbGxLZXlSZXNwb25zZRIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIOCgZzZWNyZXQYAiABKAkSKAoMcHJldmlvdXNfa2V5GAMgASgLMhIua2V5YXV0aC52MS5BcGlLZXkiMgoQUmV2b2tlS2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkSDgoGcmVhc29uGAIgASgJIjQKEVJldm9rZUtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5IlIKDVZlcmlmeVJlcXVlc3QSCwoDa2V5GAEgASgJEjQKFHJlcXVpcmVkX3Blcm1pc3Npb25zGAIgAygLMhYua2V5YXV0aC52MS5QZXJtaXNzaW9uInoKDlZlcmlmeVJlc3BvbnNlEg0KBXZhbGlkGAEgASgIEh8KA2tleRgCIAEoCzISLmtleWF1dGgudjEuQXBpS2V5EiMKBWVycm9yGAMgASgLMhQua2V5YXV0aC52MS5BcGlFcnJvchITCgtodHRwX3N0YXR1cxgEIAEoBSJHChZDaGVja1Blcm1pc3Npb25SZXF1ZXN0EgsKA2tleRgBIAEoCRIQCghyZXNvdXJjZRgCIAEoCRIOCgZhY3Rpb24YAyABKAkihQEKF0NoZWNrUGVybWlzc2lvblJlc3BvbnNlEg8KB2FsbG93ZWQYASABKAgSHwoDa2V5GAIgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSIwoFZXJyb3IYAyABKAsyFC5rZXlhdXRoLnYxLkFwaUVycm9yEhMKC2h0dHBfc3RhdHVzGAQgASgFIh8KDUdldEtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJIjEKDkdldEtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5ItoBCg9MaXN0S2V5c1JlcXVlc3QSFgoOYXBwbGljYXRpb25faWQYASABKAkSLAoLZW52aXJvbm1lbnQYAiABKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50EhEKCXBhZ2Vfc2l6ZRgDIAEoBRISCgpwYWdlX3Rva2VuGAQgASgJEiQKBnN0YXRlcxgFIAMoDjIULmtleWF1dGgudjEuS2V5U3RhdGUSNAoQbGFzdF91c2VkX2JlZm9yZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiTQoQTGlzdEtleXNSZXNwb25zZRIgCgRrZXlzGAEgAygLMhIua2V5YXV0aC52MS5BcGlLZXkSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIvsBChRMaXN0S2V5RXZlbnRzUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSFgoOYXBwbGljYXRpb25faWQYAiABKAkSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSJwoFdHlwZXMYBSADKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIuCgpzdGFydF90aW1lGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIsCghlbmRfdGltZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFYWN0b3IYCCABKAkiVgoVTGlzdEtleUV2ZW50c1Jlc3BvbnNlEiQKBmV2ZW50cxgBIAMoCzIULmtleWF1dGgudjEuS2V5RXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJImQKEFVwZGF0ZUtleVJlcXVlc3QSHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSLwoLdXBkYXRlX21hc2sYAiABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIjQKEVVwZGF0ZUtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5IhMKEUdldENhdGFsb2dSZXF1ZXN0IjAKD0NhdGFsb2dSZXNvdXJjZRIMCgRuYW1lGAEgASgJEg8KB2FjdGlvbnMYAiADKAkiRAoSR2V0Q2F0YWxvZ1Jlc3BvbnNlEi4KCXJlc291cmNlcxgBIAMoCzIbLmtleWF1dGgudjEuQ2F0YWxvZ1Jlc291cmNlIkAKF0xpc3RBcHBsaWNhdGlvbnNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJIj0KCUtleUNvdW50cxIOCgZhY3RpdmUYASABKAQSDwoHZXhwaXJlZBgCIAEoBBIPCgdyZXZva2VkGAMgASgEInYKEkFwcGxpY2F0aW9uU3VtbWFyeRIWCg5hcHBsaWNhdGlvbl9pZBgBIAEoCRIjCgR0ZXN0GAIgASgLMhUua2V5YXV0aC52MS5LZXlDb3VudHMSIwoEbGl2ZRgDIAEoCzIVLmtleWF1dGgudjEuS2V5Q291bnRzImkKGExpc3RBcHBsaWNhdGlvbnNSZXNwb25zZRI0CgxhcHBsaWNhdGlvbnMYASADKAsyHi5rZXlhdXRoLnYxLkFwcGxpY2F0aW9uU3VtbWFyeRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiRQoYUmVwb3J0RXhwb3NlZEtleXNSZXF1ZXN0EgwKBGtleXMYASADKAkSDgoGc291cmNlGAIgASgJEgsKA3VybBgDIAEoCSJ6ChBFeHBvc2VkS2V5UmVzdWx0EiwKB291dGNvbWUYASABKA4yGy5rZXlhdXRoLnYxLkV4cG9zdXJlT3V0Y29tZRIOCgZrZXlfaWQYAiABKAkSEAoIcmVkYWN0ZWQYAyABKAkSFgoOYXBwbGljYXRpb25faWQYBCABKAkiSgoZUmVwb3J0RXhwb3NlZEtleXNSZXNwb25zZRItCgdyZXN1bHRzGAEgAygLMhwua2V5YXV0aC52MS5FeHBvc2VkS2V5UmVzdWx0IkgKFldhdGNoS2V5Q2hhbmdlc1JlcXVlc3QSGwoOYWZ0ZXJfcmV2aXNpb24YASABKANIAIgBAUIRCg9fYWZ0ZXJfcmV2aXNpb24i5AEKF1dhdGNoS2V5Q2hhbmdlc1Jlc3BvbnNlEhAKCHJldmlzaW9uGAEgASgDEisKB3N0YXJ0ZWQYAiABKAsyGC5rZXlhdXRoLnYxLldhdGNoU3RhcnRlZEgAEicKBmNoYW5nZRgDIAEoCzIVLmtleWF1dGgudjEuS2V5Q2hhbmdlSAASLwoJaGVhcnRiZWF0GAQgASgLMhoua2V5YXV0aC52MS5XYXRjaEhlYXJ0YmVhdEgAEicKBXJlc2V0GAUgASgLMhYua2V5YXV0aC52MS5XYXRjaFJlc2V0SABCBwoFZXZlbnQiDgoMV2F0Y2hTdGFydGVkIhAKDldhdGNoSGVhcnRiZWF0IhwKCldhdGNoUmVzZXQSDgoGcmVhc29uGAEgASgJIp4BCglLZXlDaGFuZ2USEAoIc2VxdWVuY2UYASABKAMSDgoGa2V5X2lkGAIgASgJEiYKBHR5cGUYAyABKA4yGC5rZXlhdXRoLnYxLktleUV2ZW50VHlwZRIWCg5yZWxhdGVkX2tleV9pZBgEIAEoCRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqVgoLRW52aXJvbm1lbnQSGwoXRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIUChBFTlZJUk9OTUVOVF9URVNUEAESFAoQRU5WSVJPTk1FTlRfTElWRRACKmkKCEtleVN0YXRlEhkKFUtFWV9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEtFWV9TVEFURV9BQ1RJVkUQARIVChFLRVlfU1RBVEVfRVhQSVJFRBACEhUKEUtFWV9TVEFURV9SRVZPS0VEEAMqpAIKDEtleUV2ZW50VHlwZRIeChpLRVlfRVZFTlRfVFlQRV9VTlNQRUNJRklFRBAAEhkKFUtFWV9FVkVOVF9UWVBFX0lTU1VFRBABEhkKFUtFWV9FVkVOVF9UWVBFX1JPTExFRBACEhoKFktFWV9FVkVOVF9UWVBFX1JFVk9LRUQQAxInCiNLRVlfRVZFTlRfVFlQRV9PUEVSQVRPUl9BVVRIX0ZBSUxFRBAEEhoKFktFWV9FVkVOVF9UWVBFX0VYUE9TRUQQBRIaChZLRVlfRVZFTlRfVFlQRV9VUERBVEVEEAYSJAogS0VZX0VWRU5UX1RZUEVfUEVSTUlTU0lPTl9ERU5JRUQQBxIbChdLRVlfRVZFTlRfVFlQRV9FWFBJUklORxAIKrUBCg9FeHBvc3VyZU91dGNvbWUSIAocRVhQT1NVUkVfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhwKGEVYUE9TVVJFX09VVENPTUVfUkVWT0tFRBABEiQKIEVYUE9TVVJFX09VVENPTUVfQUxSRUFEWV9SRVZPS0VEEAISHgoaRVhQT1NVUkVfT1VUQ09NRV9OT1RfQV9LRVkQAxIcChhFWFBPU1VSRV9PVVRDT01FX1VOS05PV04QBDLuCAoTS2V5QXV0aG9yaXR5U2VydmljZRJFCghJc3N1ZUtleRIbLmtleWF1dGgudjEuSXNzdWVLZXlSZXF1ZXN0Ghwua2V5YXV0aC52MS5Jc3N1ZUtleVJlc3BvbnNlEkIKB1JvbGxLZXkSGi5rZXlhdXRoLnYxLlJvbGxLZXlSZXF1ZXN0Ghsua2V5YXV0aC52MS5Sb2xsS2V5UmVzcG9uc2USSAoJUmV2b2tlS2V5Ehwua2V5YXV0aC52MS5SZXZva2VLZXlSZXF1ZXN0Gh0ua2V5YXV0aC52MS5SZXZva2VLZXlSZXNwb25zZRJICglVcGRhdGVLZXkSHC5rZXlhdXRoLnYxLlVwZGF0ZUtleVJlcXVlc3QaHS5rZXlhdXRoLnYxLlVwZGF0ZUtleVJlc3BvbnNlEj8KBlZlcmlmeRIZLmtleWF1dGgudjEuVmVyaWZ5UmVxdWVzdBoaLmtleWF1dGgudjEuVmVyaWZ5UmVzcG9uc2USWgoPQ2hlY2tQZXJtaXNzaW9uEiIua2V5YXV0aC52MS5DaGVja1Blcm1pc3Npb25SZXF1ZXN0GiMua2V5YXV0aC52MS5DaGVja1Blcm1pc3Npb25SZXNwb25zZRI/CgZHZXRLZXkSGS5rZXlhdXRoLnYxLkdldEtleVJlcXVlc3QaGi5rZXlhdXRoLnYxLkdldEtleVJlc3BvbnNlEkUKCExpc3RLZXlzEhsua2V5YXV0aC52MS5MaXN0S2V5c1JlcXVlc3QaHC5rZXlhdXRoLnYxLkxpc3RLZXlzUmVzcG9uc2USVAoNTGlzdEtleUV2ZW50cxIgLmtleWF1dGgudjEuTGlzdEtleUV2ZW50c1JlcXVlc3QaIS5rZXlhdXRoLnYxLkxpc3RLZXlFdmVudHNSZXNwb25zZRJgChFSZXBvcnRFeHBvc2VkS2V5cxIkLmtleWF1dGgudjEuUmVwb3J0RXhwb3NlZEtleXNSZXF1ZXN0GiUua2V5YXV0aC52MS5SZXBvcnRFeHBvc2VkS2V5c1Jlc3BvbnNlElwKD1dhdGNoS2V5Q2hhbmdlcxIiLmtleWF1dGgudjEuV2F0Y2hLZXlDaGFuZ2VzUmVxdWVzdBojLmtleWF1dGgudjEuV2F0Y2hLZXlDaGFuZ2VzUmVzcG9uc2UwARJLCgpHZXRDYXRhbG9nEh0ua2V5YXV0aC52MS5HZXRDYXRhbG9nUmVxdWVzdBoeLmtleWF1dGgudjEuR2V0Q2F0YWxvZ1Jlc3BvbnNlEl0KEExpc3RBcHBsaWNhdGlvbnMSIy5rZXlhdXRoLnYxLkxpc3RBcHBsaWNhdGlvbnNSZXF1ZXN0GiQua2V5YXV0aC52MS5MaXN0QXBwbGljYXRpb25zUmVzcG9uc2USUQoMR2V0UHJpbmNpcGFsEh8ua2V5YXV0aC52MS5HZXRQcmluY2lwYWxSZXF1ZXN0GiAua2V5YXV0aC52MS5HZXRQcmluY2lwYWxSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
+  fileDesc("ChhrZXlhdXRoL3YxL2tleWF1dGgucHJvdG8SCmtleWF1dGgudjEijgEKCVByaW5jaXBhbBIMCgRuYW1lGAEgASgJEg8KB3N1YmplY3QYAiABKAkSDgoGaXNzdWVyGAMgASgJEg0KBXJvbGVzGAQgAygJEhQKDGFwcGxpY2F0aW9ucxgFIAMoCRItCgxlbnZpcm9ubWVudHMYBiADKA4yFy5rZXlhdXRoLnYxLkVudmlyb25tZW50IhUKE0dldFByaW5jaXBhbFJlcXVlc3QiQAoUR2V0UHJpbmNpcGFsUmVzcG9uc2USKAoJcHJpbmNpcGFsGAEgASgLMhUua2V5YXV0aC52MS5QcmluY2lwYWwizQEKEkdldEtleVVzYWdlUmVxdWVzdBIOCgZrZXlfaWQYASABKAkSFgoOYXBwbGljYXRpb25faWQYAiABKAkSLgoKc3RhcnRfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKC2dyYW51bGFyaXR5GAUgASgOMhwua2V5YXV0aC52MS5Vc2FnZUdyYW51bGFyaXR5Ij8KE0dldEtleVVzYWdlUmVzcG9uc2USKAoHYnVja2V0cxgBIAMoCzIXLmtleWF1dGgudjEuVXNhZ2VCdWNrZXQisAEKC1VzYWdlQnVja2V0Ei4KCnN0YXJ0X3RpbWUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXZhbGlkGAIgASgDEjMKBmRlbmllZBgDIAMoCzIjLmtleWF1dGgudjEuVXNhZ2VCdWNrZXQuRGVuaWVkRW50cnkaLQoLRGVuaWVkRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgDOgI4ASIvCgpQZXJtaXNzaW9uEhAKCHJlc291cmNlGAEgASgJEg8KB2FjdGlvbnMYAiADKAkivwQKBkFwaUtleRIKCgJpZBgBIAEoCRIWCg5hcHBsaWNhdGlvbl9pZBgCIAEoCRIsCgtlbnZpcm9ubWVudBgDIAEoDjIXLmtleWF1dGgudjEuRW52aXJvbm1lbnQSDAoEbmFtZRgEIAEoCRIQCghyZWRhY3RlZBgFIAEoCRISCgpyZXN0cmljdGVkGAYgASgIEisKC3Blcm1pc3Npb25zGAcgAygLMhYua2V5YXV0aC52MS5QZXJtaXNzaW9uEjIKCG1ldGFkYXRhGAggAygLMiAua2V5YXV0aC52MS5BcGlLZXkuTWV0YWRhdGFFbnRyeRIvCgtjcmVhdGVfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZXhwaXJlX3RpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC3Jldm9rZV90aW1lGAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5sYXN0X3VzZWRfdGltZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGgoScmVwbGFjZWRfYnlfa2V5X2lkGA0gASgJEiMKBXN0YXRlGA4gASgOMhQua2V5YXV0aC52MS5LZXlTdGF0ZRIVCg1yZXZva2VfcmVhc29uGA8gASgJGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI3CghBcGlFcnJvchIMCgRjb2RlGAEgASgJEg8KB21lc3NhZ2UYAiABKAkSDAoEdHlwZRgDIAEoCSLUAgoIS2V5RXZlbnQSEAoIc2VxdWVuY2UYASABKAMSJgoEdHlwZRgCIAEoDjIYLmtleWF1dGgudjEuS2V5RXZlbnRUeXBlEg4KBmtleV9pZBgDIAEoCRIWCg5yZWxhdGVkX2tleV9pZBgEIAEoCRIWCg5hcHBsaWNhdGlvbl9pZBgFIAEoCRITCgtvcGVyYXRvcl9pZBgGIAEoCRIMCgRwZWVyGAcgASgJEhIKCnJlcXVlc3RfaWQYCCABKAkSLgoKZXZlbnRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGc291cmNlGAogASgJEgsKA3VybBgLIAEoCRINCgVjb3VudBgMIAEoBBIVCg1jaGFuZ2VkX3BhdGhzGA0gAygJEiQKBWFjdG9yGA4gASgLMhUua2V5YXV0aC52MS5QcmluY2lwYWwisQIKD0lzc3VlS2V5UmVxdWVzdBIWCg5hcHBsaWNhdGlvbl9pZBgBIAEoCRIsCgtlbnZpcm9ubWVudBgCIAEoDjIXLmtleWF1dGgudjEuRW52aXJvbm1lbnQSDAoEbmFtZRgDIAEoCRIrCgtwZXJtaXNzaW9ucxgEIAMoCzIWLmtleWF1dGgudjEuUGVybWlzc2lvbhIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOwoIbWV0YWRhdGEYBiADKAsyKS5rZXlhdXRoLnYxLklzc3VlS2V5UmVxdWVzdC5NZXRhZGF0YUVudHJ5Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJDChBJc3N1ZUtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCSKCAQoOUm9sbEtleVJlcXVlc3QSDgoGa2V5X2lkGAEgASgJEi8KDGdyYWNlX3BlcmlvZBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIvCgtleHBpcmVfdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAibAoPUm9sbEtleVJlc3BvbnNlEh8KA2tleRgBIAEoCzISLmtleWF1dGgudjEuQXBpS2V5Eg4KBnNlY3JldBgCIAEoCRIoCgxwcmV2aW91c19rZXkYAyABKAsyEi5rZXlhdXRoLnYxLkFwaUtleSIyChBSZXZva2VLZXlSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiNAoRUmV2b2tlS2V5UmVzcG9uc2USHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXkiUgoNVmVyaWZ5UmVxdWVzdBILCgNrZXkYASABKAkSNAoUcmVxdWlyZWRfcGVybWlzc2lvbnMYAiADKAsyFi5rZXlhdXRoLnYxLlBlcm1pc3Npb24iegoOVmVyaWZ5UmVzcG9uc2USDQoFdmFsaWQYASABKAgSHwoDa2V5GAIgASgLMhIua2V5YXV0aC52MS5BcGlLZXkSIwoFZXJyb3IYAyABKAsyFC5rZXlhdXRoLnYxLkFwaUVycm9yEhMKC2h0dHBfc3RhdHVzGAQgASgFIkcKFkNoZWNrUGVybWlzc2lvblJlcXVlc3QSCwoDa2V5GAEgASgJEhAKCHJlc291cmNlGAIgASgJEg4KBmFjdGlvbhgDIAEoCSKFAQoXQ2hlY2tQZXJtaXNzaW9uUmVzcG9uc2USDwoHYWxsb3dlZBgBIAEoCBIfCgNrZXkYAiABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIjCgVlcnJvchgDIAEoCzIULmtleWF1dGgudjEuQXBpRXJyb3ISEwoLaHR0cF9zdGF0dXMYBCABKAUiHwoNR2V0S2V5UmVxdWVzdBIOCgZrZXlfaWQYASABKAkiMQoOR2V0S2V5UmVzcG9uc2USHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXki2gEKD0xpc3RLZXlzUmVxdWVzdBIWCg5hcHBsaWNhdGlvbl9pZBgBIAEoCRIsCgtlbnZpcm9ubWVudBgCIAEoDjIXLmtleWF1dGgudjEuRW52aXJvbm1lbnQSEQoJcGFnZV9zaXplGAMgASgFEhIKCnBhZ2VfdG9rZW4YBCABKAkSJAoGc3RhdGVzGAUgAygOMhQua2V5YXV0aC52MS5LZXlTdGF0ZRI0ChBsYXN0X3VzZWRfYmVmb3JlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJNChBMaXN0S2V5c1Jlc3BvbnNlEiAKBGtleXMYASADKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAki+wEKFExpc3RLZXlFdmVudHNSZXF1ZXN0Eg4KBmtleV9pZBgBIAEoCRIWCg5hcHBsaWNhdGlvbl9pZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKAUSEgoKcGFnZV90b2tlbhgEIAEoCRInCgV0eXBlcxgFIAMoDjIYLmtleWF1dGgudjEuS2V5RXZlbnRUeXBlEi4KCnN0YXJ0X3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZF90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVhY3RvchgIIAEoCSJWChVMaXN0S2V5RXZlbnRzUmVzcG9uc2USJAoGZXZlbnRzGAEgAygLMhQua2V5YXV0aC52MS5LZXlFdmVudBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiZAoQVXBkYXRlS2V5UmVxdWVzdBIfCgNrZXkYASABKAsyEi5rZXlhdXRoLnYxLkFwaUtleRIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siNAoRVXBkYXRlS2V5UmVzcG9uc2USHwoDa2V5GAEgASgLMhIua2V5YXV0aC52MS5BcGlLZXkiEwoRR2V0Q2F0YWxvZ1JlcXVlc3QiMAoPQ2F0YWxvZ1Jlc291cmNlEgwKBG5hbWUYASABKAkSDwoHYWN0aW9ucxgCIAMoCSJEChJHZXRDYXRhbG9nUmVzcG9uc2USLgoJcmVzb3VyY2VzGAEgAygLMhsua2V5YXV0aC52MS5DYXRhbG9nUmVzb3VyY2UiQAoXTGlzdEFwcGxpY2F0aW9uc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkiPQoJS2V5Q291bnRzEg4KBmFjdGl2ZRgBIAEoBBIPCgdleHBpcmVkGAIgASgEEg8KB3Jldm9rZWQYAyABKAQidgoSQXBwbGljYXRpb25TdW1tYXJ5EhYKDmFwcGxpY2F0aW9uX2lkGAEgASgJEiMKBHRlc3QYAiABKAsyFS5rZXlhdXRoLnYxLktleUNvdW50cxIjCgRsaXZlGAMgASgLMhUua2V5YXV0aC52MS5LZXlDb3VudHMiaQoYTGlzdEFwcGxpY2F0aW9uc1Jlc3BvbnNlEjQKDGFwcGxpY2F0aW9ucxgBIAMoCzIeLmtleWF1dGgudjEuQXBwbGljYXRpb25TdW1tYXJ5EhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSJFChhSZXBvcnRFeHBvc2VkS2V5c1JlcXVlc3QSDAoEa2V5cxgBIAMoCRIOCgZzb3VyY2UYAiABKAkSCwoDdXJsGAMgASgJInoKEEV4cG9zZWRLZXlSZXN1bHQSLAoHb3V0Y29tZRgBIAEoDjIbLmtleWF1dGgudjEuRXhwb3N1cmVPdXRjb21lEg4KBmtleV9pZBgCIAEoCRIQCghyZWRhY3RlZBgDIAEoCRIWCg5hcHBsaWNhdGlvbl9pZBgEIAEoCSJKChlSZXBvcnRFeHBvc2VkS2V5c1Jlc3BvbnNlEi0KB3Jlc3VsdHMYASADKAsyHC5rZXlhdXRoLnYxLkV4cG9zZWRLZXlSZXN1bHQiSAoWV2F0Y2hLZXlDaGFuZ2VzUmVxdWVzdBIbCg5hZnRlcl9yZXZpc2lvbhgBIAEoA0gAiAEBQhEKD19hZnRlcl9yZXZpc2lvbiLkAQoXV2F0Y2hLZXlDaGFuZ2VzUmVzcG9uc2USEAoIcmV2aXNpb24YASABKAMSKwoHc3RhcnRlZBgCIAEoCzIYLmtleWF1dGgudjEuV2F0Y2hTdGFydGVkSAASJwoGY2hhbmdlGAMgASgLMhUua2V5YXV0aC52MS5LZXlDaGFuZ2VIABIvCgloZWFydGJlYXQYBCABKAsyGi5rZXlhdXRoLnYxLldhdGNoSGVhcnRiZWF0SAASJwoFcmVzZXQYBSABKAsyFi5rZXlhdXRoLnYxLldhdGNoUmVzZXRIAEIHCgVldmVudCIOCgxXYXRjaFN0YXJ0ZWQiEAoOV2F0Y2hIZWFydGJlYXQiHAoKV2F0Y2hSZXNldBIOCgZyZWFzb24YASABKAkingEKCUtleUNoYW5nZRIQCghzZXF1ZW5jZRgBIAEoAxIOCgZrZXlfaWQYAiABKAkSJgoEdHlwZRgDIAEoDjIYLmtleWF1dGgudjEuS2V5RXZlbnRUeXBlEhYKDnJlbGF0ZWRfa2V5X2lkGAQgASgJEi8KC2V4cGlyZV90aW1lGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpsChBVc2FnZUdyYW51bGFyaXR5EiEKHVVTQUdFX0dSQU5VTEFSSVRZX1VOU1BFQ0lGSUVEEAASGgoWVVNBR0VfR1JBTlVMQVJJVFlfSE9VUhABEhkKFVVTQUdFX0dSQU5VTEFSSVRZX0RBWRACKlYKC0Vudmlyb25tZW50EhsKF0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASFAoQRU5WSVJPTk1FTlRfVEVTVBABEhQKEEVOVklST05NRU5UX0xJVkUQAippCghLZXlTdGF0ZRIZChVLRVlfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBLRVlfU1RBVEVfQUNUSVZFEAESFQoRS0VZX1NUQVRFX0VYUElSRUQQAhIVChFLRVlfU1RBVEVfUkVWT0tFRBADKqQCCgxLZXlFdmVudFR5cGUSHgoaS0VZX0VWRU5UX1RZUEVfVU5TUEVDSUZJRUQQABIZChVLRVlfRVZFTlRfVFlQRV9JU1NVRUQQARIZChVLRVlfRVZFTlRfVFlQRV9ST0xMRUQQAhIaChZLRVlfRVZFTlRfVFlQRV9SRVZPS0VEEAMSJwojS0VZX0VWRU5UX1RZUEVfT1BFUkFUT1JfQVVUSF9GQUlMRUQQBBIaChZLRVlfRVZFTlRfVFlQRV9FWFBPU0VEEAUSGgoWS0VZX0VWRU5UX1RZUEVfVVBEQVRFRBAGEiQKIEtFWV9FVkVOVF9UWVBFX1BFUk1JU1NJT05fREVOSUVEEAcSGwoXS0VZX0VWRU5UX1RZUEVfRVhQSVJJTkcQCCq1AQoPRXhwb3N1cmVPdXRjb21lEiAKHEVYUE9TVVJFX09VVENPTUVfVU5TUEVDSUZJRUQQABIcChhFWFBPU1VSRV9PVVRDT01FX1JFVk9LRUQQARIkCiBFWFBPU1VSRV9PVVRDT01FX0FMUkVBRFlfUkVWT0tFRBACEh4KGkVYUE9TVVJFX09VVENPTUVfTk9UX0FfS0VZEAMSHAoYRVhQT1NVUkVfT1VUQ09NRV9VTktOT1dOEAQyvgkKE0tleUF1dGhvcml0eVNlcnZpY2USRQoISXNzdWVLZXkSGy5rZXlhdXRoLnYxLklzc3VlS2V5UmVxdWVzdBocLmtleWF1dGgudjEuSXNzdWVLZXlSZXNwb25zZRJCCgdSb2xsS2V5Ehoua2V5YXV0aC52MS5Sb2xsS2V5UmVxdWVzdBobLmtleWF1dGgudjEuUm9sbEtleVJlc3BvbnNlEkgKCVJldm9rZUtleRIcLmtleWF1dGgudjEuUmV2b2tlS2V5UmVxdWVzdBodLmtleWF1dGgudjEuUmV2b2tlS2V5UmVzcG9uc2USSAoJVXBkYXRlS2V5Ehwua2V5YXV0aC52MS5VcGRhdGVLZXlSZXF1ZXN0Gh0ua2V5YXV0aC52MS5VcGRhdGVLZXlSZXNwb25zZRI/CgZWZXJpZnkSGS5rZXlhdXRoLnYxLlZlcmlmeVJlcXVlc3QaGi5rZXlhdXRoLnYxLlZlcmlmeVJlc3BvbnNlEloKD0NoZWNrUGVybWlzc2lvbhIiLmtleWF1dGgudjEuQ2hlY2tQZXJtaXNzaW9uUmVxdWVzdBojLmtleWF1dGgudjEuQ2hlY2tQZXJtaXNzaW9uUmVzcG9uc2USPwoGR2V0S2V5Ehkua2V5YXV0aC52MS5HZXRLZXlSZXF1ZXN0Ghoua2V5YXV0aC52MS5HZXRLZXlSZXNwb25zZRJFCghMaXN0S2V5cxIbLmtleWF1dGgudjEuTGlzdEtleXNSZXF1ZXN0Ghwua2V5YXV0aC52MS5MaXN0S2V5c1Jlc3BvbnNlElQKDUxpc3RLZXlFdmVudHMSIC5rZXlhdXRoLnYxLkxpc3RLZXlFdmVudHNSZXF1ZXN0GiEua2V5YXV0aC52MS5MaXN0S2V5RXZlbnRzUmVzcG9uc2USYAoRUmVwb3J0RXhwb3NlZEtleXMSJC5rZXlhdXRoLnYxLlJlcG9ydEV4cG9zZWRLZXlzUmVxdWVzdBolLmtleWF1dGgudjEuUmVwb3J0RXhwb3NlZEtleXNSZXNwb25zZRJcCg9XYXRjaEtleUNoYW5nZXMSIi5rZXlhdXRoLnYxLldhdGNoS2V5Q2hhbmdlc1JlcXVlc3QaIy5rZXlhdXRoLnYxLldhdGNoS2V5Q2hhbmdlc1Jlc3BvbnNlMAESSwoKR2V0Q2F0YWxvZxIdLmtleWF1dGgudjEuR2V0Q2F0YWxvZ1JlcXVlc3QaHi5rZXlhdXRoLnYxLkdldENhdGFsb2dSZXNwb25zZRJdChBMaXN0QXBwbGljYXRpb25zEiMua2V5YXV0aC52MS5MaXN0QXBwbGljYXRpb25zUmVxdWVzdBokLmtleWF1dGgudjEuTGlzdEFwcGxpY2F0aW9uc1Jlc3BvbnNlElEKDEdldFByaW5jaXBhbBIfLmtleWF1dGgudjEuR2V0UHJpbmNpcGFsUmVxdWVzdBogLmtleWF1dGgudjEuR2V0UHJpbmNpcGFsUmVzcG9uc2USTgoLR2V0S2V5VXNhZ2USHi5rZXlhdXRoLnYxLkdldEtleVVzYWdlUmVxdWVzdBofLmtleWF1dGgudjEuR2V0S2V5VXNhZ2VSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * Who made a call: a named static token, a JWT's subject, or a client certificate.
@@ -114,6 +114,114 @@ export const GetPrincipalResponseSchema: GenMessage<GetPrincipalResponse> = /*@_
   messageDesc(file_keyauth_v1_keyauth, 2);
 
 /**
+ * Request of GetKeyUsage: exactly one of `key_id` and `application_id`.
+ *
+ * @generated from message keyauth.v1.GetKeyUsageRequest
+ */
+export type GetKeyUsageRequest = Message<"keyauth.v1.GetKeyUsageRequest"> & {
+  /**
+   * The key whose usage to read.
+   *
+   * @generated from field: string key_id = 1;
+   */
+  keyId: string;
+
+  /**
+   * The application whose keys' usage to read, summed.
+   *
+   * @generated from field: string application_id = 2;
+   */
+  applicationId: string;
+
+  /**
+   * Buckets starting at or after this time. Required.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 3;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Buckets starting before this time (exclusive); at most 366 days after `start_time`.
+   * Required.
+   *
+   * @generated from field: google.protobuf.Timestamp end_time = 4;
+   */
+  endTime?: Timestamp | undefined;
+
+  /**
+   * Hour or day. Required.
+   *
+   * @generated from field: keyauth.v1.UsageGranularity granularity = 5;
+   */
+  granularity: UsageGranularity;
+};
+
+/**
+ * Describes the message keyauth.v1.GetKeyUsageRequest.
+ * Use `create(GetKeyUsageRequestSchema)` to create a new message.
+ */
+export const GetKeyUsageRequestSchema: GenMessage<GetKeyUsageRequest> = /*@__PURE__*/
+  messageDesc(file_keyauth_v1_keyauth, 3);
+
+/**
+ * Response of GetKeyUsage.
+ *
+ * @generated from message keyauth.v1.GetKeyUsageResponse
+ */
+export type GetKeyUsageResponse = Message<"keyauth.v1.GetKeyUsageResponse"> & {
+  /**
+   * Buckets with at least one verification, oldest first; empty buckets are left out.
+   *
+   * @generated from field: repeated keyauth.v1.UsageBucket buckets = 1;
+   */
+  buckets: UsageBucket[];
+};
+
+/**
+ * Describes the message keyauth.v1.GetKeyUsageResponse.
+ * Use `create(GetKeyUsageResponseSchema)` to create a new message.
+ */
+export const GetKeyUsageResponseSchema: GenMessage<GetKeyUsageResponse> = /*@__PURE__*/
+  messageDesc(file_keyauth_v1_keyauth, 4);
+
+/**
+ * Verifications in one bucket.
+ *
+ * @generated from message keyauth.v1.UsageBucket
+ */
+export type UsageBucket = Message<"keyauth.v1.UsageBucket"> & {
+  /**
+   * Start of the bucket: a UTC hour, or 00:00 UTC of a day.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 1;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * Verifications answered valid.
+   *
+   * @generated from field: int64 valid = 2;
+   */
+  valid: bigint;
+
+  /**
+   * Verifications denied, by the seed's error code: `authentication_error` (a wrong secret
+   * for this key id), `api_key_expired`, `api_key_revoked`, `insufficient_permissions`.
+   * Codes without a denial are left out.
+   *
+   * @generated from field: map<string, int64> denied = 3;
+   */
+  denied: { [key: string]: bigint };
+};
+
+/**
+ * Describes the message keyauth.v1.UsageBucket.
+ * Use `create(UsageBucketSchema)` to create a new message.
+ */
+export const UsageBucketSchema: GenMessage<UsageBucket> = /*@__PURE__*/
+  messageDesc(file_keyauth_v1_keyauth, 5);
+
+/**
  * The actions a key may perform on one resource of the permission catalog.
  *
  * @generated from message keyauth.v1.Permission
@@ -140,7 +248,7 @@ export type Permission = Message<"keyauth.v1.Permission"> & {
  * Use `create(PermissionSchema)` to create a new message.
  */
 export const PermissionSchema: GenMessage<Permission> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 3);
+  messageDesc(file_keyauth_v1_keyauth, 6);
 
 /**
  * An API key's metadata. It never contains the secret.
@@ -260,7 +368,7 @@ export type ApiKey = Message<"keyauth.v1.ApiKey"> & {
  * Use `create(ApiKeySchema)` to create a new message.
  */
 export const ApiKeySchema: GenMessage<ApiKey> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 4);
+  messageDesc(file_keyauth_v1_keyauth, 7);
 
 /**
  * The error body the REST API returns verbatim, in the shape of its documentation:
@@ -297,7 +405,7 @@ export type ApiError = Message<"keyauth.v1.ApiError"> & {
  * Use `create(ApiErrorSchema)` to create a new message.
  */
 export const ApiErrorSchema: GenMessage<ApiError> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 5);
+  messageDesc(file_keyauth_v1_keyauth, 8);
 
 /**
  * One entry of the audit trail. It never contains a secret, an operator token or a full key.
@@ -416,7 +524,7 @@ export type KeyEvent = Message<"keyauth.v1.KeyEvent"> & {
  * Use `create(KeyEventSchema)` to create a new message.
  */
 export const KeyEventSchema: GenMessage<KeyEvent> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 6);
+  messageDesc(file_keyauth_v1_keyauth, 9);
 
 /**
  * Request of IssueKey.
@@ -473,7 +581,7 @@ export type IssueKeyRequest = Message<"keyauth.v1.IssueKeyRequest"> & {
  * Use `create(IssueKeyRequestSchema)` to create a new message.
  */
 export const IssueKeyRequestSchema: GenMessage<IssueKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 7);
+  messageDesc(file_keyauth_v1_keyauth, 10);
 
 /**
  * Response of IssueKey.
@@ -501,7 +609,7 @@ export type IssueKeyResponse = Message<"keyauth.v1.IssueKeyResponse"> & {
  * Use `create(IssueKeyResponseSchema)` to create a new message.
  */
 export const IssueKeyResponseSchema: GenMessage<IssueKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 8);
+  messageDesc(file_keyauth_v1_keyauth, 11);
 
 /**
  * Request of RollKey.
@@ -538,7 +646,7 @@ export type RollKeyRequest = Message<"keyauth.v1.RollKeyRequest"> & {
  * Use `create(RollKeyRequestSchema)` to create a new message.
  */
 export const RollKeyRequestSchema: GenMessage<RollKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 9);
+  messageDesc(file_keyauth_v1_keyauth, 12);
 
 /**
  * Response of RollKey.
@@ -573,7 +681,7 @@ export type RollKeyResponse = Message<"keyauth.v1.RollKeyResponse"> & {
  * Use `create(RollKeyResponseSchema)` to create a new message.
  */
 export const RollKeyResponseSchema: GenMessage<RollKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 10);
+  messageDesc(file_keyauth_v1_keyauth, 13);
 
 /**
  * Request of RevokeKey.
@@ -601,7 +709,7 @@ export type RevokeKeyRequest = Message<"keyauth.v1.RevokeKeyRequest"> & {
  * Use `create(RevokeKeyRequestSchema)` to create a new message.
  */
 export const RevokeKeyRequestSchema: GenMessage<RevokeKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 11);
+  messageDesc(file_keyauth_v1_keyauth, 14);
 
 /**
  * Response of RevokeKey.
@@ -622,7 +730,7 @@ export type RevokeKeyResponse = Message<"keyauth.v1.RevokeKeyResponse"> & {
  * Use `create(RevokeKeyResponseSchema)` to create a new message.
  */
 export const RevokeKeyResponseSchema: GenMessage<RevokeKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 12);
+  messageDesc(file_keyauth_v1_keyauth, 15);
 
 /**
  * Request of Verify.
@@ -651,7 +759,7 @@ export type VerifyRequest = Message<"keyauth.v1.VerifyRequest"> & {
  * Use `create(VerifyRequestSchema)` to create a new message.
  */
 export const VerifyRequestSchema: GenMessage<VerifyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 13);
+  messageDesc(file_keyauth_v1_keyauth, 16);
 
 /**
  * Response of Verify.
@@ -694,7 +802,7 @@ export type VerifyResponse = Message<"keyauth.v1.VerifyResponse"> & {
  * Use `create(VerifyResponseSchema)` to create a new message.
  */
 export const VerifyResponseSchema: GenMessage<VerifyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 14);
+  messageDesc(file_keyauth_v1_keyauth, 17);
 
 /**
  * Request of CheckPermission.
@@ -729,7 +837,7 @@ export type CheckPermissionRequest = Message<"keyauth.v1.CheckPermissionRequest"
  * Use `create(CheckPermissionRequestSchema)` to create a new message.
  */
 export const CheckPermissionRequestSchema: GenMessage<CheckPermissionRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 15);
+  messageDesc(file_keyauth_v1_keyauth, 18);
 
 /**
  * Response of CheckPermission.
@@ -771,7 +879,7 @@ export type CheckPermissionResponse = Message<"keyauth.v1.CheckPermissionRespons
  * Use `create(CheckPermissionResponseSchema)` to create a new message.
  */
 export const CheckPermissionResponseSchema: GenMessage<CheckPermissionResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 16);
+  messageDesc(file_keyauth_v1_keyauth, 19);
 
 /**
  * Request of GetKey.
@@ -792,7 +900,7 @@ export type GetKeyRequest = Message<"keyauth.v1.GetKeyRequest"> & {
  * Use `create(GetKeyRequestSchema)` to create a new message.
  */
 export const GetKeyRequestSchema: GenMessage<GetKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 17);
+  messageDesc(file_keyauth_v1_keyauth, 20);
 
 /**
  * Response of GetKey.
@@ -813,7 +921,7 @@ export type GetKeyResponse = Message<"keyauth.v1.GetKeyResponse"> & {
  * Use `create(GetKeyResponseSchema)` to create a new message.
  */
 export const GetKeyResponseSchema: GenMessage<GetKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 18);
+  messageDesc(file_keyauth_v1_keyauth, 21);
 
 /**
  * Request of ListKeys.
@@ -871,7 +979,7 @@ export type ListKeysRequest = Message<"keyauth.v1.ListKeysRequest"> & {
  * Use `create(ListKeysRequestSchema)` to create a new message.
  */
 export const ListKeysRequestSchema: GenMessage<ListKeysRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 19);
+  messageDesc(file_keyauth_v1_keyauth, 22);
 
 /**
  * Response of ListKeys.
@@ -899,7 +1007,7 @@ export type ListKeysResponse = Message<"keyauth.v1.ListKeysResponse"> & {
  * Use `create(ListKeysResponseSchema)` to create a new message.
  */
 export const ListKeysResponseSchema: GenMessage<ListKeysResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 20);
+  messageDesc(file_keyauth_v1_keyauth, 23);
 
 /**
  * Request of ListKeyEvents. At most one of `key_id` and `application_id`; with neither, every
@@ -970,7 +1078,7 @@ export type ListKeyEventsRequest = Message<"keyauth.v1.ListKeyEventsRequest"> & 
  * Use `create(ListKeyEventsRequestSchema)` to create a new message.
  */
 export const ListKeyEventsRequestSchema: GenMessage<ListKeyEventsRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 21);
+  messageDesc(file_keyauth_v1_keyauth, 24);
 
 /**
  * Response of ListKeyEvents.
@@ -998,7 +1106,7 @@ export type ListKeyEventsResponse = Message<"keyauth.v1.ListKeyEventsResponse"> 
  * Use `create(ListKeyEventsResponseSchema)` to create a new message.
  */
 export const ListKeyEventsResponseSchema: GenMessage<ListKeyEventsResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 22);
+  messageDesc(file_keyauth_v1_keyauth, 25);
 
 /**
  * Request of UpdateKey (AIP-134).
@@ -1035,7 +1143,7 @@ export type UpdateKeyRequest = Message<"keyauth.v1.UpdateKeyRequest"> & {
  * Use `create(UpdateKeyRequestSchema)` to create a new message.
  */
 export const UpdateKeyRequestSchema: GenMessage<UpdateKeyRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 23);
+  messageDesc(file_keyauth_v1_keyauth, 26);
 
 /**
  * Response of UpdateKey.
@@ -1056,7 +1164,7 @@ export type UpdateKeyResponse = Message<"keyauth.v1.UpdateKeyResponse"> & {
  * Use `create(UpdateKeyResponseSchema)` to create a new message.
  */
 export const UpdateKeyResponseSchema: GenMessage<UpdateKeyResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 24);
+  messageDesc(file_keyauth_v1_keyauth, 27);
 
 /**
  * Request of GetCatalog.
@@ -1071,7 +1179,7 @@ export type GetCatalogRequest = Message<"keyauth.v1.GetCatalogRequest"> & {
  * Use `create(GetCatalogRequestSchema)` to create a new message.
  */
 export const GetCatalogRequestSchema: GenMessage<GetCatalogRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 25);
+  messageDesc(file_keyauth_v1_keyauth, 28);
 
 /**
  * One resource of the permission catalog.
@@ -1099,7 +1207,7 @@ export type CatalogResource = Message<"keyauth.v1.CatalogResource"> & {
  * Use `create(CatalogResourceSchema)` to create a new message.
  */
 export const CatalogResourceSchema: GenMessage<CatalogResource> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 26);
+  messageDesc(file_keyauth_v1_keyauth, 29);
 
 /**
  * Response of GetCatalog.
@@ -1120,7 +1228,7 @@ export type GetCatalogResponse = Message<"keyauth.v1.GetCatalogResponse"> & {
  * Use `create(GetCatalogResponseSchema)` to create a new message.
  */
 export const GetCatalogResponseSchema: GenMessage<GetCatalogResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 27);
+  messageDesc(file_keyauth_v1_keyauth, 30);
 
 /**
  * Request of ListApplications.
@@ -1148,7 +1256,7 @@ export type ListApplicationsRequest = Message<"keyauth.v1.ListApplicationsReques
  * Use `create(ListApplicationsRequestSchema)` to create a new message.
  */
 export const ListApplicationsRequestSchema: GenMessage<ListApplicationsRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 28);
+  messageDesc(file_keyauth_v1_keyauth, 31);
 
 /**
  * How many keys of one application and environment are in each state (computed at the time of
@@ -1184,7 +1292,7 @@ export type KeyCounts = Message<"keyauth.v1.KeyCounts"> & {
  * Use `create(KeyCountsSchema)` to create a new message.
  */
 export const KeyCountsSchema: GenMessage<KeyCounts> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 29);
+  messageDesc(file_keyauth_v1_keyauth, 32);
 
 /**
  * One application that has keys.
@@ -1219,7 +1327,7 @@ export type ApplicationSummary = Message<"keyauth.v1.ApplicationSummary"> & {
  * Use `create(ApplicationSummarySchema)` to create a new message.
  */
 export const ApplicationSummarySchema: GenMessage<ApplicationSummary> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 30);
+  messageDesc(file_keyauth_v1_keyauth, 33);
 
 /**
  * Response of ListApplications.
@@ -1247,7 +1355,7 @@ export type ListApplicationsResponse = Message<"keyauth.v1.ListApplicationsRespo
  * Use `create(ListApplicationsResponseSchema)` to create a new message.
  */
 export const ListApplicationsResponseSchema: GenMessage<ListApplicationsResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 31);
+  messageDesc(file_keyauth_v1_keyauth, 34);
 
 /**
  * Request of ReportExposedKeys.
@@ -1284,7 +1392,7 @@ export type ReportExposedKeysRequest = Message<"keyauth.v1.ReportExposedKeysRequ
  * Use `create(ReportExposedKeysRequestSchema)` to create a new message.
  */
 export const ReportExposedKeysRequestSchema: GenMessage<ReportExposedKeysRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 32);
+  messageDesc(file_keyauth_v1_keyauth, 35);
 
 /**
  * The outcome for one reported key. Never contains the key.
@@ -1326,7 +1434,7 @@ export type ExposedKeyResult = Message<"keyauth.v1.ExposedKeyResult"> & {
  * Use `create(ExposedKeyResultSchema)` to create a new message.
  */
 export const ExposedKeyResultSchema: GenMessage<ExposedKeyResult> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 33);
+  messageDesc(file_keyauth_v1_keyauth, 36);
 
 /**
  * Response of ReportExposedKeys.
@@ -1347,7 +1455,7 @@ export type ReportExposedKeysResponse = Message<"keyauth.v1.ReportExposedKeysRes
  * Use `create(ReportExposedKeysResponseSchema)` to create a new message.
  */
 export const ReportExposedKeysResponseSchema: GenMessage<ReportExposedKeysResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 34);
+  messageDesc(file_keyauth_v1_keyauth, 37);
 
 /**
  * Request of WatchKeyChanges.
@@ -1369,7 +1477,7 @@ export type WatchKeyChangesRequest = Message<"keyauth.v1.WatchKeyChangesRequest"
  * Use `create(WatchKeyChangesRequestSchema)` to create a new message.
  */
 export const WatchKeyChangesRequestSchema: GenMessage<WatchKeyChangesRequest> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 35);
+  messageDesc(file_keyauth_v1_keyauth, 38);
 
 /**
  * One message of the WatchKeyChanges stream.
@@ -1431,7 +1539,7 @@ export type WatchKeyChangesResponse = Message<"keyauth.v1.WatchKeyChangesRespons
  * Use `create(WatchKeyChangesResponseSchema)` to create a new message.
  */
 export const WatchKeyChangesResponseSchema: GenMessage<WatchKeyChangesResponse> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 36);
+  messageDesc(file_keyauth_v1_keyauth, 39);
 
 /**
  * First message of a WatchKeyChanges stream started from now.
@@ -1446,7 +1554,7 @@ export type WatchStarted = Message<"keyauth.v1.WatchStarted"> & {
  * Use `create(WatchStartedSchema)` to create a new message.
  */
 export const WatchStartedSchema: GenMessage<WatchStarted> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 37);
+  messageDesc(file_keyauth_v1_keyauth, 40);
 
 /**
  * Sent when nothing happened for a while.
@@ -1461,7 +1569,7 @@ export type WatchHeartbeat = Message<"keyauth.v1.WatchHeartbeat"> & {
  * Use `create(WatchHeartbeatSchema)` to create a new message.
  */
 export const WatchHeartbeatSchema: GenMessage<WatchHeartbeat> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 38);
+  messageDesc(file_keyauth_v1_keyauth, 41);
 
 /**
  * Sent before the server ends a stream it cannot continue.
@@ -1482,7 +1590,7 @@ export type WatchReset = Message<"keyauth.v1.WatchReset"> & {
  * Use `create(WatchResetSchema)` to create a new message.
  */
 export const WatchResetSchema: GenMessage<WatchReset> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 39);
+  messageDesc(file_keyauth_v1_keyauth, 42);
 
 /**
  * One change of one key.
@@ -1531,7 +1639,41 @@ export type KeyChange = Message<"keyauth.v1.KeyChange"> & {
  * Use `create(KeyChangeSchema)` to create a new message.
  */
 export const KeyChangeSchema: GenMessage<KeyChange> = /*@__PURE__*/
-  messageDesc(file_keyauth_v1_keyauth, 40);
+  messageDesc(file_keyauth_v1_keyauth, 43);
+
+/**
+ * How GetKeyUsage groups counts.
+ *
+ * @generated from enum keyauth.v1.UsageGranularity
+ */
+export enum UsageGranularity {
+  /**
+   * Refused: INVALID_ARGUMENT.
+   *
+   * @generated from enum value: USAGE_GRANULARITY_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * One bucket per UTC hour.
+   *
+   * @generated from enum value: USAGE_GRANULARITY_HOUR = 1;
+   */
+  HOUR = 1,
+
+  /**
+   * One bucket per UTC day (00:00 to 24:00).
+   *
+   * @generated from enum value: USAGE_GRANULARITY_DAY = 2;
+   */
+  DAY = 2,
+}
+
+/**
+ * Describes the enum keyauth.v1.UsageGranularity.
+ */
+export const UsageGranularitySchema: GenEnum<UsageGranularity> = /*@__PURE__*/
+  enumDesc(file_keyauth_v1_keyauth, 0);
 
 /**
  * Environment a key works in; it decides the key's prefix.
@@ -1565,7 +1707,7 @@ export enum Environment {
  * Describes the enum keyauth.v1.Environment.
  */
 export const EnvironmentSchema: GenEnum<Environment> = /*@__PURE__*/
-  enumDesc(file_keyauth_v1_keyauth, 0);
+  enumDesc(file_keyauth_v1_keyauth, 1);
 
 /**
  * State of a key, computed from its times when it is read (never stored, never stale).
@@ -1606,7 +1748,7 @@ export enum KeyState {
  * Describes the enum keyauth.v1.KeyState.
  */
 export const KeyStateSchema: GenEnum<KeyState> = /*@__PURE__*/
-  enumDesc(file_keyauth_v1_keyauth, 1);
+  enumDesc(file_keyauth_v1_keyauth, 2);
 
 /**
  * What an audit event records.
@@ -1689,7 +1831,7 @@ export enum KeyEventType {
  * Describes the enum keyauth.v1.KeyEventType.
  */
 export const KeyEventTypeSchema: GenEnum<KeyEventType> = /*@__PURE__*/
-  enumDesc(file_keyauth_v1_keyauth, 2);
+  enumDesc(file_keyauth_v1_keyauth, 3);
 
 /**
  * What ReportExposedKeys did with one reported key.
@@ -1738,7 +1880,7 @@ export enum ExposureOutcome {
  * Describes the enum keyauth.v1.ExposureOutcome.
  */
 export const ExposureOutcomeSchema: GenEnum<ExposureOutcome> = /*@__PURE__*/
-  enumDesc(file_keyauth_v1_keyauth, 3);
+  enumDesc(file_keyauth_v1_keyauth, 4);
 
 /**
  * KeyAuthorityService issues, rolls, revokes and verifies API keys.
@@ -1916,6 +2058,20 @@ export const KeyAuthorityService: GenService<{
     methodKind: "unary";
     input: typeof GetPrincipalRequestSchema;
     output: typeof GetPrincipalResponseSchema;
+  },
+  /**
+   * Returns how a key, or an application's keys, were verified: counts per UTC hour or day,
+   * valid and each denial, wherever the key was verified (this server, ext_authz, a client's
+   * in-process Verifier through ReportKeyUsage). Counts reach the store at each housekeeping
+   * flush (`--usage-flush-interval`); hourly counts are kept 90 days, then by the day. Needs
+   * `keys.read`.
+   *
+   * @generated from rpc keyauth.v1.KeyAuthorityService.GetKeyUsage
+   */
+  getKeyUsage: {
+    methodKind: "unary";
+    input: typeof GetKeyUsageRequestSchema;
+    output: typeof GetKeyUsageResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_keyauth_v1_keyauth, 0);

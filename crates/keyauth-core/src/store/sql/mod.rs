@@ -25,13 +25,14 @@ use super::api::Store;
 use super::feed::{ChangeFeed, KeyEvent};
 use super::records::{
     ApplicationSummary, AuditEvent, Cursor, EventQuery, Exposed, Exposure, IdempotencyRecord,
-    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Successor, Updated,
+    IdempotentWrite, KeyListing, KeyUpdate, Provenance, Rolled, Successor, Updated, UsageQuery,
 };
 use crate::auth_failures::FailureRow;
 use crate::clock::Timestamp;
 use crate::denials::DenialRow;
 use crate::error::Error;
 use crate::model::{ApplicationId, Environment, KeyId, KeyRecord};
+use crate::usage_counts::{Counts, UsageRow};
 
 mod backend;
 mod filters;
@@ -61,6 +62,7 @@ macro_rules! sql_impl {
             for<'r> $crate::store::sql::rows::ApplicationRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::rows::ChangeRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::rows::IdempotencyRow: ::sqlx::FromRow<'r, DB::Row>,
+            for<'r> $crate::store::sql::rows::UsageBucketRow: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::rows::Value<String>: ::sqlx::FromRow<'r, DB::Row>,
             for<'r> $crate::store::sql::rows::Value<i64>: ::sqlx::FromRow<'r, DB::Row>,
         {
@@ -75,6 +77,7 @@ mod idempotency;
 mod keys;
 mod listings;
 mod settings;
+mod usage;
 
 /// When and by whom a change is made, and the idempotency record written with it: what every
 /// change writes besides the key itself (its audit event, and the replayable answer).
@@ -231,6 +234,22 @@ sql_impl! { #[async_trait] impl Store {
 
     async fn record_denials(&self, rows: &[DenialRow]) -> Result<(), Error> {
         Self::record_denials(self, rows).await
+    }
+
+    async fn record_usage(&self, rows: &[UsageRow]) -> Result<(), Error> {
+        Self::record_usage(self, rows).await
+    }
+
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<(Timestamp, Counts)>, Error> {
+        Self::usage(self, query).await
+    }
+
+    async fn compact_usage(
+        &self,
+        fold_before: Timestamp,
+        delete_before: Timestamp,
+    ) -> Result<u64, Error> {
+        Self::compact_usage(self, fold_before, delete_before).await
     }
 
     async fn warn_expiring(

@@ -190,6 +190,33 @@ impl From<IdempotencyRow> for IdempotencyRecord {
     }
 }
 
+/// One bucket of GetKeyUsage: its start and its sums.
+#[derive(FromRow)]
+pub(super) struct UsageBucketRow {
+    bucket: i64,
+    valid: i64,
+    authentication_error: i64,
+    api_key_revoked: i64,
+    api_key_expired: i64,
+    insufficient_permissions: i64,
+}
+
+impl UsageBucketRow {
+    pub(super) fn bucket(self) -> (Timestamp, crate::usage_counts::Counts) {
+        let n = |v: i64| u64::try_from(v).unwrap_or(0);
+        (
+            Timestamp::from_micros(self.bucket),
+            crate::usage_counts::Counts([
+                n(self.valid),
+                n(self.authentication_error),
+                n(self.api_key_revoked),
+                n(self.api_key_expired),
+                n(self.insufficient_permissions),
+            ]),
+        )
+    }
+}
+
 /// A single-column row.
 #[derive(FromRow)]
 pub(super) struct Value<T> {

@@ -330,6 +330,8 @@ pub struct Options {
     pub lifetimes: keyauth_core::lifetime::LifetimeBounds,
     /// `--expiry-warning`.
     pub expiry_warning: Duration,
+    /// `--usage-hourly-retention`, `--usage-retention`.
+    pub usage_retention: keyauth_core::authority::UsageRetention,
 }
 
 impl Default for Options {
@@ -362,6 +364,7 @@ impl Default for Options {
             principals: None,
             lifetimes: authority.lifetimes,
             expiry_warning: authority.expiry_warning,
+            usage_retention: authority.usage_retention,
         }
     }
 }
@@ -387,6 +390,7 @@ impl Options {
             watch_backlog: self.watch_backlog,
             lifetimes: self.lifetimes,
             expiry_warning: self.expiry_warning,
+            usage_retention: self.usage_retention,
         }
     }
 }
