@@ -157,6 +157,36 @@ pub enum KeysCommand {
     List(ListArgs),
     /// Show the audit trail of a key or of an application, newest first.
     Events(EventsArgs),
+    /// Show how a key (or an application's keys) was verified: valid and each denial, per
+    /// UTC hour or day.
+    Usage(UsageArgs),
+}
+
+/// `keys usage KEY_ID` or `keys usage --app APP`.
+#[derive(Clone, Debug, Args)]
+#[command(group(ArgGroup::new("whose").required(true).args(["key_id", "application"])))]
+pub struct UsageArgs {
+    /// The key (`key_…`).
+    pub key_id: Option<String>,
+
+    /// An application's keys, summed.
+    #[arg(long = "app", value_name = "APP")]
+    pub application: Option<String>,
+
+    /// Buckets of an hour or of a day (UTC).
+    #[arg(long, value_enum, default_value = "day")]
+    pub by: Bucket,
+
+    /// How far back: unset, the last 24 hours by the hour, the last 30 days by the day.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub last: Option<Duration>,
+}
+
+/// A bucket of `keys usage`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Bucket {
+    Hour,
+    Day,
 }
 
 /// Environment of a key.

@@ -313,6 +313,17 @@ pub(crate) async fn run_keys(args: &KeysArgs) -> Result<Output, Failure> {
                 }
             }
         }
+        Prepared::Usage(request) => {
+            let res = operator(&client).get_key_usage(request).await?;
+            if json {
+                let buckets: Vec<Value> = res.buckets.iter().map(usage_json).collect();
+                return Ok(json_output(json!({ "buckets": buckets })));
+            }
+            Ok(Output {
+                stdout: render_usage_table(&res.buckets),
+                notes: Vec::new(),
+            })
+        }
         Prepared::Events { mut request, all } => {
             let mut pages = Vec::new();
             loop {
@@ -345,6 +356,7 @@ pub(crate) enum Prepared {
         request: pb::ListKeyEventsRequest,
         all: bool,
     },
+    Usage(pb::GetKeyUsageRequest),
 }
 
 pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
@@ -410,6 +422,7 @@ pub(crate) fn prepare(command: &KeysCommand) -> Result<Prepared, Failure> {
             },
             all: a.page.all,
         },
+        KeysCommand::Usage(a) => Prepared::Usage(usage_request(a)?),
         KeysCommand::Events(a) => Prepared::Events {
             request: pb::ListKeyEventsRequest {
                 key_id: a.key_id.clone().unwrap_or_default(),
@@ -502,4 +515,33 @@ pub(crate) async fn run_verify(args: &VerifyArgs) -> Result<(Output, bool), Fail
         }
     };
     Ok((output, res.valid))
+}
+
+/// GetKeyUsage for the last `--last` (24 h by the hour, 30 days by the day) up to the end of
+/// the current bucket, from whole buckets.
+fn usage_request(a: &UsageArgs) -> Result<pb::GetKeyUsageRequest, Failure> {
+    const HOUR: u64 = 3600;
+    let (granularity, bucket, default) = match a.by {
+        Bucket::Hour => (pb::UsageGranularity::Hour, HOUR, 24 * HOUR),
+        Bucket::Day => (pb::UsageGranularity::Day, 24 * HOUR, 30 * 24 * HOUR),
+    };
+    let last = a.last.map_or(default, |d| d.as_secs());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let end = (now / bucket + 1) * bucket;
+    let start = end
+        .checked_sub(last.div_ceil(bucket).max(1) * bucket)
+        .ok_or_else(|| Failure::Usage(format!("--last {last}s reaches before 1970")))?;
+    let at = |secs: u64| prost_types::Timestamp {
+        seconds: i64::try_from(secs).unwrap_or(i64::MAX),
+        nanos: 0,
+    };
+    Ok(pb::GetKeyUsageRequest {
+        key_id: a.key_id.clone().unwrap_or_default(),
+        application_id: a.application.clone().unwrap_or_default(),
+        start_time: Some(at(start)),
+        end_time: Some(at(end)),
+        granularity: granularity.into(),
+    })
 }

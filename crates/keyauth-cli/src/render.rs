@@ -258,6 +258,51 @@ pub(crate) fn render_key_table(keys: &[pb::ApiKey]) -> String {
     )
 }
 
+/// The denial codes of the usage table and JSON, in the contract's order.
+const DENIAL_CODES: [&str; 4] = [
+    "authentication_error",
+    "api_key_revoked",
+    "api_key_expired",
+    "insufficient_permissions",
+];
+
+pub(crate) fn usage_json(b: &pb::UsageBucket) -> Value {
+    serde_json::json!({
+        "start_time": time_json(b.start_time.as_ref()),
+        "valid": b.valid,
+        "denied": b.denied,
+    })
+}
+
+pub(crate) fn render_usage_table(buckets: &[pb::UsageBucket]) -> String {
+    if buckets.is_empty() {
+        return "no verifications\n".into();
+    }
+    let rows: Vec<Vec<String>> = buckets
+        .iter()
+        .map(|b| {
+            let mut row = vec![time_or_dash(b.start_time.as_ref()), b.valid.to_string()];
+            row.extend(
+                DENIAL_CODES
+                    .iter()
+                    .map(|code| b.denied.get(*code).copied().unwrap_or(0).to_string()),
+            );
+            row
+        })
+        .collect();
+    render_table(
+        &[
+            "START",
+            "VALID",
+            "AUTHENTICATION_ERROR",
+            "API_KEY_REVOKED",
+            "API_KEY_EXPIRED",
+            "INSUFFICIENT_PERMISSIONS",
+        ],
+        &rows,
+    )
+}
+
 pub(crate) fn render_event_table(events: &[pb::KeyEvent]) -> String {
     if events.is_empty() {
         return "no events\n".into();

@@ -453,6 +453,10 @@ impl Client {
         read list_applications(ListApplicationsRequest) -> ListApplicationsResponse, Operator
     }
     unary! {
+        /// GetKeyUsage: how a key or an application's keys were verified, per UTC hour or day.
+        read get_key_usage(GetKeyUsageRequest) -> GetKeyUsageResponse, Operator
+    }
+    unary! {
         /// Verify: a denial is an answer (`valid: false`), not an error.
         read verify(VerifyRequest) -> VerifyResponse, Verifier
     }
@@ -570,6 +574,7 @@ mod tests {
             "GetCatalog" => get_catalog,
             "ListApplications" => list_applications,
             "GetPrincipal" => get_principal,
+            "GetKeyUsage" => get_key_usage,
         ];
         let proto = include_str!("../../../proto/keyauth/v1/keyauth.proto");
         let mut rpcs: Vec<&str> = proto

@@ -207,6 +207,30 @@ async fn list_unused_for_names_the_stale_keys() {
     .await;
 }
 
+/// `keys usage`: a key's verifications per hour or day, as a table or JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_shows_a_keys_verifications() {
+    on_sqlite(async |app| {
+        let made = made_key(&issue(app, "app_used", "test", &["--name", "Busy", "--json"]).await);
+        let id = text(&made["key"]["id"]);
+        for _ in 0..2 {
+            assert_exit(&verify(app, &[text(&made["secret"]).as_str()], None).await, 0);
+        }
+        app.authority.write_usage_counts().await.unwrap();
+        let by_hour = keys(app, &["usage", &id, "--by", "hour", "--json"]).await;
+        let buckets = entries(&by_hour, "buckets");
+        assert_eq!(buckets.len(), 1, "{by_hour:?}");
+        assert_eq!(buckets[0]["valid"], 2);
+        let by_day = keys(app, &["usage", "--app", "app_used"]).await;
+        let columns = "START|VALID|AUTHENTICATION_ERROR|API_KEY_REVOKED|API_KEY_EXPIRED|INSUFFICIENT_PERMISSIONS";
+        let lines = table(&by_day, 2, columns);
+        let cells: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(cells[1..], ["2", "0", "0", "0", "0"], "{by_day:?}");
+        assert_exit(&keys(app, &["usage"]).await, 2);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_errors_exit_2() {
     on_sqlite(async |app| {
